@@ -1,0 +1,1 @@
+"""Code generation backends (C, Triton) land here; see DESIGN.md."""

@@ -1,0 +1,40 @@
+"""Run any llmc IR dump on numpy inputs with xDSL's interpreter.
+
+Every dialect level registers its functions here, so a module straight from the
+exporter, after fusion, or at tile level runs the same way: `forward` is called
+with the inputs, weights are looked up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.interpreter import Interpreter
+from xdsl.interpreters.arith import ArithFunctions
+from xdsl.interpreters.func import FuncFunctions
+from xdsl.interpreters.scf import ScfFunctions
+
+from llmc.dialects.graph_interp import GraphFunctions
+from llmc.errors import InterpretError
+
+
+def interpret(
+    module: ModuleOp, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray], entry: str = "forward"
+) -> list[np.ndarray]:
+    """Execute `entry` of the module; returns its results as numpy arrays."""
+    from llmc.dialects.kernel_interp import KernelFunctions
+
+    interpreter = Interpreter(module, index_bitwidth=64)
+    for functions in (FuncFunctions(), ArithFunctions(), ScfFunctions(), GraphFunctions(weights),
+                      KernelFunctions()):
+        interpreter.register_implementations(functions)
+    args = tuple(np.ascontiguousarray(np.asarray(x, dtype=np.float32)) for x in inputs)
+    try:
+        results = interpreter.call_op(entry, args)
+    except InterpretError:
+        raise
+    except Exception as error:  # an interpreter fault inside an op: report, not a traceback
+        raise InterpretError(f"interpreting '{entry}' failed: {error}") from error
+    return [np.array(r, dtype=np.float32) for r in results]

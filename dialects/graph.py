@@ -1,0 +1,494 @@
+"""The `graph` dialect: tensor-level ops at the granularity an LLM engineer thinks in.
+
+Value semantics, static shapes, f32 data and i1 masks. Weights are referenced by
+name (`graph.weight "attn.c_attn.weight"`), never printed inline. Every op may
+carry `loc`, the model source line it came from. The same pointwise ops are used
+on tiles inside `tile.kernel` bodies: their semantics (numpy broadcasting) do not
+depend on whether the operand is a whole tensor or one tile of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from xdsl.dialects.builtin import (
+    DenseArrayBase,
+    FloatAttr,
+    IntegerAttr,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+    f32,
+    i1,
+    i64,
+)
+from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    attr_def,
+    irdl_op_definition,
+    operand_def,
+    opt_attr_def,
+    opt_operand_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+)
+from xdsl.traits import Pure
+from xdsl.utils.exceptions import VerifyException
+
+
+def shape_of(value: SSAValue | Attribute) -> tuple[int, ...]:
+    typ = value.type if isinstance(value, SSAValue) else value
+    assert isinstance(typ, TensorType), f"expected a tensor type, got {typ}"
+    return tuple(typ.get_shape())
+
+
+def tensor(shape: Sequence[int], element: Attribute = f32) -> TensorType:
+    return TensorType(element, list(shape))
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...] | None:
+    """numpy's broadcasting rule, or None where the shapes do not broadcast."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            return None
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+class GraphOp(IRDLOperation):
+    """Common base: an optional source location string."""
+
+    loc = opt_attr_def(StringAttr)
+
+    @property
+    def loc_str(self) -> str | None:
+        return self.loc.data if self.loc else None
+
+
+# ----------------------------------------------------------------- sources
+
+
+@irdl_op_definition
+class WeightOp(GraphOp):
+    """A parameter or buffer of the model, looked up by its name at run time."""
+
+    name = "graph.weight"
+    weight_name = attr_def(StringAttr, attr_name="name")
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$name attr-dict `:` type($result)"
+
+    def __init__(self, weight_name: str, typ: TensorType, loc: str | None = None):
+        attrs = {"name": StringAttr(weight_name)}
+        if loc:
+            attrs["loc"] = StringAttr(loc)
+        super().__init__(result_types=[typ], attributes=attrs)
+
+
+@irdl_op_definition
+class ConstantOp(GraphOp):
+    """A tensor filled with one scalar (scalars of the model become 0-d constants)."""
+
+    name = "graph.constant"
+    value = attr_def(FloatAttr)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$value attr-dict `:` type($result)"
+
+    def __init__(self, value: float, typ: TensorType | None = None):
+        super().__init__(
+            result_types=[typ or tensor(())], attributes={"value": FloatAttr(value, f32)}
+        )
+
+
+@irdl_op_definition
+class CausalMaskOp(GraphOp):
+    """A lower-triangular boolean mask over the last two dims (True = may attend)."""
+
+    name = "graph.causal_mask"
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "attr-dict `:` type($result)"
+
+
+# ----------------------------------------------------------------- pointwise
+
+
+class UnaryOp(GraphOp):
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def __init__(self, operand: SSAValue, result_type: Attribute | None = None):
+        super().__init__(operands=[operand], result_types=[result_type or operand.type])
+
+    def verify_(self):
+        if shape_of(self.operand) != shape_of(self.result):
+            raise VerifyException(f"{self.name}: operand and result shapes differ")
+
+
+class BinaryOp(GraphOp):
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
+    RESULT_ELEMENT: ClassVar[Attribute | None] = None
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue):
+        shape = broadcast_shapes(shape_of(lhs), shape_of(rhs))
+        assert shape is not None, f"{self.name}: shapes do not broadcast"
+        element = self.RESULT_ELEMENT or lhs.type.element_type
+        super().__init__(operands=[lhs, rhs], result_types=[tensor(shape, element)])
+
+    def verify_(self):
+        shape = broadcast_shapes(shape_of(self.lhs), shape_of(self.rhs))
+        if shape is None or shape != shape_of(self.result):
+            raise VerifyException(
+                f"{self.name}: operands {shape_of(self.lhs)} and {shape_of(self.rhs)} "
+                f"do not broadcast to the result shape {shape_of(self.result)}"
+            )
+
+
+def _unary(op_name: str, doc: str) -> type[UnaryOp]:
+    cls = type(op_name.title().replace("_", "") + "Op", (UnaryOp,), {"name": f"graph.{op_name}", "__doc__": doc})
+    return irdl_op_definition(cls)
+
+
+class CompareOp(BinaryOp):
+    RESULT_ELEMENT: ClassVar[Attribute | None] = i1
+
+
+def _binary(op_name: str, doc: str, base: type[BinaryOp] = BinaryOp) -> type[BinaryOp]:
+    body = {"name": f"graph.{op_name}", "__doc__": doc}
+    cls = type(op_name.title().replace("_", "") + "Op", (base,), body)
+    return irdl_op_definition(cls)
+
+
+NegOp = _unary("neg", "-x")
+ExpOp = _unary("exp", "e**x")
+LogOp = _unary("log", "natural logarithm")
+TanhOp = _unary("tanh", "hyperbolic tangent")
+SqrtOp = _unary("sqrt", "square root")
+RsqrtOp = _unary("rsqrt", "1 / sqrt(x)")
+SigmoidOp = _unary("sigmoid", "1 / (1 + e**-x)")
+ReluOp = _unary("relu", "max(x, 0)")
+SiluOp = _unary("silu", "x * sigmoid(x)")
+SinOp = _unary("sin", "sine")
+CosOp = _unary("cos", "cosine")
+AbsOp = _unary("abs", "|x|")
+
+AddOp = _binary("add", "lhs + rhs, broadcasting")
+SubOp = _binary("sub", "lhs - rhs, broadcasting")
+MulOp = _binary("mul", "lhs * rhs, broadcasting")
+DivOp = _binary("div", "lhs / rhs, broadcasting")
+PowOp = _binary("pow", "lhs ** rhs, broadcasting")
+MaximumOp = _binary("maximum", "elementwise max, broadcasting")
+MinimumOp = _binary("minimum", "elementwise min, broadcasting")
+EqOp = _binary("eq", "lhs == rhs as an i1 mask", CompareOp)
+NeOp = _binary("ne", "lhs != rhs as an i1 mask", CompareOp)
+LtOp = _binary("lt", "lhs < rhs as an i1 mask", CompareOp)
+LeOp = _binary("le", "lhs <= rhs as an i1 mask", CompareOp)
+GtOp = _binary("gt", "lhs > rhs as an i1 mask", CompareOp)
+GeOp = _binary("ge", "lhs >= rhs as an i1 mask", CompareOp)
+
+
+@irdl_op_definition
+class GeluOp(GraphOp):
+    """GELU; `approximate = "tanh"` is GPT-2's tanh form, "none" the erf form."""
+
+    name = "graph.gelu"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    approximate = attr_def(StringAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        if self.approximate.data not in ("tanh", "none"):
+            raise VerifyException(f"graph.gelu: approximate must be tanh or none, got {self.approximate.data}")
+
+
+@irdl_op_definition
+class WhereOp(GraphOp):
+    """cond ? lhs : rhs, broadcasting all three."""
+
+    name = "graph.where"
+    cond = operand_def(TensorType)
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$cond `,` $lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        shape = broadcast_shapes(shape_of(self.cond), shape_of(self.lhs), shape_of(self.rhs))
+        if shape != shape_of(self.result):
+            raise VerifyException("graph.where: operands do not broadcast to the result shape")
+        if self.cond.type.element_type != i1:
+            raise VerifyException("graph.where: the condition must be an i1 tensor")
+
+
+# ----------------------------------------------------------------- contractions
+
+
+@irdl_op_definition
+class MatmulOp(GraphOp):
+    """Batched a @ b with broadcast batch dims (torch.matmul on rank >= 2)."""
+
+    name = "graph.matmul"
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        a, b = shape_of(self.lhs), shape_of(self.rhs)
+        if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:
+            raise VerifyException(f"graph.matmul: cannot multiply {a} by {b}")
+        batch = broadcast_shapes(a[:-2], b[:-2])
+        if batch is None or (*batch, a[-2], b[-1]) != shape_of(self.result):
+            raise VerifyException(f"graph.matmul: result shape {shape_of(self.result)} is wrong for {a} @ {b}")
+
+
+@irdl_op_definition
+class LinearOp(GraphOp):
+    """x @ weight^T (+ bias), the weight stored as [out_features, in_features]."""
+
+    name = "graph.linear"
+    input = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    bias = opt_operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$input `,` $weight (`,` $bias^)? attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        x, w = shape_of(self.input), shape_of(self.weight)
+        if len(w) != 2 or x[-1] != w[1]:
+            raise VerifyException(f"graph.linear: input {x} does not match weight {w}")
+        if self.bias is not None and shape_of(self.bias) != (w[0],):
+            raise VerifyException(f"graph.linear: bias must have shape ({w[0]},)")
+        if shape_of(self.result) != (*x[:-1], w[0]):
+            raise VerifyException("graph.linear: wrong result shape")
+
+
+@irdl_op_definition
+class AttentionOp(GraphOp):
+    """softmax(q @ k^T * scale [causal]) @ v over [B, H, T, D]; k/v may have H/g heads (GQA)."""
+
+    name = "graph.attention"
+    query = operand_def(TensorType)
+    key = operand_def(TensorType)
+    value = operand_def(TensorType)
+    result = result_def(TensorType)
+    scale = attr_def(FloatAttr)
+    causal = opt_attr_def(UnitAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$query `,` $key `,` $value attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        q, k, v = shape_of(self.query), shape_of(self.key), shape_of(self.value)
+        if len(q) != 4 or len(k) != 4 or k != v[:3] + (k[3],) or q[3] != k[3]:
+            raise VerifyException(f"graph.attention: bad shapes q={q} k={k} v={v}")
+        if q[0] != k[0] or q[1] % k[1]:
+            raise VerifyException("graph.attention: query heads must be a multiple of key heads")
+        if shape_of(self.result) != (*q[:3], v[3]):
+            raise VerifyException("graph.attention: wrong result shape")
+
+
+# ----------------------------------------------------------------- reductions
+
+
+class ReduceOp(GraphOp):
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    dim = attr_def(IntegerAttr)
+    keepdim = opt_attr_def(UnitAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        shape = shape_of(self.operand)
+        dim = self.dim.value.data
+        if not -len(shape) <= dim < len(shape):
+            raise VerifyException(f"{self.name}: dim {dim} out of range for {shape}")
+        dim %= len(shape)
+        expect = shape[:dim] + ((1,) if self.keepdim else ()) + shape[dim + 1 :]
+        if shape_of(self.result) != expect:
+            raise VerifyException(f"{self.name}: result shape should be {expect}")
+
+
+def _reduce(op_name: str, doc: str) -> type[ReduceOp]:
+    cls = type(op_name.title().replace("_", "") + "Op", (ReduceOp,), {"name": f"graph.{op_name}", "__doc__": doc})
+    return irdl_op_definition(cls)
+
+
+ReduceSumOp = _reduce("reduce_sum", "sum over one dim")
+ReduceMaxOp = _reduce("reduce_max", "max over one dim")
+ReduceMeanOp = _reduce("reduce_mean", "mean over one dim")
+
+
+@irdl_op_definition
+class SoftmaxOp(GraphOp):
+    name = "graph.softmax"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    dim = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+
+@irdl_op_definition
+class LayerNormOp(GraphOp):
+    """Layer norm over the last dim, then * weight + bias (constants where the model has none)."""
+
+    name = "graph.layer_norm"
+    operand = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    bias = operand_def(TensorType)
+    result = result_def(TensorType)
+    eps = attr_def(FloatAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand `,` $weight `,` $bias attr-dict `:` functional-type(operands, results)"
+
+
+# ----------------------------------------------------------------- views
+
+
+@irdl_op_definition
+class ReshapeOp(GraphOp):
+    name = "graph.reshape"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        import math
+
+        if math.prod(shape_of(self.operand)) != math.prod(shape_of(self.result)):
+            raise VerifyException("graph.reshape: element counts differ")
+
+
+@irdl_op_definition
+class ExpandOp(GraphOp):
+    """Broadcast to the result shape (torch.expand)."""
+
+    name = "graph.expand"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        if broadcast_shapes(shape_of(self.operand), shape_of(self.result)) != shape_of(self.result):
+            raise VerifyException("graph.expand: operand does not broadcast to the result")
+
+
+@irdl_op_definition
+class PermuteOp(GraphOp):
+    name = "graph.permute"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    perm = attr_def(DenseArrayBase)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        perm = self.perm.get_values()
+        shape = shape_of(self.operand)
+        if sorted(perm) != list(range(len(shape))):
+            raise VerifyException(f"graph.permute: {perm} is not a permutation")
+        if tuple(shape[p] for p in perm) != shape_of(self.result):
+            raise VerifyException("graph.permute: wrong result shape")
+
+
+@irdl_op_definition
+class SliceOp(GraphOp):
+    """operand[start:end:step] along one dim."""
+
+    name = "graph.slice"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    dim = attr_def(IntegerAttr)
+    start = attr_def(IntegerAttr)
+    end = attr_def(IntegerAttr)
+    step = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        shape = list(shape_of(self.operand))
+        dim, start, end, step = (a.value.data for a in (self.dim, self.start, self.end, self.step))
+        if not (0 <= dim < len(shape)) or not (0 <= start <= end <= shape[dim]) or step < 1:
+            raise VerifyException(f"graph.slice: bad slice {start}:{end}:{step} of dim {dim} in {shape}")
+        shape[dim] = len(range(start, end, step))
+        if tuple(shape) != shape_of(self.result):
+            raise VerifyException("graph.slice: wrong result shape")
+
+
+@irdl_op_definition
+class ConcatOp(GraphOp):
+    name = "graph.concat"
+    inputs = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    dim = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$inputs attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        shapes = [shape_of(v) for v in self.inputs]
+        dim = self.dim.value.data
+        out = list(shapes[0])
+        if not 0 <= dim < len(out):
+            raise VerifyException("graph.concat: dim out of range")
+        out[dim] = sum(s[dim] for s in shapes)
+        for s in shapes:
+            if len(s) != len(out) or any(a != b for i, (a, b) in enumerate(zip(s, out)) if i != dim):
+                raise VerifyException(f"graph.concat: inputs {shapes} disagree off dim {dim}")
+        if tuple(out) != shape_of(self.result):
+            raise VerifyException("graph.concat: wrong result shape")
+
+
+UNARY_OPS = (NegOp, ExpOp, LogOp, TanhOp, SqrtOp, RsqrtOp, SigmoidOp, ReluOp, SiluOp, SinOp, CosOp, AbsOp)
+BINARY_OPS = (AddOp, SubOp, MulOp, DivOp, PowOp, MaximumOp, MinimumOp, EqOp, NeOp, LtOp, LeOp, GtOp, GeOp)
+POINTWISE_OPS = (*UNARY_OPS, *BINARY_OPS, GeluOp, WhereOp)
+REDUCE_OPS = (ReduceSumOp, ReduceMaxOp, ReduceMeanOp)
+ROW_OPS = (*REDUCE_OPS, SoftmaxOp, LayerNormOp)
+VIEW_OPS = (ReshapeOp, ExpandOp, PermuteOp, SliceOp)
+SOURCE_OPS = (WeightOp, ConstantOp, CausalMaskOp)
+
+Graph = Dialect(
+    "graph",
+    [
+        WeightOp,
+        ConstantOp,
+        CausalMaskOp,
+        *POINTWISE_OPS,
+        MatmulOp,
+        LinearOp,
+        AttentionOp,
+        *ROW_OPS,
+        *VIEW_OPS,
+        ConcatOp,
+    ],
+)
+
+
+def int_attr(value: int) -> IntegerAttr:
+    return IntegerAttr(value, i64)
+
+
+def dense(values: Sequence[int]) -> DenseArrayBase:
+    return DenseArrayBase.from_list(i64, list(values))
+

@@ -1,0 +1,198 @@
+"""numpy semantics of the `graph` dialect for xDSL's interpreter.
+
+Tensors are numpy arrays (float32 data, bool masks). Weights come from the
+mapping the functions object is built with, looked up by the name in the IR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, impl, register_impls
+
+from llmc.dialects import graph
+from llmc.errors import InterpretError, with_loc
+
+F32 = np.float32
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        inner = F32(np.sqrt(2.0 / np.pi)) * (x + F32(0.044715) * x * x * x)
+        return F32(0.5) * x * (F32(1.0) + np.tanh(inner))
+    return torch.nn.functional.gelu(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return F32(1.0) / (F32(1.0) + np.exp(-x))
+
+
+UNARY: dict[type, Callable[[np.ndarray], np.ndarray]] = {
+    graph.NegOp: np.negative,
+    graph.ExpOp: np.exp,
+    graph.LogOp: np.log,
+    graph.TanhOp: np.tanh,
+    graph.SqrtOp: np.sqrt,
+    graph.RsqrtOp: lambda x: F32(1.0) / np.sqrt(x),
+    graph.SigmoidOp: _sigmoid,
+    graph.ReluOp: lambda x: np.maximum(x, F32(0.0)),
+    graph.SiluOp: lambda x: x * _sigmoid(x),
+    graph.SinOp: np.sin,
+    graph.CosOp: np.cos,
+    graph.AbsOp: np.abs,
+}
+
+BINARY: dict[type, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    graph.AddOp: np.add,
+    graph.SubOp: np.subtract,
+    graph.MulOp: np.multiply,
+    graph.DivOp: np.divide,
+    graph.PowOp: np.power,
+    graph.MaximumOp: np.maximum,
+    graph.MinimumOp: np.minimum,
+    graph.EqOp: np.equal,
+    graph.NeOp: np.not_equal,
+    graph.LtOp: np.less,
+    graph.LeOp: np.less_equal,
+    graph.GtOp: np.greater,
+    graph.GeOp: np.greater_equal,
+}
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def causal_mask(shape: tuple[int, ...]) -> np.ndarray:
+    rows, cols = shape[-2], shape[-1]
+    return np.broadcast_to(np.tril(np.ones((rows, cols), dtype=bool)), shape).copy()
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool) -> np.ndarray:
+    groups = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1)
+    scores = (q @ np.swapaxes(k, -1, -2)) * F32(scale)
+    if causal:
+        scores = np.where(causal_mask(scores.shape), scores, F32(-np.inf))
+    return (softmax(scores, -1) @ v).astype(F32)
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + F32(eps)) * weight + bias
+
+
+def _unary_impl(op_type: type, fn: Callable[[np.ndarray], np.ndarray]):
+    @impl(op_type)
+    def run(self, interpreter: Interpreter, op, args: PythonValues) -> PythonValues:
+        return (fn(args[0]).astype(F32),)
+
+    return run
+
+
+def _binary_impl(op_type: type, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    @impl(op_type)
+    def run(self, interpreter: Interpreter, op, args: PythonValues) -> PythonValues:
+        return (fn(args[0], args[1]),)
+
+    return run
+
+
+def _reduce_impl(op_type: type, fn: Callable[..., np.ndarray]):
+    @impl(op_type)
+    def run(self, interpreter: Interpreter, op: graph.ReduceOp, args: PythonValues) -> PythonValues:
+        keep = op.keepdim is not None
+        return (fn(args[0], axis=op.dim.value.data, keepdims=keep).astype(F32),)
+
+    return run
+
+
+@register_impls
+class GraphFunctions(InterpreterFunctions):
+    """Interpreter functions for `graph`; `weights` maps weight names to arrays."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray]):
+        self.weights = weights
+
+    for _op, _fn in UNARY.items():
+        locals()[f"run_{_op.name}"] = _unary_impl(_op, _fn)
+    for _op, _fn in BINARY.items():
+        locals()[f"run_{_op.name}"] = _binary_impl(_op, _fn)
+    for _op, _fn in ((graph.ReduceSumOp, np.sum), (graph.ReduceMaxOp, np.max), (graph.ReduceMeanOp, np.mean)):
+        locals()[f"run_{_op.name}"] = _reduce_impl(_op, _fn)
+    del _op, _fn
+
+    @impl(graph.WeightOp)
+    def run_weight(self, interpreter: Interpreter, op: graph.WeightOp, args: PythonValues):
+        name = op.weight_name.data
+        if name not in self.weights:
+            raise InterpretError(with_loc(f"no value was given for weight '{name}'", op.loc_str))
+        value = np.asarray(self.weights[name])
+        if value.shape != graph.shape_of(op.result):
+            raise InterpretError(f"weight '{name}' has shape {value.shape}, the IR expects {graph.shape_of(op.result)}")
+        return (value,)
+
+    @impl(graph.ConstantOp)
+    def run_constant(self, interpreter: Interpreter, op: graph.ConstantOp, args: PythonValues):
+        return (np.full(graph.shape_of(op.result), op.value.value.data, dtype=F32),)
+
+    @impl(graph.CausalMaskOp)
+    def run_causal_mask(self, interpreter: Interpreter, op: graph.CausalMaskOp, args: PythonValues):
+        return (causal_mask(graph.shape_of(op.result)),)
+
+    @impl(graph.GeluOp)
+    def run_gelu(self, interpreter: Interpreter, op: graph.GeluOp, args: PythonValues):
+        return (_gelu(args[0], op.approximate.data).astype(F32),)
+
+    @impl(graph.WhereOp)
+    def run_where(self, interpreter: Interpreter, op: graph.WhereOp, args: PythonValues):
+        return (np.where(*args).astype(F32),)
+
+    @impl(graph.MatmulOp)
+    def run_matmul(self, interpreter: Interpreter, op: graph.MatmulOp, args: PythonValues):
+        return (np.matmul(args[0], args[1]).astype(F32),)
+
+    @impl(graph.LinearOp)
+    def run_linear(self, interpreter: Interpreter, op: graph.LinearOp, args: PythonValues):
+        out = np.matmul(args[0], args[1].T)
+        if len(args) == 3:
+            out = out + args[2]
+        return (out.astype(F32),)
+
+    @impl(graph.AttentionOp)
+    def run_attention(self, interpreter: Interpreter, op: graph.AttentionOp, args: PythonValues):
+        return (attention(*args, op.scale.value.data, op.causal is not None),)
+
+    @impl(graph.SoftmaxOp)
+    def run_softmax(self, interpreter: Interpreter, op: graph.SoftmaxOp, args: PythonValues):
+        return (softmax(args[0], op.dim.value.data).astype(F32),)
+
+    @impl(graph.LayerNormOp)
+    def run_layer_norm(self, interpreter: Interpreter, op: graph.LayerNormOp, args: PythonValues):
+        return (layer_norm(*args, op.eps.value.data).astype(F32),)
+
+    @impl(graph.ReshapeOp)
+    def run_reshape(self, interpreter: Interpreter, op: graph.ReshapeOp, args: PythonValues):
+        return (np.reshape(args[0], graph.shape_of(op.result)),)
+
+    @impl(graph.ExpandOp)
+    def run_expand(self, interpreter: Interpreter, op: graph.ExpandOp, args: PythonValues):
+        return (np.broadcast_to(args[0], graph.shape_of(op.result)),)
+
+    @impl(graph.PermuteOp)
+    def run_permute(self, interpreter: Interpreter, op: graph.PermuteOp, args: PythonValues):
+        return (np.transpose(args[0], op.perm.get_values()),)
+
+    @impl(graph.SliceOp)
+    def run_slice(self, interpreter: Interpreter, op: graph.SliceOp, args: PythonValues):
+        index = [slice(None)] * args[0].ndim
+        index[op.dim.value.data] = slice(op.start.value.data, op.end.value.data, op.step.value.data)
+        return (args[0][tuple(index)],)
+
+    @impl(graph.ConcatOp)
+    def run_concat(self, interpreter: Interpreter, op: graph.ConcatOp, args: PythonValues):
+        return (np.concatenate(args, axis=op.dim.value.data),)
