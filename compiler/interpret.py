@@ -25,10 +25,11 @@ def interpret(
 ) -> list[np.ndarray]:
     """Execute `entry` of the module; returns its results as numpy arrays."""
     from llmc.dialects.kernel_interp import KernelFunctions
+    from llmc.dialects.tile_interp import TileFunctions
 
     interpreter = Interpreter(module, index_bitwidth=64)
     for functions in (FuncFunctions(), ArithFunctions(), ScfFunctions(), GraphFunctions(weights),
-                      KernelFunctions()):
+                      KernelFunctions(), TileFunctions(weights)):
         interpreter.register_implementations(functions)
     args = tuple(np.ascontiguousarray(np.asarray(x, dtype=np.float32)) for x in inputs)
     try:

@@ -127,8 +127,10 @@ class UnaryOp(GraphOp):
     traits = traits_def(Pure())
     assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
 
-    def __init__(self, operand: SSAValue, result_type: Attribute | None = None):
-        super().__init__(operands=[operand], result_types=[result_type or operand.type])
+    def __init__(self, operand: SSAValue | None = None, *, operands=None, result_types=None, attributes=None):
+        if operand is not None:
+            operands, result_types = [operand], result_types or [operand.type]
+        super().__init__(operands=operands, result_types=result_types, attributes=attributes)
 
     def verify_(self):
         if shape_of(self.operand) != shape_of(self.result):
@@ -143,11 +145,14 @@ class BinaryOp(GraphOp):
     assembly_format = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)"
     RESULT_ELEMENT: ClassVar[Attribute | None] = None
 
-    def __init__(self, lhs: SSAValue, rhs: SSAValue):
-        shape = broadcast_shapes(shape_of(lhs), shape_of(rhs))
-        assert shape is not None, f"{self.name}: shapes do not broadcast"
-        element = self.RESULT_ELEMENT or lhs.type.element_type
-        super().__init__(operands=[lhs, rhs], result_types=[tensor(shape, element)])
+    def __init__(self, lhs: SSAValue | None = None, rhs: SSAValue | None = None, *,
+                 operands=None, result_types=None, attributes=None):
+        if lhs is not None:
+            shape = broadcast_shapes(shape_of(lhs), shape_of(rhs))
+            assert shape is not None, f"{self.name}: shapes do not broadcast"
+            element = self.RESULT_ELEMENT or lhs.type.element_type
+            operands, result_types = [lhs, rhs], [tensor(shape, element)]
+        super().__init__(operands=operands, result_types=result_types, attributes=attributes)
 
     def verify_(self):
         shape = broadcast_shapes(shape_of(self.lhs), shape_of(self.rhs))

@@ -1,0 +1,137 @@
+"""numpy semantics of the `tile` dialect: a launch runs every program of its grid.
+
+Buffers are numpy arrays; intermediate buffers start as NaN so a read before
+any write (a memory-planning bug) poisons the results instead of passing
+silently. Allocations with an arena offset alias one arena array, exactly as
+the plan says.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+
+import numpy as np
+from xdsl.interpreter import (
+    Interpreter,
+    InterpreterFunctions,
+    PythonValues,
+    ReturnedValues,
+    impl,
+    impl_terminator,
+    register_impls,
+)
+
+from llmc.dialects import tile
+from llmc.errors import InterpretError
+
+F32 = np.float32
+ARENA_ATTR = "llmc.arena_bytes"
+
+
+def block_indices(op, base: int, row: int, col: int, rows: int, cols: int):
+    """Flat element indices of a block of a 2-D strided view, and which are inside the view."""
+    (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+    r = row + np.arange(rows)[:, None]
+    c = col + np.arange(cols)[None, :]
+    valid = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+    flat = base + r * s0 + c * s1
+    return np.where(valid, flat, 0), valid
+
+
+def grouped_coords(pid: int, rows: int, cols: int, group: int) -> tuple[int, int]:
+    """Triton's grouped program order: `group` row tiles walk each column before moving on."""
+    per_group = group * cols
+    first_row = (pid // per_group) * group
+    size = min(rows - first_row, group)
+    return first_row + (pid % per_group) % size, (pid % per_group) // size
+
+
+@register_impls
+class TileFunctions(InterpreterFunctions):
+    def __init__(self, weights: Mapping[str, np.ndarray]):
+        self.weights = weights
+        self.program_ids: tuple[int, ...] = ()
+        self.arenas: dict[int, np.ndarray] = {}
+
+    @impl(tile.LaunchOp)
+    def run_launch(self, interpreter: Interpreter, op: tile.LaunchOp, args: PythonValues):
+        kernel = interpreter.get_op_for_symbol(op.callee)
+        for pid in itertools.product(*(range(g) for g in kernel.grid.get_values())):
+            self.program_ids = pid
+            interpreter.run_ssacfg_region(kernel.body, args, kernel.sym_name.data)
+        return ()
+
+    @impl_terminator(tile.ReturnOp)
+    def run_return(self, interpreter: Interpreter, op: tile.ReturnOp, args: PythonValues):
+        return ReturnedValues(()), ()
+
+    @impl(tile.AllocOp)
+    def run_alloc(self, interpreter: Interpreter, op: tile.AllocOp, args: PythonValues):
+        shape = tuple(op.result.type.get_shape())
+        if op.offset is None:
+            return (np.full(shape, np.nan, dtype=F32),)
+        func_op = op.parent_op()
+        arena = self.arenas.get(id(func_op))
+        if arena is None:
+            size = func_op.attributes[ARENA_ATTR].value.data
+            arena = self.arenas[id(func_op)] = np.full(size // 4, np.nan, dtype=F32)
+        start = op.offset.value.data // 4
+        return (arena[start : start + int(np.prod(shape))].reshape(shape),)
+
+    @impl(tile.WeightOp)
+    def run_weight(self, interpreter: Interpreter, op: tile.WeightOp, args: PythonValues):
+        name = op.weight_name.data
+        if name not in self.weights:
+            raise InterpretError(f"no value was given for weight '{name}'")
+        return (np.ascontiguousarray(self.weights[name], dtype=F32),)
+
+    @impl(tile.ProgramIdOp)
+    def run_program_id(self, interpreter: Interpreter, op: tile.ProgramIdOp, args: PythonValues):
+        return (self.program_ids[op.axis.value.data],)
+
+    @impl(tile.TileCoordsOp)
+    def run_tile_coords(self, interpreter: Interpreter, op: tile.TileCoordsOp, args: PythonValues):
+        return grouped_coords(args[0], op.rows.value.data, op.cols.value.data, op.group.value.data)
+
+    @impl(tile.LoadOp)
+    def run_load(self, interpreter: Interpreter, op: tile.LoadOp, args: PythonValues):
+        buffer, base, row, col = args
+        rows, cols = op.result.type.get_shape()
+        flat, valid = block_indices(op, base, row, col, rows, cols)
+        pad = -np.inf if op.padding is not None and op.padding.data == "neg_inf" else 0.0
+        return (np.where(valid, buffer.reshape(-1)[flat], F32(pad)).astype(F32),)
+
+    @impl(tile.StoreOp)
+    def run_store(self, interpreter: Interpreter, op: tile.StoreOp, args: PythonValues):
+        value, buffer, base, row, col = args
+        rows, cols = op.value.type.get_shape()
+        flat, valid = block_indices(op, base, row, col, rows, cols)
+        target = buffer.reshape(-1)
+        if not np.shares_memory(target, buffer):
+            raise InterpretError("tile.store into a non-contiguous buffer")
+        target[flat[valid]] = np.broadcast_to(value, (rows, cols))[valid]
+        return ()
+
+    @impl(tile.DotOp)
+    def run_dot(self, interpreter: Interpreter, op: tile.DotOp, args: PythonValues):
+        lhs, rhs, acc = args
+        return ((acc + lhs @ rhs).astype(F32),)
+
+    @impl(tile.ReduceOp)
+    def run_reduce(self, interpreter: Interpreter, op: tile.ReduceOp, args: PythonValues):
+        axis, extent = op.axis.value.data, op.extent.value.data
+        part = np.take(args[0], np.arange(extent), axis=axis)
+        fn = np.sum if op.kind.data == "sum" else np.max
+        return (fn(part, axis=axis, keepdims=True).astype(F32),)
+
+    @impl(tile.FullOp)
+    def run_full(self, interpreter: Interpreter, op: tile.FullOp, args: PythonValues):
+        return (np.full(tuple(op.result.type.get_shape()), op.value.value.data, dtype=F32),)
+
+    @impl(tile.IotaOp)
+    def run_iota(self, interpreter: Interpreter, op: tile.IotaOp, args: PythonValues):
+        shape = tuple(op.result.type.get_shape())
+        axis = op.axis.value.data
+        index = np.arange(shape[axis], dtype=np.int64).reshape([-1 if i == axis else 1 for i in range(2)])
+        return (np.broadcast_to(args[0] + index, shape).copy(),)

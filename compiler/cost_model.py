@@ -1,0 +1,135 @@
+"""Roofline cost model and tile-size decisions: pure functions over kernel ops.
+
+`kernel_cost` counts FLOPs and the bytes a kernel must move (its operands and
+results once each); `decide_tiles` picks tile sizes and pipeline depth for a
+kernel on a target. Both return plain values the `tile` pass writes into the
+IR and `llmc compile` prints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llmc.dialects import graph, kernel
+from llmc.passes.lowering.emit import as_2d, pow2_at_least
+from llmc.target import Target
+
+POINTWISE_FLOPS = 1
+ROW_FLOPS = {graph.SoftmaxOp: 5, graph.LayerNormOp: 8}
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: int
+    bytes: int
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / max(self.bytes, 1)
+
+    def bound(self, target: Target) -> str:
+        return "compute" if self.intensity >= target.ridge else "memory"
+
+    def predicted_us(self, target: Target) -> float:
+        return max(self.flops / (target.peak_gflops * 1e3), self.bytes / (target.bandwidth_gbs * 1e3))
+
+
+@dataclass(frozen=True)
+class TileDecision:
+    tiles: tuple[int, ...]
+    stages: int
+    why: str
+
+
+def _numel(value) -> int:
+    return math.prod(graph.shape_of(value))
+
+
+def op_flops(op) -> int:
+    if isinstance(op, graph.MatmulOp | graph.LinearOp):
+        return 2 * _numel(op.results[0]) * graph.shape_of(op.operands[0])[-1]
+    if isinstance(op, graph.AttentionOp):
+        b, h, tq, d = graph.shape_of(op.query)
+        tk = graph.shape_of(op.key)[2]
+        full = 4 * b * h * tq * tk * d
+        return full // 2 if op.causal is not None else full
+    if isinstance(op, graph.ROW_OPS):
+        return ROW_FLOPS.get(type(op), 1) * _numel(op.operands[0])
+    if isinstance(op, (*graph.POINTWISE_OPS, graph.ConcatOp)):
+        return POINTWISE_FLOPS * _numel(op.results[0])
+    return 0
+
+
+def kernel_cost(kop: kernel.KernelOp) -> Cost:
+    flops = sum(op_flops(op) for op in kop.body.block.ops)
+    moved = sum(_numel(v) for v in kop.inputs) + sum(_numel(v) for v in kop.outputs)
+    return Cost(flops, 4 * moved)
+
+
+def anchor_of(kop: kernel.KernelOp):
+    for op in kop.body.block.ops:
+        if isinstance(op, (graph.MatmulOp, graph.LinearOp, graph.AttentionOp, *graph.ROW_OPS)):
+            return op
+    return None
+
+
+def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
+    kind = kop.kind.data
+    anchor = anchor_of(kop)
+    if kind == "matmul":
+        shape = graph.shape_of(anchor.results[0])
+        return matmul_tiles(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target)
+    if kind == "attention":
+        return attention_tiles(graph.shape_of(anchor.query), graph.shape_of(anchor.key)[2], target)
+    if kind == "row":
+        return row_tiles(as_2d(graph.shape_of(anchor.operands[0])), target)
+    return pointwise_tiles(as_2d(graph.shape_of(kop.outputs[0])), target)
+
+
+def matmul_tiles(m: int, n: int, k: int, target: Target) -> TileDecision:
+    """Minimise the bytes re-read from memory, with padding waste, within the scratch budget."""
+    best = None
+    for bm in _candidates(m, (16, 32, 64, 128)):
+        for bn in _candidates(n, (16, 32, 64, 128)):
+            for bk in _candidates(k, (16, 32, 64)):
+                stages = min(target.default_stages, math.ceil(k / bk))
+                if (bm * bk + bk * bn) * 4 * stages + bm * bn * 4 > target.scratch_bytes:
+                    continue
+                waste = (math.ceil(m / bm) * bm * math.ceil(n / bn) * bn) / (m * n)
+                traffic = m * n * k * (1 / bn + 1 / bm) * waste
+                programs = math.ceil(m / bm) * math.ceil(n / bn)
+                starved = max(1.0, target.cores / programs)
+                score = (traffic * starved, -bk)
+                if best is None or score < best[0]:
+                    best = (score, (bm, bn, bk), stages)
+    (_, tiles, stages) = best
+    return TileDecision(tiles, stages, "least re-read traffic within the scratch budget")
+
+
+def _candidates(extent: int, sizes: tuple[int, ...]) -> list[int]:
+    cap = pow2_at_least(extent)
+    return sorted({min(s, cap) for s in sizes})
+
+
+def attention_tiles(q_shape: tuple[int, ...], tk: int, target: Target) -> TileDecision:
+    _, _, tq, d = q_shape
+    bd = pow2_at_least(d)
+    bm = min(64 if target.kind == "cpu" else 128, pow2_at_least(tq))
+    bn = min(64, pow2_at_least(tk))
+    while bn > 16 and (bm * bd + 2 * bn * bd + bm * bn) * 4 > target.scratch_bytes:
+        bn //= 2
+    stages = min(target.default_stages, math.ceil(tk / bn))
+    return TileDecision((bm, bn), stages, "query rows per program x keys per step, fitted to scratch")
+
+
+def row_tiles(shape: tuple[int, ...], target: Target) -> TileDecision:
+    cols = pow2_at_least(shape[-1])
+    rows = max(1, min(pow2_at_least(shape[-2]), target.l1_bytes // 2 // (cols * 4)))
+    return TileDecision((rows, cols), 1, "whole rows, as many as fit half of L1")
+
+
+def pointwise_tiles(shape: tuple[int, ...], target: Target) -> TileDecision:
+    cols = min(pow2_at_least(shape[-1]), 256 if target.kind == "cpu" else 1024)
+    rows = max(1, min(pow2_at_least(shape[-2]), 4096 // cols))
+    return TileDecision((rows, cols), 1, "contiguous blocks of about 4K elements")

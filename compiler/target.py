@@ -1,0 +1,47 @@
+"""Target descriptions: the machine facts the cost model and the tile pass use.
+
+Numbers are nominal figures for the class of machine; a measured probe can
+replace peak compute and bandwidth (the SIMD C backend measures its host).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmc.errors import PassOptionError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kind: str  # "cpu" or "gpu"
+    peak_gflops: float  # fp32 FMA throughput, all cores
+    bandwidth_gbs: float  # main memory (DRAM or HBM)
+    cores: int  # CPU cores, or GPU SMs
+    vector_bytes: int  # SIMD register width; for GPUs the widest vectorised access
+    vector_registers: int
+    l1_bytes: int
+    l2_bytes: int
+    scratch_bytes: int  # shared memory per SM on GPUs; L2 share per core on CPUs
+    default_stages: int
+
+    @property
+    def ridge(self) -> float:
+        """Arithmetic intensity (FLOP/byte) where the roofline turns from memory- to compute-bound."""
+        return self.peak_gflops / self.bandwidth_gbs
+
+
+TARGETS = {
+    "cpu-avx2": Target("cpu-avx2", "cpu", 2 * 2 * 2 * 8 * 3.0, 20.0, 2, 32, 16, 32 * 1024, 1024 * 1024, 512 * 1024, 2),
+    "cpu-avx512": Target("cpu-avx512", "cpu", 16 * 2 * 2 * 16 * 2.5, 100.0, 16, 64, 32, 48 * 1024, 2 * 1024 * 1024, 1024 * 1024, 2),
+    "cuda-h100": Target("cuda-h100", "gpu", 67000.0, 3350.0, 132, 16, 255, 256 * 1024, 50 * 1024 * 1024, 228 * 1024, 3),
+}
+ALIASES = {"cpu": "cpu-avx2", "c": "cpu-avx2", "gpu": "cuda-h100", "cuda": "cuda-h100", "triton": "cuda-h100"}
+
+
+def get_target(name: str) -> Target:
+    key = ALIASES.get(name, name)
+    if key not in TARGETS:
+        known = ", ".join(sorted([*TARGETS, *ALIASES]))
+        raise PassOptionError(f"unknown target '{name}'; known targets: {known}")
+    return TARGETS[key]

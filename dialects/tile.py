@@ -1,0 +1,249 @@
+"""The `tile` dialect: per-kernel programs over tiles, in the spirit of Triton's IR.
+
+A `tile.kernel` is a symbol whose body runs once per program of its launch
+grid; its block arguments are the buffers (memrefs) it reads and writes. Tiles
+are builtin tensors (`tensor<64x32xf32>`); the `graph` dialect's pointwise ops
+work on them unchanged, loops are `scf.for`, index math is `arith`.
+
+Loads and stores are block-pointer style (like `tt.make_block_ptr`): the buffer
+is seen as a 2-D view with `shape` and `strides` (in elements) starting at the
+element offset `%base`; the block at `[%row, %col]` of that view is read, with
+elements outside the view masked (`padding` fills them). Layout decisions are
+attributes the passes set and backends obey: `order` (fastest dim first) and
+`vec` from `coalesce`; `swizzle` (XOR-swizzled scratch tile) and `pack`
+(panel-packed weights) from `swizzle`.
+"""
+
+from __future__ import annotations
+
+from xdsl.dialects.builtin import (
+    DenseArrayBase,
+    FloatAttr,
+    IndexType,
+    IntegerAttr,
+    MemRefType,
+    StringAttr,
+    SymbolNameConstraint,
+    SymbolRefAttr,
+    TensorType,
+)
+from xdsl.ir import Dialect
+from xdsl.irdl import (
+    IRDLOperation,
+    attr_def,
+    irdl_op_definition,
+    operand_def,
+    opt_attr_def,
+    region_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+)
+from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure, SymbolOpInterface
+from xdsl.utils.exceptions import VerifyException
+
+PADDINGS = ("zero", "neg_inf")
+REDUCTIONS = ("sum", "max")
+
+
+def _check_view(op, shape: DenseArrayBase, strides: DenseArrayBase, tile: TensorType) -> None:
+    if len(shape.get_values()) != 2 or len(strides.get_values()) != 2:
+        raise VerifyException(f"{op.name}: shape and strides describe a 2-D view")
+    if len(tile.get_shape()) != 2:
+        raise VerifyException(f"{op.name}: tiles are 2-D, got {tile}")
+
+
+@irdl_op_definition
+class KernelOp(IRDLOperation):
+    """One tile program; `grid` is the launch grid (programs per axis)."""
+
+    name = "tile.kernel"
+    sym_name = attr_def(SymbolNameConstraint())
+    grid = attr_def(DenseArrayBase)
+    kind = attr_def(StringAttr)
+    body = region_def("single_block")
+    traits = traits_def(SymbolOpInterface(), IsolatedFromAbove())
+    assembly_format = "$sym_name attr-dict-with-keyword $body"
+
+    def verify_(self):
+        if any(not isinstance(a.type, MemRefType) for a in self.body.block.args):
+            raise VerifyException(f"tile.kernel @{self.sym_name.data}: arguments must be memrefs")
+        if any(g < 1 for g in self.grid.get_values()):
+            raise VerifyException(f"tile.kernel @{self.sym_name.data}: empty grid")
+
+
+@irdl_op_definition
+class ReturnOp(IRDLOperation):
+    name = "tile.return"
+    traits = traits_def(IsTerminator(), HasParent(KernelOp))
+    assembly_format = "attr-dict"
+
+
+@irdl_op_definition
+class LaunchOp(IRDLOperation):
+    """Run every program of a tile.kernel's grid on these buffers."""
+
+    name = "tile.launch"
+    callee = attr_def(SymbolRefAttr)
+    buffers = var_operand_def(MemRefType)
+    assembly_format = "$callee `(` $buffers `)` attr-dict `:` type($buffers)"
+
+
+@irdl_op_definition
+class AllocOp(IRDLOperation):
+    """An intermediate buffer; `offset` (bytes into the arena) comes from plan-memory."""
+
+    name = "tile.alloc"
+    result = result_def(MemRefType)
+    offset = opt_attr_def(IntegerAttr)
+    assembly_format = "attr-dict `:` type($result)"
+
+
+@irdl_op_definition
+class WeightOp(IRDLOperation):
+    """A weight buffer looked up by name; `pack` records a packed layout chosen for it."""
+
+    name = "tile.weight"
+    weight_name = attr_def(StringAttr, attr_name="name")
+    result = result_def(MemRefType)
+    traits = traits_def(Pure())
+    assembly_format = "$name attr-dict `:` type($result)"
+
+
+@irdl_op_definition
+class ProgramIdOp(IRDLOperation):
+    name = "tile.program_id"
+    axis = attr_def(IntegerAttr)
+    result = result_def(IndexType)
+    traits = traits_def(Pure())
+    assembly_format = "attr-dict"
+
+
+@irdl_op_definition
+class TileCoordsOp(IRDLOperation):
+    """Map a linear program id to (row tile, col tile); `group` > 1 is grouped (L2-swizzled) order."""
+
+    name = "tile.tile_coords"
+    pid = operand_def(IndexType)
+    row = result_def(IndexType)
+    col = result_def(IndexType)
+    rows = attr_def(IntegerAttr)
+    cols = attr_def(IntegerAttr)
+    group = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$pid attr-dict"
+
+    def verify_(self):
+        if self.group.value.data < 1:
+            raise VerifyException("tile.tile_coords: group must be >= 1")
+
+
+@irdl_op_definition
+class LoadOp(IRDLOperation):
+    name = "tile.load"
+    buffer = operand_def(MemRefType)
+    base = operand_def(IndexType)
+    row = operand_def(IndexType)
+    col = operand_def(IndexType)
+    result = result_def(TensorType)
+    shape = attr_def(DenseArrayBase)
+    strides = attr_def(DenseArrayBase)
+    padding = opt_attr_def(StringAttr)
+    order = opt_attr_def(DenseArrayBase)
+    vec = opt_attr_def(IntegerAttr)
+    swizzle = opt_attr_def(DenseArrayBase)
+    pack = opt_attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$buffer `[` $base `]` `[` $row `,` $col `]` attr-dict `:` type($buffer) `->` type($result)"
+
+    def verify_(self):
+        _check_view(self, self.shape, self.strides, self.result.type)
+        if self.padding is not None and self.padding.data not in PADDINGS:
+            raise VerifyException(f"tile.load: padding must be one of {PADDINGS}")
+
+
+@irdl_op_definition
+class StoreOp(IRDLOperation):
+    name = "tile.store"
+    value = operand_def(TensorType)
+    buffer = operand_def(MemRefType)
+    base = operand_def(IndexType)
+    row = operand_def(IndexType)
+    col = operand_def(IndexType)
+    shape = attr_def(DenseArrayBase)
+    strides = attr_def(DenseArrayBase)
+    order = opt_attr_def(DenseArrayBase)
+    vec = opt_attr_def(IntegerAttr)
+    assembly_format = (
+        "$value `,` $buffer `[` $base `]` `[` $row `,` $col `]` attr-dict `:` type($value) `,` type($buffer)"
+    )
+
+    def verify_(self):
+        _check_view(self, self.shape, self.strides, self.value.type)
+
+
+@irdl_op_definition
+class DotOp(IRDLOperation):
+    """acc + lhs @ rhs on tiles."""
+
+    name = "tile.dot"
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    acc = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$lhs `,` $rhs `,` $acc attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        (m, k), (k2, n) = self.lhs.type.get_shape(), self.rhs.type.get_shape()
+        if k != k2 or tuple(self.acc.type.get_shape()) != (m, n) or self.acc.type != self.result.type:
+            raise VerifyException(f"tile.dot: [{m}x{k}] @ [{k2}x{n}] does not match the accumulator")
+
+
+@irdl_op_definition
+class ReduceOp(IRDLOperation):
+    """Reduce a tile along `axis` over its first `extent` elements (the rest is padding)."""
+
+    name = "tile.reduce"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    kind = attr_def(StringAttr)
+    axis = attr_def(IntegerAttr)
+    extent = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        if self.kind.data not in REDUCTIONS:
+            raise VerifyException(f"tile.reduce: kind must be one of {REDUCTIONS}")
+        shape = list(self.operand.type.get_shape())
+        shape[self.axis.value.data] = 1
+        if shape != list(self.result.type.get_shape()):
+            raise VerifyException("tile.reduce: the reduced axis must become 1")
+
+
+@irdl_op_definition
+class FullOp(IRDLOperation):
+    name = "tile.full"
+    value = attr_def(FloatAttr)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$value attr-dict `:` type($result)"
+
+
+@irdl_op_definition
+class IotaOp(IRDLOperation):
+    """offset + the index along `axis`, as an integer tile (for masks)."""
+
+    name = "tile.iota"
+    offset = operand_def(IndexType)
+    result = result_def(TensorType)
+    axis = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$offset attr-dict `:` type($result)"
+
+
+Tile = Dialect(
+    "tile",
+    [KernelOp, ReturnOp, LaunchOp, AllocOp, WeightOp, ProgramIdOp, TileCoordsOp, LoadOp, StoreOp, DotOp, ReduceOp, FullOp, IotaOp],
+)

@@ -1,0 +1,148 @@
+"""Building blocks of the kernel → tile lowering: index math, block loads, stores.
+
+`Emitter` appends ops to the block being built (switching into loop bodies as
+needed) and keeps index constants at the top of the kernel. `Operand2D` is
+a buffer seen as a batch of 2-D strided views: per-program base offset plus
+the view the loads use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from xdsl.dialects import arith
+from xdsl.dialects.builtin import FloatAttr, IndexType, IntegerAttr, StringAttr, TensorType, f32
+from xdsl.ir import Attribute, Block, Operation, SSAValue
+
+from llmc.dialects import graph, tile
+from llmc.passes.fusion.views import StridedView
+
+
+def tile_type(shape: Sequence[int], element: Attribute = f32) -> TensorType:
+    return TensorType(element, list(shape))
+
+
+def pow2_at_least(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def as_2d(shape: Sequence[int]) -> tuple[int, ...]:
+    """Tiles cover the last two dims; a rank-1 space is one row."""
+    return tuple(shape) if len(shape) >= 2 else (1, *shape) if shape else (1, 1)
+
+
+class Emitter:
+    def __init__(self, entry: Block):
+        self.entry = entry
+        self.block = entry
+        self.constants: dict[int, SSAValue] = {}
+
+    def add(self, op: Operation) -> Operation:
+        self.block.add_op(op)
+        return op
+
+    def value(self, op: Operation) -> SSAValue:
+        return self.add(op).results[0]
+
+    def index(self, n: int) -> SSAValue:
+        if n not in self.constants:
+            op = arith.ConstantOp(IntegerAttr(n, IndexType()))
+            if self.entry.first_op is None:
+                self.entry.add_op(op)
+            else:
+                self.entry.insert_op_before(op, self.entry.first_op)
+            self.constants[n] = op.result
+        return self.constants[n]
+
+    def addi(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        return self.value(arith.AddiOp(a, b))
+
+    def muli(self, a: SSAValue, n: int) -> SSAValue:
+        return a if n == 1 else self.value(arith.MuliOp(a, self.index(n)))
+
+    def divi(self, a: SSAValue, n: int) -> SSAValue:
+        return a if n == 1 else self.value(arith.DivSIOp(a, self.index(n)))
+
+    def remi(self, a: SSAValue, n: int) -> SSAValue:
+        return self.index(0) if n == 1 else self.value(arith.RemSIOp(a, self.index(n)))
+
+    def mini(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        less = self.value(arith.CmpiOp(a, b, "slt"))
+        return self.value(arith.SelectOp(less, a, b))
+
+    def program_id(self, axis: int) -> SSAValue:
+        return self.value(tile.ProgramIdOp(result_types=[IndexType()], attributes={"axis": IntegerAttr(axis, 64)}))
+
+    def full(self, value: float, shape: Sequence[int]) -> SSAValue:
+        return self.value(tile.FullOp(result_types=[tile_type(shape)], attributes={"value": FloatAttr(value, f32)}))
+
+    def scalar(self, value: float) -> SSAValue:
+        return self.value(graph.ConstantOp(value))
+
+    def unflatten(self, linear: SSAValue, dims: Sequence[int]) -> list[SSAValue]:
+        """Multi-index of a row-major linear index over `dims`."""
+        out = []
+        for d in reversed(dims):
+            out.append(self.remi(linear, d))
+            linear = self.divi(linear, d)
+        return out[::-1]
+
+
+@dataclass(frozen=True)
+class Operand2D:
+    """A buffer as a batch of 2-D views: element strides of batch dims, and the 2-D view."""
+
+    offset: int
+    batch_strides: tuple[int, ...]
+    shape: tuple[int, int]
+    strides: tuple[int, int]
+
+    @staticmethod
+    def of(view: StridedView, batch_rank: int) -> Operand2D:
+        shape, strides = as_2d(view.shape), (0,) * (2 - len(view.shape)) + tuple(view.strides)
+        lead = len(shape) - 2
+        assert lead == batch_rank, f"view {view} does not have {batch_rank} batch dims"
+        return Operand2D(view.offset, tuple(strides[:lead]), tuple(shape[-2:]), tuple(strides[-2:]))
+
+    def transposed(self) -> Operand2D:
+        return Operand2D(self.offset, self.batch_strides, self.shape[::-1], self.strides[::-1])
+
+    def base(self, em: Emitter, batch_index: Sequence[SSAValue]) -> SSAValue:
+        total = em.index(self.offset)
+        for idx, stride in zip(batch_index, self.batch_strides):
+            if stride:
+                total = em.addi(total, em.muli(idx, stride))
+        return total
+
+    def view_attrs(self) -> dict[str, Attribute]:
+        return {"shape": graph.dense(self.shape), "strides": graph.dense(self.strides)}
+
+
+def load(em: Emitter, buffer: SSAValue, operand: Operand2D, base: SSAValue, row: SSAValue, col: SSAValue,
+         block: Sequence[int], padding: str | None = None) -> SSAValue:
+    attrs = operand.view_attrs()
+    if padding:
+        attrs["padding"] = StringAttr(padding)
+    op = tile.LoadOp(operands=[buffer, base, row, col], result_types=[tile_type(block)], attributes=attrs)
+    return em.value(op)
+
+
+def store(em: Emitter, value: SSAValue, buffer: SSAValue, operand: Operand2D, base: SSAValue,
+          row: SSAValue, col: SSAValue) -> None:
+    em.add(tile.StoreOp(operands=[value, buffer, base, row, col], attributes=operand.view_attrs()))
+
+
+def store_view(value_shape: tuple[int, ...], views: Sequence[Operation], out_shape: tuple[int, ...]) -> StridedView:
+    """How a value of `value_shape` lands in a contiguous buffer of `views(value)`."""
+    t = torch.empty(out_shape, device="meta")
+    for op in reversed(views):
+        if isinstance(op, graph.PermuteOp):
+            perm = op.perm.get_values()
+            t = t.permute([perm.index(i) for i in range(len(perm))])
+        else:
+            t = t.view(graph.shape_of(op.operand))
+    t = t.view(value_shape) if tuple(t.shape) != value_shape else t
+    return StridedView(tuple(t.shape), tuple(t.stride()), t.storage_offset())

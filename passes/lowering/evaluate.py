@@ -1,0 +1,202 @@
+"""Evaluate a kernel region's graph ops on one program's tiles.
+
+The kernel's iteration space is split into [BR, BC] tiles over its last two
+dims; the program at `origin` evaluates every value it needs on its tile:
+buffers (through their view chains) become block loads, pointwise ops are
+cloned onto tiles, reductions over the last dim become `tile.reduce` with the
+true row length as extent, and a concat evaluates each input at a shifted
+origin and selects by position. Values are memoised per shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsl.dialects.builtin import IntegerAttr, StringAttr, TensorType, i1, i64
+from xdsl.ir import Operation, SSAValue
+
+from llmc.dialects import graph, tile
+from llmc.errors import UnsupportedOpError, with_loc
+from llmc.passes.fusion.views import apply_views, view_chain
+from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, load, tile_type
+
+
+@dataclass
+class TileSpace:
+    """One program's place in the iteration space."""
+
+    shape: tuple[int, ...]
+    block: tuple[int, int]
+    batch_index: list[SSAValue]
+    row: SSAValue
+    col: SSAValue
+
+    @property
+    def shape2d(self) -> tuple[int, ...]:
+        return as_2d(self.shape)
+
+    def normalize(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """A value's shape right-aligned to the space (a reduced row without keepdim gets its 1 back)."""
+        full = self.shape2d
+        if len(shape) == len(full) - 1 and shape == full[:-1]:
+            shape = (*shape, 1)
+        shape = as_2d(shape)
+        return (1,) * (len(full) - len(shape)) + shape
+
+    def tile_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        norm = self.normalize(shape)
+        cols = 1 if norm[-1] == 1 and self.shape2d[-1] != 1 else self.block[1]
+        return (self.block[0], cols)
+
+
+@dataclass
+class TileEvaluator:
+    em: Emitter
+    space: TileSpace
+    buffers: dict[SSAValue, SSAValue]
+    bindings: dict[SSAValue, SSAValue] = field(default_factory=dict)
+    memo: dict[tuple, SSAValue] = field(default_factory=dict)
+
+    def value(self, value: SSAValue, space_shape: tuple[int, ...], shift: tuple[int, int] = (0, 0)) -> SSAValue:
+        if value in self.bindings and shift == (0, 0):
+            return self.bindings[value]
+        key = (value, space_shape, shift)
+        if key not in self.memo:
+            self.memo[key] = self._compute(value, space_shape, shift)
+        return self.memo[key]
+
+    def _compute(self, value: SSAValue, space_shape, shift) -> SSAValue:
+        root, chain = view_chain(value)
+        if root in self.buffers:
+            return self.leaf(root, chain, space_shape, shift)
+        op = value.owner
+        if chain:
+            return self._in_group_view(value, chain, space_shape, shift)
+        if isinstance(op, graph.ConstantOp):
+            return self.em.scalar(op.value.value.data)
+        if isinstance(op, graph.ConcatOp):
+            return self.concat(op, shift)
+        if isinstance(op, graph.POINTWISE_OPS):
+            return self.pointwise(op, shift)
+        if isinstance(op, graph.ROW_OPS):
+            return self.row_op(op, shift)
+        raise UnsupportedOpError(with_loc(f"{op.name} cannot be evaluated inside a fused tile kernel", _loc(op)))
+
+    def leaf(self, root: SSAValue, chain: list[Operation], space_shape, shift) -> SSAValue:
+        """A block load of a buffer seen through views, broadcast to the consumer's shape."""
+        view = apply_views(graph.shape_of(root), chain)
+        if view is None:
+            raise UnsupportedOpError("a view chain that needs a copy reached the tile lowering; run fuse first")
+        target = self.space.normalize(space_shape)
+        view = view.broadcast_to(self.space.shape2d[:-2] + target[-2:])
+        operand = Operand2D.of(view, len(self.space.shape2d) - 2)
+        em = self.em
+        base = operand.base(em, self.space.batch_index)
+        row = _shifted(em, self.space.row, shift[0])
+        col = _shifted(em, self.space.col, shift[1])
+        return load(em, self.buffers[root], operand, base, row, col, self.space.tile_shape(space_shape))
+
+    def _in_group_view(self, value, chain, space_shape, shift) -> SSAValue:
+        inner = chain[0].operand
+        if self.space.normalize(graph.shape_of(inner)) != self.space.normalize(graph.shape_of(value)):
+            raise UnsupportedOpError(with_loc("a view between two ops of one fused kernel", _loc(chain[0])))
+        return self.value(inner, graph.shape_of(inner), shift)
+
+    def pointwise(self, op: Operation, shift) -> SSAValue:
+        shape = graph.shape_of(op.results[0])
+        operands = [self.value(v, shape, shift) for v in op.operands]
+        tile_shape = self.space.tile_shape(shape)
+        result_type = tile_type(_broadcast_tiles(operands, tile_shape), op.results[0].type.element_type)
+        return self.em.value(type(op)(operands=operands, result_types=[result_type], attributes=dict(op.attributes)))
+
+    def concat(self, op: graph.ConcatOp, shift) -> SSAValue:
+        shape = graph.shape_of(op.result)
+        axis = op.dim.value.data - (len(shape) - 2)
+        if axis not in (0, 1) or len(shape) < 2:
+            raise UnsupportedOpError(with_loc("concat along a dim other than the last two", _loc(op)))
+        em = self.em
+        position = self.space.row if axis == 0 else self.space.col
+        block = self.space.tile_shape(shape)
+        index_shape = (block[0], 1) if axis == 0 else (1, block[1])
+        here = em.value(tile.IotaOp(operands=[_shifted(em, position, shift[axis])],
+                                    result_types=[tile_type(index_shape, i64)],
+                                    attributes={"axis": IntegerAttr(axis, 64)}))
+        result, start = None, 0
+        for part in op.inputs:
+            part_shift = (shift[0] + start, shift[1]) if axis == 0 else (shift[0], shift[1] + start)
+            piece = self.value(part, graph.shape_of(part), part_shift)
+            if result is None:
+                result = piece
+            else:
+                bound = em.value(graph.ConstantOp(float(start)))
+                inside = em.value(graph.GeOp(operands=[here, bound], result_types=[tile_type(index_shape, i1)]))
+                result = em.value(graph.WhereOp(operands=[inside, piece, result], result_types=[tile_type(block)]))
+            start += graph.shape_of(part)[op.dim.value.data]
+        return result
+
+    def row_op(self, op: Operation, shift) -> SSAValue:
+        if shift != (0, 0):
+            raise UnsupportedOpError(with_loc("a reduction feeding a concat in one kernel", _loc(op)))
+        x = self.value(op.operands[0], graph.shape_of(op.operands[0]))
+        extent = graph.shape_of(op.operands[0])[-1]
+        if isinstance(op, graph.ReduceSumOp | graph.ReduceMaxOp):
+            return self.reduce(x, "sum" if isinstance(op, graph.ReduceSumOp) else "max", extent)
+        if isinstance(op, graph.ReduceMeanOp):
+            return self.mean(x, extent)
+        if isinstance(op, graph.SoftmaxOp):
+            return self.softmax(x, extent)
+        return self.layer_norm(op, x, extent)
+
+    def reduce(self, x: SSAValue, kind: str, extent: int) -> SSAValue:
+        rows = x.type.get_shape()[0]
+        attrs = {"kind": StringAttr(kind), "axis": IntegerAttr(1, 64), "extent": IntegerAttr(extent, 64)}
+        return self.em.value(tile.ReduceOp(operands=[x], result_types=[tile_type((rows, 1))], attributes=attrs))
+
+    def mean(self, x: SSAValue, extent: int) -> SSAValue:
+        return self.binary(graph.MulOp, self.reduce(x, "sum", extent), self.em.scalar(1.0 / extent))
+
+    def softmax(self, x: SSAValue, extent: int) -> SSAValue:
+        shifted = self.binary(graph.SubOp, x, self.reduce(x, "max", extent))
+        e = self.unary(graph.ExpOp, shifted)
+        return self.binary(graph.DivOp, e, self.reduce(e, "sum", extent))
+
+    def layer_norm(self, op: graph.LayerNormOp, x: SSAValue, extent: int) -> SSAValue:
+        shape = graph.shape_of(op.result)
+        centered = self.binary(graph.SubOp, x, self.mean(x, extent))
+        var = self.mean(self.binary(graph.MulOp, centered, centered), extent)
+        eps = self.em.scalar(op.eps.value.data)
+        scaled = self.binary(graph.MulOp, centered, self.unary(graph.RsqrtOp, self.binary(graph.AddOp, var, eps)))
+        weighted = self.binary(graph.MulOp, scaled, self.value(op.weight, shape))
+        return self.binary(graph.AddOp, weighted, self.value(op.bias, shape))
+
+    def unary(self, cls, x: SSAValue) -> SSAValue:
+        return self.em.value(cls(operands=[x], result_types=[x.type]))
+
+    def binary(self, cls, a: SSAValue, b: SSAValue) -> SSAValue:
+        shape = _broadcast_tiles([a, b], None)
+        return self.em.value(cls(operands=[a, b], result_types=[tile_type(shape)]))
+
+
+def _broadcast_tiles(values: list[SSAValue], fallback) -> tuple[int, ...]:
+    shapes = [tuple(v.type.get_shape()) for v in values if isinstance(v.type, TensorType)]
+    out = graph.broadcast_shapes(*shapes) if shapes else None
+    if fallback is not None and (out is None or len(out) < 2):
+        return fallback
+    return out
+
+
+def _shifted(em: Emitter, position: SSAValue, shift: int) -> SSAValue:
+    if shift == 0:
+        return position
+    return em.value(_sub(em, position, shift))
+
+
+def _sub(em: Emitter, position: SSAValue, amount: int):
+    from xdsl.dialects import arith
+
+    return arith.SubiOp(position, em.index(amount))
+
+
+def _loc(op: Operation) -> str | None:
+    loc = op.attributes.get("loc")
+    return loc.data if loc is not None else None

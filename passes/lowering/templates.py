@@ -1,0 +1,206 @@
+"""Tile programs for each kernel kind: row/pointwise, matmul + epilogue, flash attention.
+
+Each template takes a kernel.kernel and its tile sizes and builds the body of
+a tile.kernel: program ids → tile origin, the main loop (K for matmul, KV for
+attention, marked with its pipeline stage count for the `pipeline` pass), the
+fused epilogue through `TileEvaluator`, and the stores of every output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import IndexType, IntegerAttr, i1, i64
+from xdsl.ir import Block, Region, SSAValue
+
+from llmc.dialects import graph, kernel, tile
+from llmc.errors import UnsupportedOpError
+from llmc.passes.fusion.views import StridedView, apply_views, view_chain
+from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, load, pow2_at_least, store, store_view, tile_type
+from llmc.passes.lowering.evaluate import TileEvaluator, TileSpace
+
+STAGES_ATTR = "llmc.pipeline_stages"
+
+
+class KernelLowering:
+    """State shared by the templates while one kernel is lowered."""
+
+    def __init__(self, kop: kernel.KernelOp, entry: Block):
+        self.kop = kop
+        self.em = Emitter(entry)
+        region = kop.body.block
+        n_in = len(region.args)
+        self.buffers = dict(zip(region.args, entry.args[:n_in]))
+        self.out_buffers = list(entry.args[n_in:])
+        self.yields = list(region.last_op.values)
+
+    def anchor(self, types) -> graph.GraphOp | None:
+        return next((op for op in self.kop.body.block.ops if isinstance(op, types)), None)
+
+    def split_yield(self, value: SSAValue) -> tuple[SSAValue, list]:
+        root, chain = view_chain(value)
+        if root in self.buffers:
+            return value, []
+        return root, chain
+
+    def store_outputs(self, evaluator: TileEvaluator) -> None:
+        space = evaluator.space
+        for value, buffer in zip(self.yields, self.out_buffers):
+            base_value, views = self.split_yield(value)
+            shape = graph.shape_of(base_value)
+            tile_value = evaluator.value(base_value, shape)
+            view = store_view(shape, views, graph.shape_of(value))
+            operand = Operand2D.of(_normalized(view, space), len(space.shape2d) - 2)
+            store(self.em, tile_value, buffer, operand, operand.base(self.em, space.batch_index), space.row, space.col)
+
+    def loop(self, upper: SSAValue, step: int, carried: list[SSAValue], body: Callable, stages: int) -> list[SSAValue]:
+        """scf.for from 0 to `upper`; `body(iv, carried)` returns the new carried values."""
+        block = Block(arg_types=[IndexType(), *[v.type for v in carried]])
+        outer = self.em.block
+        self.em.block = block
+        results = body(block.args[0], list(block.args[1:]))
+        self.em.add(scf.YieldOp(*results))
+        self.em.block = outer
+        loop = scf.ForOp(self.em.index(0), upper, self.em.index(step), carried, Region(block))
+        loop.attributes[STAGES_ATTR] = IntegerAttr(stages, 64)
+        self.em.add(loop)
+        return list(loop.results)
+
+
+def _normalized(view: StridedView, space: TileSpace) -> StridedView:
+    """Right-align a store view to the space's rank (reduced rows get a trailing unit dim)."""
+    shape, strides = list(view.shape), list(view.strides)
+    full = space.shape2d
+    if len(shape) == len(full) - 1 and tuple(shape) == full[:-1]:
+        shape, strides = shape + [1], strides + [1]
+    while len(shape) < len(full):
+        shape, strides = [1] + shape, [0] + strides
+    return StridedView(tuple(shape), tuple(strides), view.offset)
+
+
+def iteration_shape(low: KernelLowering) -> tuple[int, ...]:
+    row = low.anchor(graph.ROW_OPS)
+    if row is not None:
+        return graph.shape_of(row.operands[0])
+    base, _ = low.split_yield(low.yields[0])
+    return graph.shape_of(base)
+
+
+def lower_elementwise(low: KernelLowering, tiles: tuple[int, ...]) -> list[int]:
+    """Pointwise and row kernels: one [BR, BC] tile per program (a row kernel's BC spans the row)."""
+    shape = iteration_shape(low)
+    dims = as_2d(shape)
+    rows, cols = dims[-2:]
+    block_r, block_c = tiles[0], tiles[1]
+    row_tiles, col_tiles = math.ceil(rows / block_r), math.ceil(cols / block_c)
+    em = low.em
+    batch_index = em.unflatten(em.program_id(0), dims[:-2])
+    pid = em.program_id(1)
+    row = em.muli(em.divi(pid, col_tiles), block_r)
+    col = em.muli(em.remi(pid, col_tiles), block_c)
+    space = TileSpace(shape, (block_r, block_c), batch_index, row, col)
+    low.store_outputs(TileEvaluator(em, space, low.buffers))
+    return [math.prod(dims[:-2]), row_tiles * col_tiles]
+
+
+def _operand(value: SSAValue, low: KernelLowering, full_shape: tuple[int, ...]) -> tuple[SSAValue, Operand2D]:
+    root, chain = view_chain(value)
+    if root not in low.buffers:
+        raise UnsupportedOpError("a matmul/attention operand computed inside its own kernel")
+    view = apply_views(graph.shape_of(root), chain).broadcast_to(full_shape)
+    return low.buffers[root], Operand2D.of(view, len(full_shape) - 2)
+
+
+def lower_matmul(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> list[int]:
+    anchor = low.anchor((graph.MatmulOp, graph.LinearOp))
+    shape = graph.shape_of(anchor.result)
+    batch, (m, n) = shape[:-2], shape[-2:]
+    k = graph.shape_of(anchor.operands[0])[-1]
+    bm, bn, bk = tiles
+    em = low.em
+    a_buf, a = _operand(anchor.operands[0], low, (*batch, m, k))
+    if isinstance(anchor, graph.LinearOp):
+        b_buf, b = _operand(anchor.weight, low, (*batch, n, k))
+        b = b.transposed()
+    else:
+        b_buf, b = _operand(anchor.rhs, low, (*batch, k, n))
+    batch_index = em.unflatten(em.program_id(0), batch)
+    m_tiles, n_tiles = math.ceil(m / bm), math.ceil(n / bn)
+    coords = em.add(tile.TileCoordsOp(operands=[em.program_id(1)], result_types=[IndexType(), IndexType()], attributes={
+        "rows": IntegerAttr(m_tiles, 64), "cols": IntegerAttr(n_tiles, 64), "group": IntegerAttr(1, 64)}))
+    m0, n0 = em.muli(coords.row, bm), em.muli(coords.col, bn)
+    a_base, b_base = a.base(em, batch_index), b.base(em, batch_index)
+
+    def k_step(kk: SSAValue, carried: list[SSAValue]) -> list[SSAValue]:
+        a_tile = load(em, a_buf, a, a_base, m0, kk, (bm, bk))
+        b_tile = load(em, b_buf, b, b_base, kk, n0, (bk, bn))
+        return [em.value(tile.DotOp(operands=[a_tile, b_tile, carried[0]], result_types=[carried[0].type]))]
+
+    (acc,) = low.loop(em.index(k), bk, [em.full(0.0, (bm, bn))], k_step, stages)
+    space = TileSpace(shape, (bm, bn), batch_index, m0, n0)
+    evaluator = TileEvaluator(em, space, low.buffers)
+    if isinstance(anchor, graph.LinearOp) and anchor.bias is not None:
+        acc = evaluator.binary(graph.AddOp, acc, evaluator.value(anchor.bias, shape))
+    evaluator.bindings[anchor.result] = acc
+    low.store_outputs(evaluator)
+    return [math.prod(batch), m_tiles * n_tiles]
+
+
+def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> list[int]:
+    op = low.anchor(graph.AttentionOp)
+    (b, h, tq, dv), (_, h_kv, tk, d) = graph.shape_of(op.result), graph.shape_of(op.key)
+    bm, bn = tiles[0], tiles[1]
+    bd, bdv = pow2_at_least(d), pow2_at_least(dv)
+    em = low.em
+    q_buf, q = _operand(op.query, low, (b, h, tq, d))
+    k_buf, k = _operand(op.key, low, (b, h_kv, tk, d))
+    v_buf, v = _operand(op.value, low, (b, h_kv, tk, dv))
+    k = k.transposed()
+    pid = em.program_id(0)
+    batch, head = em.divi(pid, h), em.remi(pid, h)
+    kv_head = em.divi(head, h // h_kv)
+    m0 = em.muli(em.program_id(1), bm)
+    zero = em.index(0)
+    q_tile = load(em, q_buf, q, q.base(em, [batch, head]), m0, zero, (bm, bd))
+    k_base, v_base = k.base(em, [batch, kv_head]), v.base(em, [batch, kv_head])
+    causal = op.causal is not None
+    upper = em.mini(em.index(tk), em.addi(m0, em.index(bm))) if causal else em.index(tk)
+    scale = op.scale.value.data
+
+    def kv_step(j: SSAValue, carried: list[SSAValue]) -> list[SSAValue]:
+        m_i, l_i, acc = carried
+        kt = load(em, k_buf, k, k_base, zero, j, (bd, bn))
+        scores = em.value(tile.DotOp(operands=[q_tile, kt, em.full(0.0, (bm, bn))], result_types=[tile_type((bm, bn))]))
+        scores = _masked_scores(em, scores, j, m0, tk, scale, causal, (bm, bn))
+        ev = TileEvaluator(em, TileSpace((bm, bn), (bm, bn), [], zero, zero), {})
+        m_new = ev.binary(graph.MaximumOp, m_i, ev.reduce(scores, "max", bn))
+        p = ev.unary(graph.ExpOp, ev.binary(graph.SubOp, scores, m_new))
+        alpha = ev.unary(graph.ExpOp, ev.binary(graph.SubOp, m_i, m_new))
+        l_new = ev.binary(graph.AddOp, ev.binary(graph.MulOp, l_i, alpha), ev.reduce(p, "sum", bn))
+        v_tile = load(em, v_buf, v, v_base, j, zero, (bn, bdv))
+        rescaled = ev.binary(graph.MulOp, acc, alpha)
+        return [m_new, l_new, em.value(tile.DotOp(operands=[p, v_tile, rescaled], result_types=[acc.type]))]
+
+    init = [em.full(-1e30, (bm, 1)), em.full(0.0, (bm, 1)), em.full(0.0, (bm, bdv))]
+    _, l_final, acc = low.loop(upper, bn, init, kv_step, stages)
+    space = TileSpace(graph.shape_of(op.result), (bm, bdv), [batch, head], m0, zero)
+    evaluator = TileEvaluator(em, space, low.buffers)
+    evaluator.bindings[op.result] = evaluator.binary(graph.DivOp, acc, l_final)
+    low.store_outputs(evaluator)
+    return [b * h, math.ceil(tq / bm)]
+
+
+def _masked_scores(em: Emitter, scores, j, m0, tk: int, scale: float, causal: bool, block) -> SSAValue:
+    """scale, then -inf where the key is past the end or (causal) after the query."""
+    scores = em.value(graph.MulOp(operands=[scores, em.scalar(scale)], result_types=[scores.type]))
+    neg_inf = em.scalar(-math.inf)
+    cols = em.value(tile.IotaOp(operands=[j], result_types=[tile_type((1, block[1]), i64)], attributes={"axis": IntegerAttr(1, 64)}))
+    in_range = em.value(graph.LtOp(operands=[cols, em.scalar(float(tk))], result_types=[tile_type((1, block[1]), i1)]))
+    scores = em.value(graph.WhereOp(operands=[in_range, scores, neg_inf], result_types=[scores.type]))
+    if not causal:
+        return scores
+    rows = em.value(tile.IotaOp(operands=[m0], result_types=[tile_type((block[0], 1), i64)], attributes={"axis": IntegerAttr(0, 64)}))
+    visible = em.value(graph.LeOp(operands=[cols, rows], result_types=[tile_type(block, i1)]))
+    return em.value(graph.WhereOp(operands=[visible, scores, neg_inf], result_types=[scores.type]))
