@@ -1,0 +1,53 @@
+"""The per-kernel table `llmc compile` prints: cost, roofline bound and the decisions taken."""
+
+from __future__ import annotations
+
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import ModuleOp
+
+from llmc.cost_model import kernel_cost
+from llmc.dialects import kernel, tile
+from llmc.passes.lowering.templates import STAGES_ATTR
+from llmc.target import Target
+
+
+def _layouts(kop: tile.KernelOp) -> str:
+    vecs = sorted({op.vec.value.data for op in kop.walk() if isinstance(op, tile.LoadOp | tile.StoreOp) and op.vec})
+    parts = [f"vec{'/'.join(map(str, vecs))}"] if vecs else []
+    groups = [op.group.value.data for op in kop.walk() if isinstance(op, tile.TileCoordsOp)]
+    if groups and groups[0] > 1:
+        parts.append(f"group{groups[0]}")
+    if any(isinstance(op, tile.LoadOp) and op.swizzle for op in kop.walk()):
+        parts.append("xor-swz")
+    packs = {op.pack.value.data for op in kop.walk() if isinstance(op, tile.LoadOp) and op.pack}
+    if packs:
+        parts.append(f"panel{max(packs)}")
+    return " ".join(parts) or "-"
+
+
+def _stages(kop: tile.KernelOp) -> str:
+    loops = [op for op in kop.walk() if isinstance(op, scf.ForOp) and STAGES_ATTR in op.attributes]
+    return ",".join(str(op.attributes[STAGES_ATTR].value.data) for op in loops) or "-"
+
+
+def kernel_table(kernels: ModuleOp, tiled: ModuleOp | None, target: Target) -> str:
+    """One row per kernel; `kernels` is the IR after `tile`, `tiled` the final tile IR (if lowered)."""
+    tile_kernels = {op.sym_name.data: op for op in tiled.walk() if isinstance(op, tile.KernelOp)} if tiled else {}
+    header = f"{'kernel':<28}{'kind':<10}{'MFLOP':>9}{'KB':>9}{'FLOP/B':>8}  {'bound':<8}{'pred us':>9}  {'tiles':<12}{'stages':<7}{'layout':<24}measured"
+    rows = [header, "-" * len(header)]
+    total = 0.0
+    for kop in (op for op in kernels.walk() if isinstance(op, kernel.KernelOp)):
+        cost = kernel_cost(kop)
+        name = kop.kernel_name.data
+        tiles = "x".join(map(str, kop.tiles.get_values())) if kop.tiles else "-"
+        lowered = tile_kernels.get(name)
+        stages = _stages(lowered) if lowered else "-"
+        layout = _layouts(lowered) if lowered else "-"
+        predicted = cost.predicted_us(target)
+        total += predicted
+        rows.append(
+            f"{name:<28}{kop.kind.data:<10}{cost.flops / 1e6:>9.2f}{cost.bytes / 1024:>9.1f}{cost.intensity:>8.1f}  "
+            f"{cost.bound(target):<8}{predicted:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}- (no backend yet)"
+        )
+    rows.append(f"{len(rows) - 2} kernels on {target.name} (ridge {target.ridge:.1f} FLOP/B); predicted total {total:.1f} us")
+    return "\n".join(rows)

@@ -1,0 +1,59 @@
+"""`coalesce`: give every tile load and store a unit-stride fastest dim and a vector width.
+
+Heuristic (Triton's Coalesce.cpp in a few lines): the fastest-moving index of
+a tile access is the dim whose stride is 1 (`order`, fastest first); the
+vector width is the largest power of two, up to the target's SIMD/transaction
+width, dividing the tile's extent along it, the view's extent and the pitch of
+the other dim, so every vector starts aligned. An access with no unit-stride
+dim (a transposed or strided read) gets `vec = 1`: it is scalar, and the
+report shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import builtin
+from xdsl.dialects.builtin import IntegerAttr
+from xdsl.passes import ModulePass
+
+from llmc.dialects import graph, tile
+from llmc.target import Target, get_target
+
+
+def access_layout(shape: tuple[int, int], strides: tuple[int, int], block: tuple[int, int], target: Target) -> tuple[tuple[int, int], int]:
+    """(order, vector width) for a block access of a 2-D strided view."""
+    if strides[1] == 1 and block[1] > 1:
+        fast = 1
+    elif strides[0] == 1 and block[0] > 1:
+        fast = 0
+    else:
+        fast = 1 if abs(strides[1]) <= abs(strides[0]) else 0
+    order = (fast, 1 - fast)
+    if strides[fast] != 1:
+        return order, 1
+    pitch = strides[1 - fast] if shape[1 - fast] > 1 and block[1 - fast] > 1 else 0
+    vec = target.vector_bytes // 4
+    while vec > 1 and (block[fast] % vec or shape[fast] % vec or pitch % vec):
+        vec //= 2
+    return order, vec
+
+
+@dataclass(frozen=True)
+class CoalescePass(ModulePass):
+    name = "coalesce"
+
+    target: str = "cpu"
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        target = get_target(self.target)
+        for access in op.walk():
+            if not isinstance(access, tile.LoadOp | tile.StoreOp):
+                continue
+            typ = access.result.type if isinstance(access, tile.LoadOp) else access.value.type
+            order, vec = access_layout(
+                tuple(access.shape.get_values()), tuple(access.strides.get_values()), tuple(typ.get_shape()), target
+            )
+            access.attributes["order"] = graph.dense(order)
+            access.attributes["vec"] = IntegerAttr(vec, 64)

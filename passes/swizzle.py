@@ -1,0 +1,73 @@
+"""`swizzle`: layout choices that change no value, only where data sits and in what order.
+
+- Grouped program order for matmul grids (`tile.tile_coords` `group`): GROUP
+  row tiles sweep each column block before moving on, so the B panels they
+  share stay in L2 (Triton's "L2 cache optimisation").
+- XOR-swizzled scratch tiles for dot operands (`swizzle = [vec, per_phase,
+  max_phase]`, Triton's shared-memory swizzle): consecutive rows of a staged
+  tile start in different banks.
+- Panel-packed weights for the SIMD backend (`pack = NR` on a weight's dot
+  operand load): the weight is repacked at compile time into K-major panels of
+  NR columns, so the micro-kernel streams it with unit stride.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import builtin
+from xdsl.dialects.builtin import IntegerAttr
+from xdsl.passes import ModulePass
+
+from llmc.dialects import graph, tile
+from llmc.target import Target, get_target
+
+BANK_ROW_BYTES = 128
+
+
+def group_rows(row_tiles: int, col_tiles: int, target: Target) -> int:
+    if row_tiles < 2 or col_tiles < 2:
+        return 1
+    return min(row_tiles, 8 if target.kind == "gpu" else 4)
+
+
+def xor_swizzle(block: tuple[int, int], vec: int) -> tuple[int, int, int]:
+    """(vec, per_phase, max_phase) for a scratch tile of fp32 rows of block[1] elements."""
+    row_bytes = block[1] * 4
+    vec = max(1, vec)
+    per_phase = max(1, BANK_ROW_BYTES // row_bytes)
+    max_phase = max(1, min(8, row_bytes // (vec * 4)))
+    return vec, per_phase, max_phase
+
+
+def panel_width(target: Target) -> int:
+    return 2 * target.vector_bytes // 4
+
+
+@dataclass(frozen=True)
+class SwizzlePass(ModulePass):
+    name = "swizzle"
+
+    target: str = "cpu"
+    group: int | None = None
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        target = get_target(self.target)
+        for o in op.walk():
+            if isinstance(o, tile.TileCoordsOp):
+                group = self.group or group_rows(o.rows.value.data, o.cols.value.data, target)
+                o.attributes["group"] = IntegerAttr(group, 64)
+            elif isinstance(o, tile.DotOp):
+                self.swizzle_operands(o, target)
+
+    def swizzle_operands(self, dot: tile.DotOp, target: Target) -> None:
+        for index, operand in enumerate((dot.lhs, dot.rhs)):
+            load = operand.owner
+            if not isinstance(load, tile.LoadOp):
+                continue
+            vec = load.vec.value.data if load.vec is not None else 1
+            load.attributes["swizzle"] = graph.dense(xor_swizzle(tuple(load.result.type.get_shape()), vec))
+            is_weight = isinstance(load.buffer.owner, tile.WeightOp)
+            if index == 1 and is_weight and target.kind == "cpu":
+                load.attributes["pack"] = IntegerAttr(panel_width(target), 64)

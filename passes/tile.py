@@ -1,0 +1,54 @@
+"""`tile`: choose tile sizes and pipeline depth per kernel, recorded on kernel.kernel.
+
+The decision is `cost_model.decide_tiles` (roofline / cache-fit heuristics for
+the target); options override it per kernel kind, for debugging and tuning:
+`tile{target=cpu matmul=32,64,16 stages=3}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import builtin
+from xdsl.dialects.builtin import IntegerAttr
+from xdsl.passes import ModulePass
+
+from llmc.cost_model import decide_tiles
+from llmc.dialects import graph, kernel
+from llmc.errors import PassOptionError
+from llmc.target import get_target
+
+TILE_RANK = {"matmul": 3, "attention": 2, "row": 2, "pointwise": 2}
+
+
+@dataclass(frozen=True)
+class TilePass(ModulePass):
+    name = "tile"
+
+    target: str = "cpu"
+    matmul: tuple[int, ...] | None = None
+    attention: tuple[int, ...] | None = None
+    row: tuple[int, ...] | None = None
+    pointwise: tuple[int, ...] | None = None
+    stages: int | None = None
+
+    def override(self, kind: str) -> tuple[int, ...] | None:
+        tiles = getattr(self, kind)
+        if tiles is None:
+            return None
+        if len(tiles) != TILE_RANK[kind] or any(t < 1 or t & (t - 1) for t in tiles):
+            raise PassOptionError(f"tile: '{kind}' takes {TILE_RANK[kind]} powers of two, got {list(tiles)}")
+        return tuple(tiles)
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        target = get_target(self.target)
+        if self.stages is not None and self.stages < 1:
+            raise PassOptionError("tile: stages must be at least 1")
+        for kop in op.walk():
+            if not isinstance(kop, kernel.KernelOp):
+                continue
+            decision = decide_tiles(kop, target)
+            kind = kop.kind.data
+            kop.attributes["tiles"] = graph.dense(self.override(kind) or decision.tiles)
+            kop.attributes["stages"] = IntegerAttr(self.stages or decision.stages, 64)
