@@ -31,11 +31,16 @@ def interpret(
     for functions in (FuncFunctions(), ArithFunctions(), ScfFunctions(), GraphFunctions(weights),
                       KernelFunctions(), TileFunctions(weights)):
         interpreter.register_implementations(functions)
-    args = tuple(np.ascontiguousarray(np.asarray(x, dtype=np.float32)) for x in inputs)
+    args = tuple(_as_input(x) for x in inputs)
     try:
         results = interpreter.call_op(entry, args)
     except InterpretError:
         raise
     except Exception as error:  # an interpreter fault inside an op: report, not a traceback
         raise InterpretError(f"interpreting '{entry}' failed: {error}") from error
-    return [np.array(r, dtype=np.float32) for r in results]
+    return [np.array(r) for r in results]
+
+
+def _as_input(x) -> np.ndarray:
+    x = np.asarray(x)
+    return np.ascontiguousarray(x if x.dtype == np.bool_ else x.astype(np.float32))

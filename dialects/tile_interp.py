@@ -22,6 +22,8 @@ from xdsl.interpreter import (
     register_impls,
 )
 
+from xdsl.dialects.builtin import f32
+
 from llmc.dialects import tile
 from llmc.errors import InterpretError
 
@@ -69,6 +71,8 @@ class TileFunctions(InterpreterFunctions):
     @impl(tile.AllocOp)
     def run_alloc(self, interpreter: Interpreter, op: tile.AllocOp, args: PythonValues):
         shape = tuple(op.result.type.get_shape())
+        if op.result.type.element_type != f32:
+            return (np.zeros(shape, dtype=np.bool_),)
         if op.offset is None:
             return (np.full(shape, np.nan, dtype=F32),)
         func_op = op.parent_op()
@@ -84,7 +88,8 @@ class TileFunctions(InterpreterFunctions):
         name = op.weight_name.data
         if name not in self.weights:
             raise InterpretError(f"no value was given for weight '{name}'")
-        return (np.ascontiguousarray(self.weights[name], dtype=F32),)
+        value = np.asarray(self.weights[name])
+        return (np.ascontiguousarray(value if value.dtype == np.bool_ else value.astype(F32)),)
 
     @impl(tile.ProgramIdOp)
     def run_program_id(self, interpreter: Interpreter, op: tile.ProgramIdOp, args: PythonValues):
@@ -100,7 +105,10 @@ class TileFunctions(InterpreterFunctions):
         rows, cols = op.result.type.get_shape()
         flat, valid = block_indices(op, base, row, col, rows, cols)
         pad = -np.inf if op.padding is not None and op.padding.data == "neg_inf" else 0.0
-        return (np.where(valid, buffer.reshape(-1)[flat], F32(pad)).astype(F32),)
+        values = buffer.reshape(-1)[flat]
+        if values.dtype == np.bool_:
+            return (np.where(valid, values, False),)
+        return (np.where(valid, values, F32(pad)).astype(F32),)
 
     @impl(tile.StoreOp)
     def run_store(self, interpreter: Interpreter, op: tile.StoreOp, args: PythonValues):

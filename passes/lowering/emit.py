@@ -122,11 +122,11 @@ class Operand2D:
 
 
 def load(em: Emitter, buffer: SSAValue, operand: Operand2D, base: SSAValue, row: SSAValue, col: SSAValue,
-         block: Sequence[int], padding: str | None = None) -> SSAValue:
+         block: Sequence[int], padding: str | None = None, element: Attribute = f32) -> SSAValue:
     attrs = operand.view_attrs()
     if padding:
         attrs["padding"] = StringAttr(padding)
-    op = tile.LoadOp(operands=[buffer, base, row, col], result_types=[tile_type(block)], attributes=attrs)
+    op = tile.LoadOp(operands=[buffer, base, row, col], result_types=[tile_type(block, element)], attributes=attrs)
     return em.value(op)
 
 

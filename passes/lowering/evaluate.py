@@ -94,7 +94,8 @@ class TileEvaluator:
         base = operand.base(em, self.space.batch_index)
         row = _shifted(em, self.space.row, shift[0])
         col = _shifted(em, self.space.col, shift[1])
-        return load(em, self.buffers[root], operand, base, row, col, self.space.tile_shape(space_shape))
+        element = root.type.element_type
+        return load(em, self.buffers[root], operand, base, row, col, self.space.tile_shape(space_shape), element=element)
 
     def _in_group_view(self, value, chain, space_shape, shift) -> SSAValue:
         inner = chain[0].operand
