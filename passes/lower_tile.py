@@ -70,7 +70,7 @@ def lower_function(module: builtin.ModuleOp, func_op: func.FuncOp) -> None:
 
 
 def _lower_kernel(module: builtin.ModuleOp, block: Block, op: kernel.KernelOp) -> None:
-    module.body.block.add_op(build_tile_kernel(op))
+    module.body.block.insert_op_before(build_tile_kernel(op), block.parent_op())
     outputs: list[SSAValue] = []
     for result in op.outputs:
         alloc = tile.AllocOp(result_types=[memref_of(result.type)])

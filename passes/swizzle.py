@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from xdsl.context import Context
 from xdsl.dialects import builtin
 from xdsl.dialects.builtin import IntegerAttr
+from xdsl.ir import SSAValue
 from xdsl.passes import ModulePass
 
 from llmc.dialects import graph, tile
@@ -45,6 +46,19 @@ def panel_width(target: Target) -> int:
     return 2 * target.vector_bytes // 4
 
 
+def weight_arguments(module: builtin.ModuleOp) -> set[SSAValue]:
+    """Kernel block arguments that every launch binds to a tile.weight."""
+    kernels = {k.sym_name.data: k for k in module.walk() if isinstance(k, tile.KernelOp)}
+    bound: dict[SSAValue, bool] = {}
+    for launch in (o for o in module.walk() if isinstance(o, tile.LaunchOp)):
+        kernel = kernels.get(launch.callee.root_reference.data)
+        if kernel is None:
+            continue
+        for arg, buffer in zip(kernel.body.block.args, launch.buffers):
+            bound[arg] = bound.get(arg, True) and isinstance(buffer.owner, tile.WeightOp)
+    return {arg for arg, is_weight in bound.items() if is_weight}
+
+
 @dataclass(frozen=True)
 class SwizzlePass(ModulePass):
     name = "swizzle"
@@ -54,20 +68,21 @@ class SwizzlePass(ModulePass):
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         target = get_target(self.target)
+        self_weights = weight_arguments(op)
         for o in op.walk():
             if isinstance(o, tile.TileCoordsOp):
                 group = self.group or group_rows(o.rows.value.data, o.cols.value.data, target)
                 o.attributes["group"] = IntegerAttr(group, 64)
             elif isinstance(o, tile.DotOp):
-                self.swizzle_operands(o, target)
+                self.swizzle_operands(o, target, self_weights)
 
-    def swizzle_operands(self, dot: tile.DotOp, target: Target) -> None:
+    def swizzle_operands(self, dot: tile.DotOp, target: Target, weights: set) -> None:
         for index, operand in enumerate((dot.lhs, dot.rhs)):
             load = operand.owner
             if not isinstance(load, tile.LoadOp):
                 continue
             vec = load.vec.value.data if load.vec is not None else 1
             load.attributes["swizzle"] = graph.dense(xor_swizzle(tuple(load.result.type.get_shape()), vec))
-            is_weight = isinstance(load.buffer.owner, tile.WeightOp)
+            is_weight = load.buffer in weights
             if index == 1 and is_weight and target.kind == "cpu":
                 load.attributes["pack"] = IntegerAttr(panel_width(target), 64)

@@ -50,5 +50,8 @@ class TilePass(ModulePass):
                 continue
             decision = decide_tiles(kop, target)
             kind = kop.kind.data
-            kop.attributes["tiles"] = graph.dense(self.override(kind) or decision.tiles)
-            kop.attributes["stages"] = IntegerAttr(self.stages or decision.stages, 64)
+            override = self.override(kind)
+            # the decision's depth was clamped to its own trip count; `pipeline` clamps an override's
+            default_stages = target.default_stages if override and kind in ("matmul", "attention") else decision.stages
+            kop.attributes["tiles"] = graph.dense(override or decision.tiles)
+            kop.attributes["stages"] = IntegerAttr(self.stages or default_stages, 64)

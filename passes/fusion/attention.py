@@ -111,7 +111,7 @@ class WrittenOutAttention(RewritePattern):
         if op.loc is not None:
             attrs["loc"] = op.loc
         fused = graph.AttentionOp(operands=[q, key, v], result_types=[op.result.type], attributes=attrs)
-        rewriter.replace_op(op, fused)
+        rewriter.replace(op, fused)
 
 
 class AttentionWithoutRepeatKV(RewritePattern):
@@ -122,4 +122,4 @@ class AttentionWithoutRepeatKV(RewritePattern):
             return
         if graph.shape_of(key)[1] != graph.shape_of(value)[1]:
             return
-        rewriter.replace_op(op, graph.AttentionOp(operands=[op.query, key, value], result_types=[op.result.type], attributes=dict(op.attributes)))
+        rewriter.replace(op, graph.AttentionOp(operands=[op.query, key, value], result_types=[op.result.type], attributes=dict(op.attributes)))

@@ -1,0 +1,82 @@
+"""Shared helpers: small versions of the examples, pipelines, FileCheck."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmc.exporter import export_model
+from llmc.interpret import interpret
+from llmc.ir_text import parse_ir, print_ir
+from llmc.registry import make_context, parse_passes
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+SMALL = {
+    "gpt2_block": dict(d_model=64, n_head=4, seq=24),
+    "gpt2_block_sdpa": dict(d_model=64, n_head=4, seq=24),
+    "llama_block": dict(d_model=64, n_head=4, n_kv_head=2, hidden=96, seq=20),
+    "gpt2_decode": dict(d_model=64, n_head=4, past=19),
+    "llama_decode": dict(d_model=64, n_head=4, n_kv_head=2, hidden=96, past=19),
+}
+
+
+def small_example(name: str, **overrides):
+    module = importlib.import_module(name)
+    return module.build(**{**SMALL[name], **overrides})
+
+
+def eager(model, inputs) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = model(*inputs)
+    out = out if isinstance(out, tuple) else (out,)
+    return [o.numpy() for o in out]
+
+
+def run_passes(module, spec: str):
+    ctx = make_context()
+    for p in parse_passes(spec):
+        p.apply(ctx, module)
+        module.verify()
+    return module
+
+
+def run_ir(module, inputs, weights) -> list[np.ndarray]:
+    return interpret(module, [x.numpy() if isinstance(x, torch.Tensor) else x for x in inputs], weights)
+
+
+def assert_close(got, expected, tol=2e-5):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, atol=tol, rtol=tol)
+
+
+def filecheck(output: str, checks: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".mlir", delete=False) as f:
+        f.write(checks)
+    result = subprocess.run(["filecheck", f.name], input=output, text=True, capture_output=True)
+    assert result.returncode == 0, result.stderr + "\n--- output ---\n" + output
+
+
+def roundtrip(module) -> str:
+    text = print_ir(module)
+    assert print_ir(parse_ir(text)) == text
+    return text
+
+
+@pytest.fixture
+def exported():
+    def make(name: str, **overrides):
+        model, inputs = small_example(name, **overrides)
+        return model, inputs, export_model(model, inputs)
+
+    return make

@@ -1,0 +1,43 @@
+"""The pure decision functions behind the passes."""
+
+import itertools
+
+import numpy as np
+
+from llmc.cost_model import matmul_tiles
+from llmc.dialects.tile_interp import grouped_coords
+from llmc.passes.coalesce import access_layout
+from llmc.passes.plan_memory import Interval, plan_offsets
+from llmc.target import get_target
+
+
+def test_plan_offsets_never_overlaps_live_buffers():
+    rng = np.random.default_rng(0)
+    buffers = [Interval(int(rng.integers(1, 50)) * 64, s, s + int(rng.integers(0, 4))) for s in rng.integers(0, 10, 30)]
+    offsets, total = plan_offsets(buffers)
+    for (i, a), (j, b) in itertools.combinations(enumerate(buffers), 2):
+        if a.start <= b.end and b.start <= a.end:
+            assert offsets[i] + a.size <= offsets[j] or offsets[j] + b.size <= offsets[i]
+    assert total < sum(b.size for b in buffers)
+
+
+def test_grouped_order_is_a_permutation():
+    for rows, cols, group in [(5, 3, 2), (8, 8, 4), (3, 7, 8)]:
+        coords = {grouped_coords(p, rows, cols, group) for p in range(rows * cols)}
+        assert coords == {(r, c) for r in range(rows) for c in range(cols)}
+
+
+def test_access_layout_vectorises_only_unit_stride():
+    cpu = get_target("cpu")
+    assert access_layout((64, 64), (64, 1), (16, 16), cpu) == ((1, 0), 8)
+    assert access_layout((64, 64), (1, 64), (16, 16), cpu) == ((0, 1), 8)
+    assert access_layout((64, 64), (128, 2), (16, 16), cpu)[1] == 1
+    assert access_layout((64, 6), (6, 1), (16, 8), cpu)[1] == 2
+
+
+def test_matmul_tiles_fit_scratch_and_do_not_exceed_the_problem():
+    cpu = get_target("cpu")
+    decision = matmul_tiles(1, 768, 768, cpu)
+    assert decision.tiles[0] == 1
+    bm, bn, bk = matmul_tiles(1024, 1024, 1024, cpu).tiles
+    assert (bm * bk + bk * bn) * 4 * 2 + bm * bn * 4 <= cpu.scratch_bytes
