@@ -45,6 +45,8 @@ class TilePass(ModulePass):
         target = get_target(self.target)
         if self.stages is not None and self.stages < 1:
             raise PassOptionError("tile: stages must be at least 1")
+        for kind in TILE_RANK:
+            self.override(kind)
         for kop in op.walk():
             if not isinstance(kop, kernel.KernelOp):
                 continue

@@ -1,0 +1,74 @@
+"""Bad input gives one clear error, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llmc.errors import MalformedIRError, PassOptionError, UnsupportedOpError
+from llmc.exporter import export_model
+from llmc.ir_text import parse_ir
+from llmc.registry import parse_passes
+
+
+class UsesCumsum(torch.nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, dim=-1)
+
+
+def test_unknown_op_names_the_op_and_the_line():
+    with pytest.raises(UnsupportedOpError, match=r"cumsum.*test_errors.py:\d+"):
+        export_model(UsesCumsum(), (torch.randn(2, 4),))
+
+
+def test_malformed_ir_reports_line_and_column():
+    with pytest.raises(MalformedIRError, match=r"<input>:2:\d+"):
+        parse_ir("func.func @f() {\n  %x = graph.add 3\n}")
+
+
+def test_ill_typed_ir_is_rejected_by_the_verifier():
+    text = """func.func @f(%a: tensor<2x3xf32>, %b: tensor<4xf32>) -> tensor<2x3xf32> {
+  %c = graph.add %a, %b : (tensor<2x3xf32>, tensor<4xf32>) -> tensor<2x3xf32>
+  func.return %c : tensor<2x3xf32>
+}"""
+    with pytest.raises(MalformedIRError, match="do not broadcast"):
+        parse_ir(text)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("fuse,no-such-pass", "no-such-pass"),
+    ("tile{matmul=3,4}", "powers of two"),
+    ("pipeline{stages=0}", "at least 1"),
+    ("tile{bogus=1}", "bogus"),
+])
+def test_bad_pass_name_or_option(spec, message):
+    with pytest.raises(PassOptionError, match=message):
+        from llmc.registry import make_context
+        for p in parse_passes(spec):
+            p.apply(make_context(), parse_ir("func.func @f() {\n  func.return\n}").clone())
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "llmc", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("x = 1\n", "defines no `model`"),
+    ("raise RuntimeError('boom')\n", "RuntimeError: boom"),
+    ("import torch\nmodel = torch.nn.Linear(2, 2)\nexample_inputs = [3]\n", "tuple of tensors"),
+    ("model = 5\nexample_inputs = ()\n", "torch.nn.Module"),
+])
+def test_bad_model_file_is_one_line_and_nonzero(tmp_path, body, message):
+    path = tmp_path / "model.py"
+    path.write_text(body)
+    result = run_cli("compile", str(path))
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_opt_replays_a_pass_and_rejects_bad_ir(tmp_path):
+    bad = tmp_path / "bad.mlir"
+    bad.write_text("func.func @f( {")
+    result = run_cli("opt", str(bad), "-p", "fuse")
+    assert result.returncode == 1 and "bad.mlir:1" in result.stderr and "Traceback" not in result.stderr
