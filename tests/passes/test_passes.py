@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from conftest import assert_close, filecheck, run_ir, run_passes
 
-from llmc.exporter import export_model
 from llmc.ir_text import parse_ir, print_ir
 
 WRITTEN_OUT_ATTENTION = """
@@ -165,5 +164,4 @@ def test_every_pass_preserves_a_real_block(exported):
 
 def test_export_records_weights_by_name(exported):
     _, _, imported = exported("gpt2_block")
-    assert isinstance(imported, type(export_model.__annotations__) or object) or True
     assert "attn.c_attn.weight" in imported.weights
