@@ -9,6 +9,7 @@ depend on whether the operand is a whole tensor or one tile of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -379,8 +380,6 @@ class ReshapeOp(GraphOp):
     assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
 
     def verify_(self):
-        import math
-
         if math.prod(shape_of(self.operand)) != math.prod(shape_of(self.result)):
             raise VerifyException("graph.reshape: element counts differ")
 

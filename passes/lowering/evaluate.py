@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xdsl.dialects import arith
 from xdsl.dialects.builtin import IntegerAttr, StringAttr, TensorType, i1, i64
 from xdsl.ir import Operation, SSAValue
 
@@ -189,13 +190,7 @@ def _broadcast_tiles(values: list[SSAValue], fallback) -> tuple[int, ...]:
 def _shifted(em: Emitter, position: SSAValue, shift: int) -> SSAValue:
     if shift == 0:
         return position
-    return em.value(_sub(em, position, shift))
-
-
-def _sub(em: Emitter, position: SSAValue, amount: int):
-    from xdsl.dialects import arith
-
-    return arith.SubiOp(position, em.index(amount))
+    return em.value(arith.SubiOp(position, em.index(shift)))
 
 
 def _loc(op: Operation) -> str | None:
