@@ -105,7 +105,8 @@ class Expander:
             queue.extend(self.issue_loads(self.iv_at(loop.lb, s, before), "prologue", before))
         upper = loop.ub
         if self.static:
-            upper = self.iv_at(loop.ub, -(n - 1), before)
+            # The first drained iteration, exactly: ub - (n-1)*step would be off when step does not divide ub - lb.
+            upper = self.iv_at(loop.lb, trip_count(loop) - (n - 1), before)
         new_loop = self.build_body(upper, queue)
         before(new_loop)
         finals = list(new_loop.results[: len(loop.iter_args)])

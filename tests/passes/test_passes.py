@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import assert_close, filecheck, run_ir, run_passes
+import torch
+from conftest import assert_close, eager, filecheck, run_ir, run_passes
 
+from llmc.exporter import export_model
 from llmc.ir_text import parse_ir, print_ir
 
 WRITTEN_OUT_ATTENTION = """
@@ -165,3 +167,20 @@ def test_every_pass_preserves_a_real_block(exported):
 def test_export_records_weights_by_name(exported):
     _, _, imported = exported("gpt2_block")
     assert "attn.c_attn.weight" in imported.weights
+
+
+class CrossAttention(torch.nn.Module):
+    def forward(self, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_pipeline_drains_the_right_iterations_when_the_step_does_not_divide_the_range(stages):
+    # 21 keys in KV tiles of 8: three trips, the last one partial; its masks use the epilogue's iv.
+    inputs = (torch.randn(1, 2, 5, 8), torch.randn(1, 2, 21, 8), torch.randn(1, 2, 21, 8))
+    module = run_passes(export_model(CrossAttention(), inputs).module, "fuse,tile{attention=8,8},lower-tile")
+    before = run_ir(module, inputs, {})
+    after = run_passes(module, f"pipeline{{stages={stages}}}")
+    assert 'llmc.pipeline = "epilogue"' in print_ir(after)
+    assert_close(before, eager(CrossAttention(), inputs), tol=1e-5)
+    assert_close(run_ir(after, inputs, {}), before, tol=1e-5)
