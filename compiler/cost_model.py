@@ -92,9 +92,11 @@ def matmul_tiles(m: int, n: int, k: int, target: Target) -> TileDecision:
     best = None
     for bm in _candidates(m, (16, 32, 64, 128)):
         for bn in _candidates(n, (16, 32, 64, 128)):
-            for bk in _candidates(k, (16, 32, 64)):
+            for bk in _candidates(k, (16, 32, 64) if target.kind == "gpu" else (16, 32, 64, 128, 256)):
                 stages = min(target.default_stages, math.ceil(k / bk))
-                if (bm * bk + bk * bn) * 4 * stages + bm * bn * 4 > target.scratch_bytes:
+                # GPU stages are shared-memory copies; CPU stages are cache prefetches of one panel pair.
+                staged = stages if target.kind == "gpu" else 1
+                if (bm * bk + bk * bn) * 4 * staged + bm * bn * 4 > target.scratch_bytes:
                     continue
                 waste = (math.ceil(m / bm) * bm * math.ceil(n / bn) * bn) / (m * n)
                 traffic = m * n * k * (1 / bn + 1 / bm) * waste

@@ -40,4 +40,8 @@ def test_matmul_tiles_fit_scratch_and_do_not_exceed_the_problem():
     decision = matmul_tiles(1, 768, 768, cpu)
     assert decision.tiles[0] == 1
     bm, bn, bk = matmul_tiles(1024, 1024, 1024, cpu).tiles
-    assert (bm * bk + bk * bn) * 4 * 2 + bm * bn * 4 <= cpu.scratch_bytes
+    # CPU operand panels are read in place (one pair in cache at a time), GPU ones staged per stage.
+    assert (bm * bk + bk * bn) * 4 + bm * bn * 4 <= cpu.scratch_bytes
+    gpu = get_target("gpu")
+    bm, bn, bk = matmul_tiles(4096, 4096, 4096, gpu).tiles
+    assert (bm * bk + bk * bn) * 4 * gpu.default_stages + bm * bn * 4 <= gpu.scratch_bytes
