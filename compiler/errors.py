@@ -32,3 +32,7 @@ class InterpretError(LlmcError):
 def with_loc(message: str, loc: str | None) -> str:
     """Append the model source line to a message when we know it."""
     return f"{message} (at {loc})" if loc else message
+
+
+class BuildError(LlmcError):
+    """No C compiler, a compile error in generated code, or a library that will not load."""

@@ -1,0 +1,1 @@
+"""The SIMD C backend: tile IR → one C translation unit → a shared library loaded in-process."""

@@ -1,0 +1,329 @@
+"""Render one `tile.kernel` as a C function: OpenMP over the launch grid, one tile per program.
+
+Index arithmetic becomes `long` statements, scf.for a C loop carrying tile
+descriptors, tile.dot a call of the register-blocked micro-kernel, and every
+store a loop nest whose fused pointwise ops are vector statements (nest.py).
+Each op leaves a comment with its IR form and model source line.
+"""
+
+from __future__ import annotations
+
+from xdsl.dialects import arith, scf
+from xdsl.dialects.builtin import FloatAttr
+from xdsl.ir import BlockArgument, Operation, SSAValue
+
+from llmc.backends.c.exprs import CMPI, INDEX_BINARY, c_comment, c_identifier, float_literal
+from llmc.backends.c.nest import Nest
+from llmc.backends.c.plan import BUFFER, INLINE, KernelPlan, round_up, shape2
+from llmc.dialects import tile
+from llmc.errors import UnsupportedOpError
+
+
+class KernelRenderer:
+    def __init__(self, kernel: tile.KernelOp, plan: KernelPlan, function_name: str, arg_notes: list[str]):
+        self.kernel = kernel
+        self.kernel_name = kernel.sym_name.data
+        self.plan = plan
+        self.function_name = function_name
+        self.arg_notes = arg_notes
+        self.lines: list[str] = []
+        self.depth = 0
+        self.names: dict[SSAValue, str] = {}
+        self.loop_counters: dict[object, str] = {}
+        self.handlers = {
+            arith.ConstantOp: self.op_constant,
+            arith.CmpiOp: self.op_cmpi,
+            arith.SelectOp: self.op_select,
+            scf.ForOp: self.op_for,
+            scf.YieldOp: self.op_yield,
+            tile.ProgramIdOp: self.op_program_id,
+            tile.TileCoordsOp: self.op_tile_coords,
+            tile.LoadOp: self.op_load,
+            tile.StoreOp: self.op_store,
+            tile.DotOp: self.op_dot,
+            tile.ReduceOp: self.op_reduce,
+            tile.FullOp: self.op_full,
+            tile.ReturnOp: lambda op: None,
+        }
+
+    # ------------------------------------------------------------------ plumbing
+
+    def name(self, value: SSAValue) -> str:
+        if value not in self.names:
+            self.names[value] = f"v{len(self.names)}"
+        return self.names[value]
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    def open(self, text: str) -> None:
+        self.line(text + " {")
+        self.depth += 1
+
+    def close(self, suffix: str = "") -> None:
+        self.depth -= 1
+        self.line("}" + suffix)
+
+    def describe(self, op: Operation) -> str:
+        """A one-line IR form of `op` with the C names, and its model source line."""
+        results = ", ".join(f"%{self.name(r)}" for r in op.results)
+        operands = ", ".join(f"%{self.name(o)}" for o in op.operands)
+        keys = [f"{k}={_short(v)}" for k, v in op.attributes.items() if k not in ("loc", "llmc.pipeline")]
+        text = f"{results + ' = ' if results else ''}{op.name} {operands}"
+        text += f" {{{', '.join(keys)}}}" if keys else ""
+        if "llmc.pipeline" in op.attributes:
+            text += f" [{op.attributes['llmc.pipeline'].data}]"
+        if "loc" in op.attributes:
+            text += f" @ {op.attributes['loc'].data}"
+        return c_comment(text)
+
+    def slot(self, value: SSAValue) -> str:
+        info = self.plan.values[value]
+        where = f"scratch + {info.slot}"
+        if info.rotate > 1:
+            counter = self.loop_counters[value.owner.parent_block()]
+            where += f" + ({counter} % {info.rotate}) * {info.slot_floats}"
+        return where
+
+    def fresh(self, value: SSAValue) -> None:
+        info = self.plan.values[value]
+        if info.alias is not None:
+            self.line(f"llmc_tile {self.name(value)} = {self.name(info.alias)};")
+        else:
+            self.line(f"llmc_tile {self.name(value)} = {{{self.slot(value)}, {info.ld}, {self.plan.nr}}};")
+
+    # ------------------------------------------------------------------ kernel
+
+    def render(self) -> str:
+        block = self.kernel.body.block
+        for index, arg in enumerate(block.args):
+            self.names[arg] = f"arg{index}"
+        grid = self.kernel.grid.get_values()
+        pids = [f"pid{axis}" for axis in range(len(grid))]
+        self.line(f"/* @{c_comment(self.kernel_name)}: {self.kernel.kind.data} kernel, grid {'x'.join(map(str, grid))}")
+        for index, note in enumerate(self.arg_notes):
+            self.line(f" *   arg{index}: {c_comment(note)}")
+        self.line(" */")
+        params = ", ".join(f"float *arg{i}" for i in range(len(block.args)))
+        self.open(f"static void {self.function_name}({params}, float *scratch_base, int threads)")
+        self.line("#pragma omp parallel num_threads(threads)")
+        self.open("")
+        self.line("float *scratch = scratch_base + (long)omp_get_thread_num() * LLMC_SCRATCH_FLOATS;")
+        self.line("(void)scratch;")
+        collapse = f" collapse({len(grid)})" if len(grid) > 1 else ""
+        self.line(f"#pragma omp for{collapse} schedule(static)")
+        for pid, extent in zip(pids, grid):
+            self.line(f"for (long {pid} = 0; {pid} < {extent}; {pid}++)")
+        self.open("")
+        self.render_block(block)
+        self.close()
+        self.close()
+        self.close()
+        return "\n".join(self.lines)
+
+    def render_block(self, block) -> None:
+        for op in block.ops:
+            handler = self.handlers.get(type(op))
+            if handler is not None:
+                handler(op)
+            elif type(op) in INDEX_BINARY:
+                lhs, rhs = (self.name(v) for v in op.operands)
+                expr = INDEX_BINARY[type(op)].format(lhs, rhs)
+                self.line(f"const long {self.name(op.results[0])} = {expr};")
+            elif self.plan.values.get(op.results[0] if op.results else None) is not None:
+                self.op_pointwise(op)
+            else:
+                raise UnsupportedOpError(f"the C backend cannot render {op.name} in @{self.kernel_name}")
+
+    # ------------------------------------------------------------------ scalars
+
+    def op_constant(self, op: arith.ConstantOp) -> None:
+        if isinstance(op.value, FloatAttr):
+            self.line(f"const float {self.name(op.result)} = {float_literal(op.value.value.data)};")
+        else:
+            self.line(f"const long {self.name(op.result)} = {op.value.value.data};")
+
+    def op_cmpi(self, op: arith.CmpiOp) -> None:
+        symbol = CMPI[op.predicate.value.data]
+        self.line(f"const long {self.name(op.result)} = {self.name(op.lhs)} {symbol} {self.name(op.rhs)};")
+
+    def op_select(self, op: arith.SelectOp) -> None:
+        cond, lhs, rhs = (self.name(v) for v in op.operands)
+        self.line(f"const long {self.name(op.result)} = {cond} ? {lhs} : {rhs};")
+
+    def op_program_id(self, op: tile.ProgramIdOp) -> None:
+        self.line(f"const long {self.name(op.result)} = pid{op.axis.value.data};")
+
+    def op_tile_coords(self, op: tile.TileCoordsOp) -> None:
+        row, col = self.name(op.row), self.name(op.col)
+        rows, cols, group = op.rows.value.data, op.cols.value.data, op.group.value.data
+        self.line(f"long {row}, {col}; /* {self.describe(op)} */")
+        self.line(f"llmc_tile_coords({self.name(op.pid)}, {rows}, {cols}, {group}, &{row}, &{col});")
+
+    # ------------------------------------------------------------------ loops
+
+    def op_for(self, op: scf.ForOp) -> None:
+        body = op.body.block
+        counter = f"it{len(self.loop_counters)}"
+        self.loop_counters[body] = counter
+        self.line(f"/* {self.describe_loop(op)} */")
+        for init, arg in zip(op.iter_args, body.args[1:]):
+            self.carry_in(init, arg)
+        self.line(f"long {counter} = 0;")
+        iv, lb, ub, step = self.name(body.args[0]), self.name(op.lb), self.name(op.ub), self.name(op.step)
+        self.open(f"for (long {iv} = {lb}; {iv} < {ub}; {iv} += {step}, {counter}++)")
+        self.render_block(body)
+        self.close()
+        for arg, result in zip(body.args[1:], op.results):
+            kind = "llmc_tile" if arg in self.plan.values else "long"
+            self.line(f"{kind} {self.name(result)} = {self.name(arg)};")
+
+    def describe_loop(self, op: scf.ForOp) -> str:
+        stages = op.attributes.get("llmc.pipeline_stages")
+        text = f"scf.for over [{self.name(op.lb)}, {self.name(op.ub)}) step {self.name(op.step)}"
+        if stages is not None:
+            text += f": software-pipelined, {stages.value.data} stages (prologue loads above, next-step loads at the end of the body, epilogue below)"
+        return text
+
+    def carry_in(self, init: SSAValue, arg: BlockArgument) -> None:
+        info = self.plan.values.get(arg)
+        if info is None:
+            self.line(f"long {self.name(arg)} = {self.name(init)};")
+            return
+        if not info.copy_init:
+            self.line(f"llmc_tile {self.name(arg)} = {self.name(init)};")
+            return
+        self.line(f"llmc_tile {self.name(arg)} = {{scratch + {info.slot}, {info.ld}, {self.plan.nr}}};")
+        self.line(f"llmc_copy_tile({self.name(arg)}, {self.name(init)}, {info.rows}, {info.cols});")
+
+    def op_yield(self, op: scf.YieldOp) -> None:
+        args = op.parent_block().args[1:]
+        values = [self.name(v) for v in op.operands]
+        targets = [self.name(a) for a in args]
+        if not values:
+            return
+        self.open("")
+        for index, (arg, value) in enumerate(zip(args, values)):
+            kind = "llmc_tile" if arg in self.plan.values else "long"
+            self.line(f"const {kind} next{index} = {value};")
+        for index, target in enumerate(targets):
+            self.line(f"{target} = next{index};")
+        self.close()
+
+    # ------------------------------------------------------------------ tiles
+
+    def op_load(self, op: tile.LoadOp) -> None:
+        info = self.plan.values[op.result]
+        if info.kind == INLINE:
+            return
+        v = self.name(op.result)
+        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        self.line(f"/* {self.describe(op)} */")
+        if info.panel:
+            pack = self.plan.packs[op.buffer.index]
+            self.line(f"/* weight packed at compile time into K-major panels of {pack.panel} columns: a view, no copy */")
+            offset = f"({col} / {pack.panel}) * {pack.panel_stride} + {row} * {pack.panel}"
+            self.line(f"const llmc_tile {v} = {{{buf} + {offset}, {pack.panel}, {pack.panel_stride}}};")
+            return
+        copy = (
+            f"llmc_pack_block({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
+            f"{height}, {width}, {s0}, {s1});"
+        )
+        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+        if s1 != 1 or (info.rhs and info.cols % self.plan.nr):
+            self.line(copy)
+            return
+        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
+        self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")
+        self.line(f"else {copy}")
+
+    def op_full(self, op: tile.FullOp) -> None:
+        info = self.plan.values[op.result]
+        self.line(f"/* {self.describe(op)} */")
+        self.fresh(op.result)
+        if not info.zero_acc:
+            value = float_literal(op.value.value.data)
+            self.line(f"llmc_fill({self.name(op.result)}.p, {info.rows * info.ld}, {value});")
+
+    def op_dot(self, op: tile.DotOp) -> None:
+        m, n = shape2(op.result)
+        k = shape2(op.lhs)[1]
+        info, acc = self.plan.values[op.result], self.plan.values[op.acc]
+        self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, micro-kernel {6}x{self.plan.nr} */")
+        self.fresh(op.result)
+        if info.alias is None:
+            self.line(f"llmc_copy_tile({self.name(op.result)}, {self.name(op.acc)}, {m}, {n});")
+        panel = self.plan.values[op.rhs].panel or self.plan.nr
+        accumulate = 0 if acc.zero_acc else 1
+        lhs, rhs, out = self.name(op.lhs), self.name(op.rhs), self.name(op.result)
+        self.line(f"llmc_dot({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, {rhs}, {panel}, {out}, {accumulate});")
+
+    def op_reduce(self, op: tile.ReduceOp) -> None:
+        if op.axis.value.data != 1:
+            raise UnsupportedOpError(f"tile.reduce over axis {op.axis.value.data} in @{self.kernel_name}")
+        rows = shape2(op.result)[0]
+        extent = op.extent.value.data
+        is_sum = op.kind.data == "sum"
+        init = "0.0f" if is_sum else "-INFINITY"
+        v = self.name(op.result)
+        self.line(f"/* {self.describe(op)} */")
+        self.fresh(op.result)
+        self.open(f"for (long r = 0; r < {rows}; r++)")
+        self.line(f"vf acc = vsplat({init});")
+        self.open(f"for (long c = 0; c < {extent}; c += LLMC_W)")
+        term = Nest(self).vector(op.operand)
+        self.line(f"const vf part = c + LLMC_W <= {extent} ? {term} : vsel(vlanes_below({extent} - c), {term}, vsplat({init}));")
+        self.line("acc = acc + part;" if is_sum else "acc = vmax(acc, part);")
+        self.close()
+        self.line(f"{v}.p[r * {v}.ld] = {'vhsum' if is_sum else 'vhmax'}(acc);")
+        self.close()
+
+    def op_pointwise(self, op: Operation) -> None:
+        value = op.results[0]
+        info = self.plan.values[value]
+        if info.kind == INLINE:
+            return
+        assert info.kind == BUFFER
+        rows, cols = shape2(value)
+        v = self.name(value)
+        self.line(f"/* {self.describe(op)} (materialised: {'row statistic' if cols == 1 else 'several consumers'}) */")
+        self.fresh(value)
+        self.open(f"for (long r = 0; r < {rows}; r++)")
+        if cols == 1:
+            self.line("const long c = 0; (void)c;")
+            self.line(f"{v}.p[r * {v}.ld] = ({Nest(self).compute(op)})[0];")
+        else:
+            self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
+            self.line(f"vstore({v}.p + r * {v}.ld + c, {Nest(self).compute(op)});")
+            self.close()
+        self.close()
+
+    def op_store(self, op: tile.StoreOp) -> None:
+        rows, cols = shape2(op.value)
+        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        self.line(f"/* {self.describe(op)}: epilogue fused, computed in registers */")
+        self.open(f"for (long r = 0; r < {rows}; r++)")
+        self.line(f"const long row = {row} + r;")
+        self.line(f"if (row < 0 || row >= {height}) continue;")
+        self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
+        value = Nest(self).vector(op.value)
+        lanes = f"({cols} - c < LLMC_W ? {cols} - c : LLMC_W)"
+        self.line(f"llmc_store_vec({buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value});")
+        self.close()
+        self.close()
+
+
+def _short(attr) -> str:
+    if hasattr(attr, "get_values"):
+        return "x".join(str(v) for v in attr.get_values())
+    if hasattr(attr, "data") and isinstance(attr.data, str):
+        return attr.data
+    if hasattr(attr, "value") and hasattr(attr.value, "data"):
+        return str(attr.value.data)
+    return str(attr)
+
+
+def function_name(kernel_name: str) -> str:
+    return "kernel_" + c_identifier(kernel_name)

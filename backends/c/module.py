@@ -1,0 +1,273 @@
+"""Render a lowered module as one C translation unit with a single exported entry point.
+
+    llmc_context *llmc_create(float *const *weights);        weights, arena, scratch
+    int  llmc_forward(llmc_context *, float *const *inputs, float *const *outputs);
+    void llmc_destroy(llmc_context *);
+
+One forward call runs every kernel; contexts are independent, so two models
+sharing one cached library never share state.
+
+Weights enter as pointers (the caller keeps them alive); weight panels the
+`swizzle` pass marked with `pack` are repacked here, at compile time, and
+passed in their packed form. Intermediate buffers live in one arena laid out
+by `plan-memory`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+from xdsl.dialects import arith, func
+from xdsl.dialects.builtin import ModuleOp, f32
+from xdsl.ir import BlockArgument
+
+from llmc.backends.c.exprs import c_comment, c_identifier
+from llmc.backends.c.kernel import KernelRenderer, function_name
+from llmc.backends.c.plan import PackSpec, plan_kernel, round_up
+from llmc.dialects import tile
+from llmc.errors import MalformedIRError, UnsupportedOpError
+from llmc.passes.swizzle import weight_arguments
+
+ARENA_ATTR = "llmc.arena_bytes"
+
+
+@dataclass(frozen=True)
+class WeightSlot:
+    """One entry of the weights array llmc_init takes: a model weight, maybe packed."""
+
+    name: str
+    pack: PackSpec | None = None
+
+    def materialise(self, weights: dict[str, np.ndarray]) -> np.ndarray:
+        array = np.ascontiguousarray(weights[self.name], dtype=np.float32)
+        return array if self.pack is None else pack_panels(array, self.pack)
+
+
+@dataclass
+class CSource:
+    text: str
+    weights: list[WeightSlot]
+    input_shapes: list[tuple[int, ...]]
+    output_shapes: list[tuple[int, ...]]
+    kernels: list[str] = field(default_factory=list)
+
+
+def pack_panels(array: np.ndarray, spec: PackSpec) -> np.ndarray:
+    """The logical view (shape, strides from base) zero-padded and cut into K-major column panels."""
+    flat = array.reshape(-1)[spec.base :]
+    logical = np.lib.stride_tricks.as_strided(
+        flat, shape=spec.shape, strides=tuple(s * flat.itemsize for s in spec.strides), writeable=False
+    )
+    rows, cols = spec.padded
+    padded = np.zeros((rows, cols), dtype=np.float32)
+    padded[: spec.shape[0], : spec.shape[1]] = logical
+    return np.ascontiguousarray(padded.reshape(rows, cols // spec.panel, spec.panel).transpose(1, 0, 2))
+
+
+def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int) -> dict[int, PackSpec]:
+    """Kernel arguments whose every use is one identical `pack`ed load: those get panels."""
+    specs: dict[int, PackSpec] = {}
+    for arg in kernel.body.block.args:
+        if arg not in weight_args:
+            continue
+        loads = [u.operation for u in arg.uses]
+        keys = {_pack_key(load, lanes) for load in loads}
+        if len(keys) == 1 and None not in keys:
+            base, shape, strides, panel, tile_shape = keys.pop()
+            padded = (round_up(shape[0], tile_shape[0]), round_up(shape[1], tile_shape[1]))
+            specs[arg.index] = PackSpec(base, shape, strides, panel, padded)
+    return specs
+
+
+def _pack_key(load, lanes: int):
+    if not isinstance(load, tile.LoadOp) or load.pack is None or not isinstance(load.base.owner, arith.ConstantOp):
+        return None
+    panel = load.pack.value.data
+    tile_shape = tuple(load.result.type.get_shape())
+    if panel % lanes or tile_shape[1] % panel:
+        return None
+    base = load.base.owner.value.value.data
+    return base, tuple(load.shape.get_values()), tuple(load.strides.get_values()), panel, tile_shape
+
+
+class ModuleRenderer:
+    def __init__(self, module: ModuleOp, lanes: int):
+        self.module = module
+        self.lanes = lanes
+        self.kernels = {op.sym_name.data: op for op in module.ops if isinstance(op, tile.KernelOp)}
+        funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
+        if len(funcs) != 1:
+            raise MalformedIRError(f"the C backend expects one func.func, found {len(funcs)}")
+        self.func = funcs[0]
+        self.weight_slots: list[WeightSlot] = []
+        self.packs: dict[str, dict[int, PackSpec]] = {}
+
+    def render(self) -> CSource:
+        self.check_types()
+        weight_args = weight_arguments(self.module)
+        plans, bodies, scratch = {}, [], 0
+        for name, kernel in self.kernels.items():
+            self.packs[name] = packed_arguments(kernel, weight_args, self.lanes)
+            plans[name] = plan_kernel(kernel, self.lanes, self.packs[name])
+            scratch = max(scratch, plans[name].scratch_floats)
+            notes = self.arg_notes(kernel, self.packs[name])
+            bodies.append(KernelRenderer(kernel, plans[name], function_name(name), notes).render())
+        entry = self.render_entry()
+        header = resources.files("llmc.backends.c").joinpath("runtime.h").read_text()
+        args = self.func.body.block.args
+        text = "\n\n".join(
+            [
+                "/* Generated by llmc from tile IR; one exported entry point runs the whole graph. */",
+                f"#define LLMC_W {self.lanes}\n#define LLMC_SPLAT(s) {{{', '.join(['s'] * self.lanes)}}}\n"
+                f"#define LLMC_SCRATCH_FLOATS {max(scratch, 16)}L",
+                header,
+                *bodies,
+                entry,
+            ]
+        )
+        returned = self.func.body.block.last_op.operands
+        return CSource(
+            text + "\n",
+            self.weight_slots,
+            [tuple(a.type.get_shape()) for a in args],
+            [tuple(v.type.get_shape()) for v in returned],
+            list(self.kernels),
+        )
+
+    def check_types(self) -> None:
+        for op in self.module.walk():
+            for value in (*op.operands, *op.results):
+                memref = getattr(value.type, "element_type", None)
+                if memref is not None and value.type.name == "memref" and memref != f32:
+                    raise UnsupportedOpError(f"the C backend handles f32 buffers only; {op.name} uses {value.type}")
+
+    def arg_notes(self, kernel: tile.KernelOp, packs: dict[int, PackSpec]) -> list[str]:
+        notes = []
+        for arg in kernel.body.block.args:
+            note = f"%{arg.name_hint or arg.index} {arg.type}"
+            if arg.index in packs:
+                spec = packs[arg.index]
+                note += f", packed into {spec.padded[1] // spec.panel} panels of {spec.padded[0]}x{spec.panel}"
+            notes.append(note)
+        return notes
+
+    def weight_index(self, name: str, pack: PackSpec | None) -> int:
+        slot = WeightSlot(name, pack)
+        if slot not in self.weight_slots:
+            self.weight_slots.append(slot)
+        return self.weight_slots.index(slot)
+
+    def render_entry(self) -> str:
+        block = self.func.body.block
+        names = {arg: f"inputs[{i}]" for i, arg in enumerate(block.args)}
+        returned = list(block.last_op.operands)
+        extra, body = [], []
+        for op in block.ops:
+            if isinstance(op, tile.WeightOp):
+                names[op.result] = op.weight_name.data
+            elif isinstance(op, tile.AllocOp):
+                names[op.result] = self.alloc_pointer(op, returned, extra)
+            elif isinstance(op, tile.LaunchOp):
+                body.append(self.launch_call(op, names))
+        body += self.copy_outputs(returned, names)
+        return ENTRY.format(
+            arena=self.func.attributes[ARENA_ATTR].value.data if ARENA_ATTR in self.func.attributes else 0,
+            weights=max(1, len(self.weight_slots)),
+            weight_count=len(self.weight_slots),
+            extras=max(1, len(extra)),
+            extra_sizes=", ".join(str(n) for n in extra) or "0",
+            extra_count=len(extra),
+            body="\n".join("    " + line for line in body),
+        )
+
+    def alloc_pointer(self, op: tile.AllocOp, returned: list, extra: list[int]) -> str:
+        if op.result in returned:
+            return f"outputs[{returned.index(op.result)}]"
+        if op.offset is not None:
+            return f"(ctx->arena + {op.offset.value.data // 4})"
+        extra.append(int(np.prod(op.result.type.get_shape())))
+        return f"ctx->buffers[{len(extra) - 1}]"
+
+    def launch_call(self, op: tile.LaunchOp, names: dict) -> str:
+        callee = op.callee.root_reference.data
+        kernel = self.kernels.get(callee)
+        if kernel is None:
+            raise MalformedIRError(f"tile.launch of unknown kernel @{callee}")
+        packs = self.packs[callee]
+        pointers = []
+        for index, buffer in enumerate(op.buffers):
+            if isinstance(buffer.owner, tile.WeightOp):
+                slot = self.weight_index(buffer.owner.weight_name.data, packs.get(index))
+                pointers.append(f"ctx->weights[{slot}]")
+            elif isinstance(buffer, BlockArgument) or buffer in names:
+                pointers.append(names[buffer])
+            else:
+                raise MalformedIRError(f"tile.launch @{callee}: argument {index} is not a buffer of the graph")
+        args = ", ".join([*pointers, "ctx->scratch", "ctx->threads"])
+        return f"{function_name(callee)}({args}); /* {c_comment(callee)} */"
+
+    def copy_outputs(self, returned: list, names: dict) -> list[str]:
+        lines = []
+        for index, value in enumerate(returned):
+            source = names[value]
+            if source != f"outputs[{index}]":
+                count = int(np.prod(value.type.get_shape()))
+                lines.append(f"memcpy(outputs[{index}], {source}, {count} * sizeof(float));")
+        return lines
+
+
+ENTRY = """typedef struct {{
+    float *weights[{weights}];
+    float *arena, *scratch;
+    float *buffers[{extras}];
+    int threads;
+}} llmc_context;
+
+static const long llmc_buffer_floats[{extras}] = {{{extra_sizes}}};
+
+static float *llmc_alloc(long floats) {{
+    size_t bytes = ((size_t)(floats > 0 ? floats : 1) * sizeof(float) + 63) / 64 * 64;
+    float *p = aligned_alloc(64, bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}}
+
+void llmc_destroy(llmc_context *ctx) {{
+    if (!ctx) return;
+    free(ctx->arena);
+    free(ctx->scratch);
+    for (int i = 0; i < {extra_count}; i++) free(ctx->buffers[i]);
+    free(ctx);
+}}
+
+/* Binds the weights (the caller keeps them alive) and allocates the arena and
+ * per-thread scratch; NULL when out of memory. */
+llmc_context *llmc_create(float *const *weights) {{
+    llmc_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return NULL;
+    for (int i = 0; i < {weight_count}; i++) ctx->weights[i] = weights[i];
+    ctx->threads = omp_get_max_threads();
+    ctx->arena = llmc_alloc({arena} / 4);
+    ctx->scratch = llmc_alloc(LLMC_SCRATCH_FLOATS * ctx->threads);
+    int ok = ctx->arena != NULL && ctx->scratch != NULL;
+    for (int i = 0; i < {extra_count}; i++) ok = ok && (ctx->buffers[i] = llmc_alloc(llmc_buffer_floats[i])) != NULL;
+    if (!ok) {{
+        llmc_destroy(ctx);
+        return NULL;
+    }}
+    return ctx;
+}}
+
+/* One forward pass: every kernel of the graph, in order. Not reentrant per context. */
+int llmc_forward(llmc_context *ctx, float *const *inputs, float *const *outputs) {{
+    if (!ctx) return -1;
+    (void)inputs;
+{body}
+    return 0;
+}}"""
+
+
+def render_module(module: ModuleOp, lanes: int) -> CSource:
+    return ModuleRenderer(module, lanes).render()

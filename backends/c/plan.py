@@ -1,0 +1,274 @@
+"""Bufferization plan for one tile kernel: where each tile value lives in the C code.
+
+Decide, then render. Every tensor value of a kernel is one of
+- `inline`: a pointwise op, iota or a load read only by pointwise code; it is
+  recomputed as a vector expression inside the loop nest of each consumer, so
+  fused epilogues stay in registers until the store;
+- `buffer`: dot accumulators, reductions, values with several consumers and
+  loop-carried state, in a slot of the thread's scratch area;
+- `operand`: a load a dot reads; at run time a view of the source when the tile
+  lies inside it with unit column stride (or of the compile-time packed weight
+  panels), otherwise a zero-padded copy in a scratch slot.
+A buffer is written in place over an operand that dies at that op (the dot
+accumulator, the online-softmax statistics). A fresh slot defined in a loop and
+carried around it rotates through as many copies as iterations keep alive, so
+a 3-stage pipeline gets triple buffering without any special case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import i1
+from xdsl.ir import Block, BlockArgument, Operation, SSAValue
+
+from llmc.dialects import graph, tile
+from llmc.errors import UnsupportedOpError
+
+INLINE, BUFFER, OPERAND = "inline", "buffer", "operand"
+POINTWISE = (graph.UnaryOp, graph.BinaryOp, graph.GeluOp, graph.WhereOp, graph.ConstantOp, tile.IotaOp)
+SLOT_ALIGN = 16
+
+
+@dataclass
+class PackSpec:
+    """A weight argument repacked at compile time into K-major panels of `panel` columns."""
+
+    base: int
+    shape: tuple[int, int]
+    strides: tuple[int, int]
+    panel: int
+    padded: tuple[int, int]  # rows, cols after padding to whole tiles
+
+    @property
+    def panel_stride(self) -> int:
+        return self.padded[0] * self.panel
+
+
+@dataclass
+class TileValue:
+    kind: str
+    rows: int
+    cols: int
+    ld: int = 0
+    slot: int | None = None
+    rotate: int = 1
+    alias: SSAValue | None = None  # written in place over this value's storage
+    zero_acc: bool = False  # a zero tile only ever used as a dot accumulator
+    copy_init: bool = False  # an iter_arg whose init must be copied, not aliased
+    panel: int = 0  # column panel width of the descriptor; 0 = row-major
+    rhs: bool = False  # read as a dot's B operand (its columns must be padded to whole panels)
+
+    @property
+    def slot_floats(self) -> int:
+        return self.rows * self.ld
+
+
+@dataclass
+class KernelPlan:
+    lanes: int
+    values: dict[SSAValue, TileValue] = field(default_factory=dict)
+    packs: dict[int, PackSpec] = field(default_factory=dict)
+    scratch_floats: int = 0
+
+    @property
+    def nr(self) -> int:
+        return 2 * self.lanes
+
+    def allocate(self, info: TileValue) -> None:
+        info.slot = self.scratch_floats
+        size = info.slot_floats * info.rotate
+        self.scratch_floats += -(-size // SLOT_ALIGN) * SLOT_ALIGN
+
+
+def shape2(value: SSAValue) -> tuple[int, int]:
+    shape = tuple(value.type.get_shape())
+    return (1, 1) if not shape else (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def ancestor_in(op: Operation, block: Block) -> Operation | None:
+    while op is not None and op.parent_block() is not block:
+        op = op.parent_op()
+    return op
+
+
+def last_use(value: SSAValue, block: Block, position: dict[Operation, int]) -> int:
+    """Position in `block` of the last op using `value` (uses in nested regions count at their parent)."""
+    last = -1
+    for use in value.uses:
+        owner = ancestor_in(use.operation, block)
+        last = max(last, position[owner] if owner is not None else len(position))
+    return last
+
+
+class Planner:
+    def __init__(self, kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec]):
+        self.kernel = kernel
+        self.plan = KernelPlan(lanes, packs=packed_args)
+        self.positions: dict[Block, dict[Operation, int]] = {}
+
+    def run(self) -> KernelPlan:
+        self.plan_block(self.kernel.body.block)
+        self.allocate_slots()
+        return self.plan
+
+    def allocate_slots(self) -> None:
+        """Give every value that owns storage a slot, rotated if its storage is carried around a loop."""
+        sharers: dict[SSAValue, list[SSAValue]] = {}
+        for value, info in self.plan.values.items():
+            root = value
+            while self.plan.values[root].alias is not None:
+                root = self.plan.values[root].alias
+            sharers.setdefault(root, []).append(value)
+        done: set[int] = set()
+        for value, info in self.plan.values.items():
+            owns = info.kind == OPERAND or (info.kind == BUFFER and info.alias is None)
+            if not owns or id(info) in done or (isinstance(value, BlockArgument) and not info.copy_init):
+                continue
+            done.add(id(info))
+            if not isinstance(value, BlockArgument):
+                info.rotate = self.rotation(value.owner, sharers.get(value, [value]))
+            self.plan.allocate(info)
+
+    def pos(self, block: Block) -> dict[Operation, int]:
+        if block not in self.positions:
+            self.positions[block] = {op: i for i, op in enumerate(block.ops)}
+        return self.positions[block]
+
+    def dead_after(self, value: SSAValue, op: Operation) -> bool:
+        block = op.parent_block()
+        defined_here = value.block is block if isinstance(value, BlockArgument) else value.owner.parent_block() is block
+        if not defined_here or self.info(value).kind != BUFFER or self.info(value).zero_acc:
+            return False
+        return self.last_read(value, block) <= self.pos(block)[op] and not self.yielded(value, block)
+
+    def last_read(self, value: SSAValue, block: Block) -> int:
+        """Like last_use, but a use by an inline op happens where that op's own consumers compute it."""
+        positions, last = self.pos(block), -1
+        for use in value.uses:
+            owner = ancestor_in(use.operation, block)
+            if owner is None:
+                return len(positions)
+            last = max(last, positions[owner])
+            info = self.plan.values.get(owner.results[0]) if owner is use.operation and owner.results else None
+            if info is not None and info.kind == INLINE:
+                last = max(last, self.last_read(owner.results[0], block))
+        return last
+
+    @staticmethod
+    def yielded(value: SSAValue, block: Block) -> bool:
+        last = block.last_op
+        return isinstance(last, scf.YieldOp) and value in last.operands
+
+    def info(self, value: SSAValue) -> TileValue:
+        return self.plan.values[value]
+
+    def plan_block(self, block: Block) -> None:
+        for op in block.ops:
+            if isinstance(op, scf.ForOp):
+                self.plan_loop(op)
+            elif isinstance(op, tile.LoadOp):
+                self.plan_load(op)
+            elif isinstance(op, tile.DotOp):
+                self.plan_dot(op)
+            elif isinstance(op, tile.ReduceOp):
+                self.new_buffer(op.result, op)
+            elif isinstance(op, tile.FullOp):
+                self.plan_full(op)
+            elif isinstance(op, POINTWISE):
+                self.plan_pointwise(op)
+
+    def new_buffer(self, value: SSAValue, op: Operation, alias: SSAValue | None = None) -> TileValue:
+        rows, cols = shape2(value)
+        info = TileValue(BUFFER, rows, cols, ld=1 if cols == 1 else round_up(cols, self.plan.nr), alias=alias)
+        self.plan.values[value] = info
+        return info
+
+    def rotation(self, op: Operation, sharers: list[SSAValue]) -> int:
+        """Copies a slot written by `op` needs: one, plus one per loop-carried value holding it
+        that is still alive when `op` rewrites it."""
+        block, alive = op.parent_block(), set()
+        for value in sharers:
+            seen = set()
+            while self.yielded(value, block) and value not in seen:
+                seen.add(value)
+                carried = block.args[1 + list(block.last_op.operands).index(value)]
+                if self.last_read(carried, block) > self.pos(block)[op]:
+                    alive.add(carried)
+                value = carried
+        return 1 + len(alive)
+
+    def plan_load(self, op: tile.LoadOp) -> None:
+        rows, cols = shape2(op.result)
+        simple = all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.StoreOp)) for u in op.result.uses)
+        if simple:
+            self.plan.values[op.result] = TileValue(INLINE, rows, cols)
+            return
+        info = TileValue(OPERAND, rows, cols, ld=round_up(cols, self.plan.nr))
+        if op.pack is not None and isinstance(op.buffer, BlockArgument) and op.buffer.index in self.plan.packs:
+            info.panel = self.plan.packs[op.buffer.index].panel
+        info.rhs = any(isinstance(u.operation, tile.DotOp) and u.index == 1 for u in op.result.uses)
+        self.plan.values[op.result] = info
+
+    def plan_full(self, op: tile.FullOp) -> None:
+        uses = list(op.result.uses)
+        info = self.new_buffer(op.result, op)
+        only_acc = len(uses) == 1 and isinstance(uses[0].operation, tile.DotOp) and uses[0].index == 2
+        info.zero_acc = only_acc and op.value.value.data == 0.0 and uses[0].operation.parent_block() is op.parent_block()
+
+    def plan_dot(self, op: tile.DotOp) -> None:
+        for operand in (op.lhs, op.rhs):
+            if self.info(operand).kind == INLINE:
+                raise UnsupportedOpError(f"tile.dot in @{self.kernel.sym_name.data} reads an unmaterialised operand")
+        acc = op.acc
+        in_place = self.dead_after(acc, op) or self.info(acc).zero_acc
+        self.new_buffer(op.result, op, alias=acc if in_place else None)
+
+    def plan_pointwise(self, op: Operation) -> None:
+        value = op.results[0]
+        rows, cols = shape2(value)
+        users = {u.operation for u in value.uses}
+        keep_inline = isinstance(op, (graph.ConstantOp, tile.IotaOp)) or value.type.element_type == i1 or (
+            len(users) <= 1
+            and (cols > 1 or rows == 1)
+            and all(isinstance(u, (*POINTWISE, tile.ReduceOp, tile.StoreOp)) for u in users)
+            and all(u.parent_block() is op.parent_block() for u in users)
+        )
+        if keep_inline:
+            self.plan.values[value] = TileValue(INLINE, rows, cols)
+            return
+        donor = next(
+            (v for v in op.operands if v in self.plan.values and shape2(v) == (rows, cols) and self.dead_after(v, op)),
+            None,
+        )
+        self.new_buffer(value, op, alias=donor)
+
+    def plan_loop(self, op: scf.ForOp) -> None:
+        body = op.body.block
+        for init, arg, result in zip(op.iter_args, body.args[1:], op.results):
+            if not hasattr(arg.type, "get_shape"):
+                continue
+            source = self.info(init)
+            rows, cols = shape2(arg)
+            ld = source.ld or round_up(cols, self.plan.nr)
+            info = TileValue(source.kind if source.kind != INLINE else BUFFER, rows, cols, ld=ld, panel=source.panel)
+            shared = sum(1 for v in op.iter_args if v is init) > 1
+            info.copy_init = source.kind == INLINE or (
+                source.kind == BUFFER and (shared or self.last_read(init, op.parent_block()) > self.pos(op.parent_block())[op])
+            )
+            if info.copy_init:
+                info.kind = BUFFER
+            self.plan.values[arg] = info
+        self.plan_block(body)
+        for arg, result in zip(body.args[1:], op.results):
+            if arg in self.plan.values:
+                self.plan.values[result] = self.plan.values[arg]
+
+
+def plan_kernel(kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec]) -> KernelPlan:
+    return Planner(kernel, lanes, packed_args).run()

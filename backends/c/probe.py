@@ -1,0 +1,103 @@
+"""Measure this machine's peak FMA throughput and memory bandwidth once, and cache them.
+
+The figures are the yardsticks `llmc bench` reports achieved GFLOP/s and GB/s
+against. The probe is C built with the same compiler and flags as the kernels:
+independent FMA chains on every core, and a STREAM-style copy over arrays far
+larger than the last-level cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
+from llmc.backends.c.build import atomic_write
+
+PROBE_SOURCE = r"""
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#define W %(lanes)d
+typedef float vf __attribute__((vector_size(W * 4)));
+
+/* FLOP per second: 12 independent accumulator chains per thread hide FMA latency. */
+double llmc_probe_fma(long iterations) {
+    double begin = omp_get_wtime();
+    float sink = 0.0f;
+    #pragma omp parallel reduction(+ : sink)
+    {
+        vf acc[12], x = (vf){0} + 1.0000001f, y = (vf){0} + 0.9999999f;
+        for (int i = 0; i < 12; i++) acc[i] = (vf){0} + (float)i;
+        for (long it = 0; it < iterations; it++) {
+            #pragma GCC unroll 12
+            for (int i = 0; i < 12; i++) acc[i] = acc[i] * x + y;
+            __asm__ volatile("" : "+x"(x));
+        }
+        for (int i = 0; i < 12; i++) for (int j = 0; j < W; j++) sink += acc[i][j];
+    }
+    double seconds = omp_get_wtime() - begin;
+    return sink == 12345.0f ? 0.0 : 2.0 * 12 * W * iterations * omp_get_max_threads() / seconds;
+}
+
+/* Bytes per second of a parallel copy (read + write counted, as STREAM does). */
+double llmc_probe_copy(long floats, int repeats) {
+    float *a = aligned_alloc(64, floats * sizeof(float)), *b = aligned_alloc(64, floats * sizeof(float));
+    if (!a || !b) return 0.0;
+    #pragma omp parallel for schedule(static)
+    for (long i = 0; i < floats; i++) { a[i] = 1.0f; b[i] = 0.0f; }
+    double best = 1e30;
+    for (int r = 0; r < repeats; r++) {
+        double begin = omp_get_wtime();
+        #pragma omp parallel for schedule(static)
+        for (long i = 0; i < floats; i++) b[i] = a[i];
+        double t = omp_get_wtime() - begin;
+        if (t < best) best = t;
+    }
+    free(a);
+    free(b);
+    return 2.0 * floats * sizeof(float) / best;
+}
+"""
+
+
+@dataclass(frozen=True)
+class MachinePeak:
+    gflops: float  # fp32 FMA throughput, all cores
+    bandwidth_gbs: float  # main-memory copy bandwidth, all cores
+    threads: int
+
+
+def measure(options: BuildOptions, lanes: int) -> MachinePeak:
+    built = build_library(PROBE_SOURCE % {"lanes": lanes}, options)
+    lib = ctypes.CDLL(str(built.library))
+    lib.llmc_probe_fma.restype = ctypes.c_double
+    lib.llmc_probe_fma.argtypes = [ctypes.c_long]
+    lib.llmc_probe_copy.restype = ctypes.c_double
+    lib.llmc_probe_copy.argtypes = [ctypes.c_long, ctypes.c_int]
+    lib.llmc_probe_fma(2_000_000)  # warm up the cores' clocks
+    gflops = max(lib.llmc_probe_fma(20_000_000) for _ in range(3)) / 1e9
+    bandwidth = lib.llmc_probe_copy(64 * 1024 * 1024, 5) / 1e9
+    return MachinePeak(round(gflops, 1), round(bandwidth, 1), _threads())
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> MachinePeak:
+    """Cached per host, compiler and flags; measured (a few seconds) the first time."""
+    identity = compiler_identity(find_compiler(options.compiler))
+    key = cache_key(f"probe-v1-{lanes}-{_threads()}", identity, options.flags)
+    path = options.cache_dir / f"probe-{key[:24]}.json"
+    if not remeasure:
+        try:
+            return MachinePeak(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            pass
+    peak = measure(options, lanes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(asdict(peak)).encode())
+    return peak

@@ -1,0 +1,224 @@
+/* llmc SIMD C runtime: vector types, math, tile loads/stores and the dot
+ * micro-kernel. Included verbatim at the top of every generated source, after
+ * `#define LLMC_W <lanes>` (8 for AVX2, 16 for AVX-512, 4 for NEON, 1 scalar) and
+ * LLMC_SPLAT(s), the initializer {s, s, ...} of that many lanes.
+ *
+ * Vectors are GCC/Clang vector extensions, so one source serves every ISA the
+ * compiler targets; -march picks the instructions. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_max_threads(void) { return 1; }
+#endif
+
+#define LLMC_NR (2 * LLMC_W) /* micro-kernel width: two vectors of columns */
+#define LLMC_MR 6            /* micro-kernel height: 12 accumulators + 2 B vectors + 1 broadcast */
+
+typedef float vf __attribute__((vector_size(LLMC_W * 4)));
+typedef int32_t vi __attribute__((vector_size(LLMC_W * 4)));
+typedef float vf_u __attribute__((vector_size(LLMC_W * 4), aligned(4)));
+
+/* A materialised tile: element (r, c) lives at p + r*ld + (c / P)*ps + c % P,
+ * P being the panel width the kernel was compiled with (ps = P for row-major). */
+typedef struct {
+    float *p;
+    long ld;
+    long ps;
+} llmc_tile;
+
+static inline vf vload(const float *p) { return *(const vf_u *)p; }
+static inline void vstore(float *p, vf v) { *(vf_u *)p = v; }
+static inline vf vsplat(float s) { return (vf)LLMC_SPLAT(s); }
+static inline vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
+static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
+static inline vf viota(long start) {
+    vf v;
+    for (int j = 0; j < LLMC_W; j++) v[j] = (float)(start + j);
+    return v;
+}
+static inline vi vlanes_below(long n) { /* lanes j < n set */
+    vi m;
+    for (int j = 0; j < LLMC_W; j++) m[j] = j < n ? -1 : 0;
+    return m;
+}
+static inline float vhsum(vf v) {
+    float s = 0.0f;
+    for (int j = 0; j < LLMC_W; j++) s += v[j];
+    return s;
+}
+static inline float vhmax(vf v) {
+    float s = v[0];
+    for (int j = 1; j < LLMC_W; j++) s = v[j] > s ? v[j] : s;
+    return s;
+}
+
+/* exp: Cephes' range reduction and degree-6 polynomial (max rel. error ~2 ulp);
+ * inputs below -87.3 flush to 0 so masked scores never produce denormals. */
+static inline vf vexp(vf x) {
+    vf xc = vmin(vmax(x, vsplat(-87.3f)), vsplat(88.37f));
+    vf fx = xc * 1.44269504088896341f + 0.5f;
+    vf fl = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);
+    fl = vsel(fl > fx, fl - 1.0f, fl);
+    vf r = xc - fl * 0.693359375f + fl * 2.12194440e-4f;
+    vf y = vsplat(1.9875691500e-4f);
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * r * r + r + 1.0f;
+    vi e = (__builtin_convertvector(fl, vi) + 127) << 23;
+    return vsel(x < -87.3f, vsplat(0.0f), y * (vf)e);
+}
+static inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
+static inline vf vgelu_tanh(vf x) { /* 0.5x(1+tanh(u)) == x*sigmoid(2u) */
+    vf u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return x * vsigmoid(2.0f * u);
+}
+#define LLMC_LANEWISE(name, fn)                                   \
+    static inline vf name(vf x) {                                 \
+        vf r;                                                     \
+        for (int j = 0; j < LLMC_W; j++) r[j] = fn(x[j]);         \
+        return r;                                                 \
+    }
+static inline float llmc_gelu_erf1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+LLMC_LANEWISE(vgelu_erf, llmc_gelu_erf1)
+LLMC_LANEWISE(vsqrt, sqrtf)
+LLMC_LANEWISE(vlog, logf)
+LLMC_LANEWISE(vtanh, tanhf)
+LLMC_LANEWISE(vsin, sinf)
+LLMC_LANEWISE(vcos, cosf)
+LLMC_LANEWISE(vabs, fabsf)
+static inline vf vrsqrt(vf x) { return 1.0f / vsqrt(x); }
+static inline vf vpow(vf x, vf y) {
+    vf r;
+    for (int j = 0; j < LLMC_W; j++) r[j] = powf(x[j], y[j]);
+    return r;
+}
+
+/* One vector of a 2-D strided view, lanes at columns c..c+W-1 of row r;
+ * lanes outside [0,height) x [0,width) read `pad` (tile.load semantics). */
+static inline vf llmc_load_vec(const float *base, long r, long c, long height, long width,
+                               long s0, long s1, float pad) {
+    if (r < 0 || r >= height) return vsplat(pad);
+    const float *row = base + r * s0;
+    if (s1 == 1 && c >= 0 && c + LLMC_W <= width) return vload(row + c);
+    if (s1 == 0 && c >= 0 && c + LLMC_W <= width) return vsplat(row[0]);
+    vf v;
+    for (int j = 0; j < LLMC_W; j++) {
+        long cj = c + j;
+        v[j] = (cj >= 0 && cj < width) ? row[cj * s1] : pad;
+    }
+    return v;
+}
+
+static inline void llmc_store_vec(float *base, long r, long c, long height, long width, long s0,
+                                  long s1, long lanes, vf v) {
+    if (r < 0 || r >= height) return;
+    float *row = base + r * s0;
+    if (s1 == 1 && lanes == LLMC_W && c >= 0 && c + LLMC_W <= width) {
+        vstore(row + c, v);
+        return;
+    }
+    for (int j = 0; j < lanes; j++) {
+        long cj = c + j;
+        if (cj >= 0 && cj < width) row[cj * s1] = v[j];
+    }
+}
+
+/* Copy a rows x cols block of a strided view into a row-major tile buffer with
+ * `ld` columns, padding outside the view (and the columns up to ld) with zero. */
+static void llmc_pack_block(float *dst, long ld, const float *base, long r0, long c0, long rows,
+                            long cols, long height, long width, long s0, long s1) {
+    for (long r = 0; r < rows; r++)
+        for (long c = 0; c < ld; c += LLMC_W) {
+            vf v = c < cols ? llmc_load_vec(base, r0 + r, c0 + c, height, width, s0, s1, 0.0f)
+                            : vsplat(0.0f);
+            if (c + LLMC_W > cols) v = vsel(vlanes_below(cols - c), v, vsplat(0.0f));
+            vstore(dst + r * ld + c, v);
+        }
+}
+
+/* C[MR x NR] (+)= A[MR x K] * B[K x NR]: A row-major (lda), B as two column
+ * vectors per k (b0, b1, row step ldb). The accumulators live in registers for
+ * the whole K loop. */
+#define LLMC_UKERNEL(MR)                                                                     \
+    static inline void llmc_ukernel_##MR(long K, const float *a, long lda, const float *b0,  \
+                                         const float *b1, long ldb, float *c, long ldc,      \
+                                         int accumulate) {                                   \
+        vf acc0[MR], acc1[MR];                                                               \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                               \
+            acc0[i] = accumulate ? vload(c + i * ldc) : vsplat(0.0f);                        \
+            acc1[i] = accumulate ? vload(c + i * ldc + LLMC_W) : vsplat(0.0f);               \
+        }                                                                                    \
+        for (long k = 0; k < K; k++) {                                                       \
+            vf bv0 = vload(b0 + k * ldb), bv1 = vload(b1 + k * ldb);                         \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                           \
+                vf av = vsplat(a[i * lda + k]);                                              \
+                acc0[i] += av * bv0;                                                         \
+                acc1[i] += av * bv1;                                                         \
+            }                                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                               \
+            vstore(c + i * ldc, acc0[i]);                                                    \
+            vstore(c + i * ldc + LLMC_W, acc1[i]);                                           \
+        }                                                                                    \
+    }
+LLMC_UKERNEL(1)
+LLMC_UKERNEL(2)
+LLMC_UKERNEL(3)
+LLMC_UKERNEL(4)
+LLMC_UKERNEL(5)
+LLMC_UKERNEL(6)
+
+/* tile.dot: acc[M x N] (+)= a[M x K] * b[K x N]. N is a multiple of LLMC_NR (the
+ * buffers are padded); `panel` is the column panel width of b (see llmc_tile). */
+static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long panel, llmc_tile c,
+                     int accumulate) {
+    for (long n = 0; n < N; n += LLMC_NR) {
+        const float *b0 = b.p + (n / panel) * b.ps + n % panel;
+        const float *b1 = b.p + ((n + LLMC_W) / panel) * b.ps + (n + LLMC_W) % panel;
+        long m = 0;
+        for (; m + LLMC_MR <= M; m += LLMC_MR)
+            llmc_ukernel_6(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, c.p + m * c.ld + n, c.ld, accumulate);
+        float *cm = c.p + m * c.ld + n;
+        const float *am = a.p + m * a.ld;
+        switch (M - m) {
+        case 5: llmc_ukernel_5(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
+        case 4: llmc_ukernel_4(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
+        case 3: llmc_ukernel_3(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
+        case 2: llmc_ukernel_2(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
+        case 1: llmc_ukernel_1(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
+        default: break;
+        }
+    }
+}
+
+static inline void llmc_fill(float *p, long count, float value) {
+    for (long i = 0; i < count; i++) p[i] = value;
+}
+
+static inline float llmc_load_scalar(const float *base, long r, long c, long height, long width,
+                                     long s0, long s1, float pad) {
+    if (r < 0 || r >= height || c < 0 || c >= width) return pad;
+    return base[r * s0 + c * s1];
+}
+
+/* dst[rows x cols] = src[rows x cols], both row-major tiles (ps == panel). */
+static inline void llmc_copy_tile(llmc_tile dst, llmc_tile src, long rows, long cols) {
+    for (long r = 0; r < rows; r++) memcpy(dst.p + r * dst.ld, src.p + r * src.ld, (size_t)cols * sizeof(float));
+}
+
+/* Triton's grouped program order (tile.tile_coords). */
+static inline void llmc_tile_coords(long pid, long rows, long cols, long group, long *row, long *col) {
+    long per_group = group * cols, first = (pid / per_group) * group;
+    long size = rows - first < group ? rows - first : group;
+    *row = first + (pid % per_group) % size;
+    *col = (pid % per_group) / size;
+}

@@ -1,0 +1,55 @@
+"""Load a built library in-process and call its entry point with torch tensors."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmc.backends.c.module import CSource
+from llmc.errors import BuildError, LlmcError
+
+
+class CLibrary:
+    """One context of a compiled graph: packed weights bound, arena allocated, ready to run."""
+
+    def __init__(self, library: Path, source: CSource, weights: Mapping[str, np.ndarray]):
+        try:
+            self.lib = ctypes.CDLL(str(library))
+        except OSError as error:
+            raise BuildError(f"cannot load {library}: {error}") from None
+        self.lib.llmc_create.restype = ctypes.c_void_p
+        self.lib.llmc_create.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.llmc_forward.restype = ctypes.c_int
+        self.lib.llmc_forward.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.llmc_destroy.argtypes = [ctypes.c_void_p]
+        self.source = source
+        self.arrays = [slot.materialise(weights) for slot in source.weights]
+        pointers = (ctypes.c_void_p * max(1, len(self.arrays)))(*[a.ctypes.data for a in self.arrays])
+        self.context = self.lib.llmc_create(pointers)
+        if not self.context:
+            raise LlmcError("the compiled graph could not allocate its buffers (out of memory)")
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(inputs) != len(self.source.input_shapes):
+            raise LlmcError(f"the compiled graph takes {len(self.source.input_shapes)} inputs, got {len(inputs)}")
+        arguments = []
+        for index, (tensor, shape) in enumerate(zip(inputs, self.source.input_shapes)):
+            if tuple(tensor.shape) != shape:
+                raise LlmcError(f"input {index} has shape {tuple(tensor.shape)}; the graph was compiled for {shape}")
+            arguments.append(tensor.detach().to(device="cpu", dtype=torch.float32).contiguous())
+        outputs = [torch.empty(shape, dtype=torch.float32) for shape in self.source.output_shapes]
+        in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outputs)))(*[t.data_ptr() for t in outputs])
+        if self.lib.llmc_forward(self.context, in_ptrs, out_ptrs) != 0:
+            raise LlmcError("the compiled graph's context is not initialised")
+        return tuple(outputs)
+
+    def __del__(self):
+        context, lib = getattr(self, "context", None), getattr(self, "lib", None)
+        if context and lib is not None:
+            lib.llmc_destroy(context)
+            self.context = None
