@@ -31,16 +31,36 @@ def _add_dump_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing", action="store_true", help="print how long each pass took")
 
 
+def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="cpu", help="cpu (= cpu-avx2 = c), cpu-avx512, cpu-neon, cpu-scalar, gpu")
+    parser.add_argument("--backend", choices=["c", "interpret"], help="default: c for CPU targets")
+    parser.add_argument("-p", "--passes", help="pass pipeline in xDSL syntax (default: the full pipeline)")
+    parser.add_argument("--cc", help="C compiler (default: $CC or cc)")
+    parser.add_argument("--cflags", help="C compiler flags (default: $LLMC_CFLAGS or -O3 -march=native -fopenmp ...)")
+
+
+def build_options(args: argparse.Namespace):
+    from llmc.backends.c.build import BuildOptions
+
+    return BuildOptions.from_environment(compiler=args.cc, flags=args.cflags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmc", description="An MLIR-style compiler for transformer graphs.")
     sub = parser.add_subparsers(dest="command", required=True)
     comp = sub.add_parser("compile", help="compile the model a Python file defines")
     comp.add_argument("model", help="a model file defining `model` and `example_inputs`")
-    comp.add_argument("--target", default="cpu", help="cpu (cpu-avx2), cpu-avx512 or gpu (cuda-h100)")
-    comp.add_argument("-p", "--passes", help="pass pipeline in xDSL syntax (default: the full pipeline)")
+    _add_compile_flags(comp)
     comp.add_argument("-o", "--output", help="write the final IR to this file")
-    comp.add_argument("--run", action="store_true", help="run the compiled IR and compare it with PyTorch eager")
+    comp.add_argument("--out-dir", help="where the C source, library, IR and report go (default llmc-out/<model>)")
+    comp.add_argument("--run", action="store_true", help="run the compiled model, compare with PyTorch eager, time each kernel")
     _add_dump_flags(comp)
+    bench = sub.add_parser("bench", help="time eager PyTorch, torch.compile (Inductor) and llmc side by side")
+    bench.add_argument("model", help="a model file defining `model` and `example_inputs`")
+    _add_compile_flags(bench)
+    bench.add_argument("--repeats", type=int, default=30, help="timed calls per contender (median reported)")
+    bench.add_argument("--no-inductor", action="store_true", help="skip torch.compile (its cold compile is slow)")
+    bench.add_argument("--remeasure-peak", action="store_true", help="re-run the machine peak probe")
     opt = sub.add_parser("opt", help="replay passes on an IR dump, mlir-opt style")
     opt.add_argument("file", help="an .mlir file (- for standard input)")
     opt.add_argument("-p", "--passes", required=True, help="pass pipeline, e.g. 'pipeline{stages=3},coalesce'")
@@ -56,15 +76,36 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     model, inputs = load_model_file(args.model)
     print(f"llmc: compiling {args.model} for {args.target}", file=sys.stderr)
-    compiled = llmc.compile(model, inputs, target=args.target, passes=args.passes, dumps=_dump_options(args))
-    print(compiled.report())
+    compiled = llmc.compile(
+        model, inputs, target=args.target, passes=args.passes, dumps=_dump_options(args),
+        backend=args.backend, build=build_options(args),
+    )
+    status = compare_with_eager(compiled, model, inputs) if args.run else 0
+    measured = compiled.profile(inputs) if args.run and compiled.program is not None else None
+    report = compiled.report(measured)
+    print(report)
     if args.timing:
         print(compiled.runner.timing_table())
+        print("  ".join(f"{stage} {seconds:.3f} s" for stage, seconds in compiled.seconds.items()))
     if args.output:
         Path(args.output).write_text(print_ir(compiled.module))
-    if args.run:
-        return compare_with_eager(compiled, model, inputs)
-    return 0
+    write_artifacts(compiled, Path(args.out_dir or Path("llmc-out") / Path(args.model).stem), report)
+    return status
+
+
+def write_artifacts(compiled, directory: Path, report: str) -> None:
+    from llmc.ir_text import print_ir
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "final.mlir").write_text(print_ir(compiled.module))
+        (directory / "report.txt").write_text(report + "\n")
+        written = [directory / "final.mlir", directory / "report.txt"]
+        if compiled.program is not None:
+            written += compiled.program.write(directory)
+    except OSError as error:
+        raise LlmcError(f"cannot write to {directory}: {error.strerror}") from None
+    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
 
 
 def compare_with_eager(compiled, model, inputs) -> int:
@@ -82,9 +123,17 @@ def compare_with_eager(compiled, model, inputs) -> int:
     worst = max(float((g - e).abs().max()) for g, e in zip(got, expected))
     scale = max(float(e.abs().max()) for e in expected)
     ok = worst <= 1e-4 * max(1.0, scale)
-    print(f"ran the compiled IR in the reference interpreter ({elapsed:.2f} s): "
+    where = "the C library" if compiled.program is not None else "the reference interpreter"
+    print(f"ran the compiled model in {where} ({elapsed * 1e3:.1f} ms, first call): "
           f"max abs error vs PyTorch eager {worst:.3g} over {len(got)} output(s): {'OK' if ok else 'MISMATCH'}")
     return 0 if ok else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from llmc.bench import bench_model_file
+
+    print(bench_model_file(args.model, args, build_options(args)))
+    return 0
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
@@ -116,7 +165,8 @@ def _read(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return cmd_compile(args) if args.command == "compile" else cmd_opt(args)
+        commands = {"compile": cmd_compile, "opt": cmd_opt, "bench": cmd_bench}
+        return commands[args.command](args)
     except LlmcError as error:
         print(f"llmc: error: {error}", file=sys.stderr)
         return 1

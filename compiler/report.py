@@ -30,12 +30,19 @@ def _stages(kop: tile.KernelOp) -> str:
     return ",".join(str(op.attributes[STAGES_ATTR].value.data) for op in loops) or "-"
 
 
-def kernel_table(kernels: ModuleOp, tiled: ModuleOp | None, target: Target) -> str:
-    """One row per kernel; `kernels` is the IR after `tile`, `tiled` the final tile IR (if lowered)."""
+def kernel_table(
+    kernels: ModuleOp,
+    tiled: ModuleOp | None,
+    target: Target,
+    measured: dict[str, float] | None = None,
+    backend: str = "interpret",
+) -> str:
+    """One row per kernel; `kernels` is the IR after `tile`, `tiled` the final tile IR (if lowered),
+    `measured` microseconds per kernel from a native run."""
     tile_kernels = {op.sym_name.data: op for op in tiled.walk() if isinstance(op, tile.KernelOp)} if tiled else {}
     header = f"{'kernel':<28}{'kind':<10}{'MFLOP':>9}{'KB':>9}{'FLOP/B':>8}  {'bound':<8}{'pred us':>9}  {'tiles':<12}{'stages':<7}{'layout':<24}measured"
     rows = [header, "-" * len(header)]
-    total = 0.0
+    total, total_measured = 0.0, 0.0
     for kop in (op for op in kernels.walk() if isinstance(op, kernel.KernelOp)):
         cost = kernel_cost(kop)
         name = kop.kernel_name.data
@@ -45,9 +52,17 @@ def kernel_table(kernels: ModuleOp, tiled: ModuleOp | None, target: Target) -> s
         layout = _layouts(lowered) if lowered else "-"
         predicted = cost.predicted_us(target)
         total += predicted
+        if measured and name in measured:
+            total_measured += measured[name]
+            seen = f"{measured[name]:.1f} us"
+        else:
+            seen = "-" if backend != "interpret" else "- (interpreted)"
         rows.append(
             f"{name:<28}{kop.kind.data:<10}{cost.flops / 1e6:>9.2f}{cost.bytes / 1024:>9.1f}{cost.intensity:>8.1f}  "
-            f"{cost.bound(target):<8}{predicted:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}- (no backend yet)"
+            f"{cost.bound(target):<8}{predicted:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}{seen}"
         )
-    rows.append(f"{len(rows) - 2} kernels on {target.name} (ridge {target.ridge:.1f} FLOP/B); predicted total {total:.1f} us")
+    summary = f"{len(rows) - 2} kernels on {target.name} (ridge {target.ridge:.1f} FLOP/B); predicted total {total:.1f} us"
+    if measured:
+        summary += f", measured total {total_measured:.1f} us"
+    rows.append(summary)
     return "\n".join(rows)

@@ -2,11 +2,16 @@
 
 Numbers are nominal figures for the class of machine; a measured probe can
 replace peak compute and bandwidth (the SIMD C backend measures its host).
+`cpu` (alias `c`, `native`) means this host, like -march=native: the widest
+vector ISA its CPU reports and its own core count.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import platform
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from llmc.errors import PassOptionError
 
@@ -34,14 +39,34 @@ class Target:
 TARGETS = {
     "cpu-avx2": Target("cpu-avx2", "cpu", 2 * 2 * 2 * 8 * 3.0, 20.0, 2, 32, 16, 32 * 1024, 1024 * 1024, 512 * 1024, 2),
     "cpu-avx512": Target("cpu-avx512", "cpu", 16 * 2 * 2 * 16 * 2.5, 100.0, 16, 64, 32, 48 * 1024, 2 * 1024 * 1024, 1024 * 1024, 2),
+    "cpu-neon": Target("cpu-neon", "cpu", 4 * 2 * 2 * 4 * 3.0, 30.0, 4, 16, 32, 64 * 1024, 1024 * 1024, 512 * 1024, 2),
+    "cpu-scalar": Target("cpu-scalar", "cpu", 2 * 2 * 3.0, 20.0, 2, 4, 16, 32 * 1024, 1024 * 1024, 512 * 1024, 2),
     "cuda-h100": Target("cuda-h100", "gpu", 67000.0, 3350.0, 132, 16, 255, 256 * 1024, 50 * 1024 * 1024, 228 * 1024, 3),
 }
-ALIASES = {"cpu": "cpu-avx2", "c": "cpu-avx2", "gpu": "cuda-h100", "cuda": "cuda-h100", "triton": "cuda-h100"}
+ALIASES = {"gpu": "cuda-h100", "cuda": "cuda-h100", "triton": "cuda-h100"}
+HOST_ALIASES = ("cpu", "c", "native")
+
+
+@lru_cache(maxsize=1)
+def host_cpu_target() -> Target:
+    """The CPU target matching this machine's vector ISA, with its usable core count."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        base = TARGETS["cpu-neon"]
+    else:
+        try:
+            flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+        except (OSError, StopIteration):
+            flags = set()
+        name = "cpu-avx512" if "avx512f" in flags else "cpu-avx2" if {"avx2", "fma"} <= flags else "cpu-scalar"
+        base = TARGETS[name]
+    return replace(base, cores=len(os.sched_getaffinity(0)))
 
 
 def get_target(name: str) -> Target:
+    if name in HOST_ALIASES:
+        return host_cpu_target()
     key = ALIASES.get(name, name)
     if key not in TARGETS:
-        known = ", ".join(sorted([*TARGETS, *ALIASES]))
+        known = ", ".join(sorted([*TARGETS, *ALIASES, *HOST_ALIASES]))
         raise PassOptionError(f"unknown target '{name}'; known targets: {known}")
     return TARGETS[key]

@@ -226,10 +226,19 @@ class KernelRenderer:
             offset = f"({col} / {pack.panel}) * {pack.panel_stride} + {row} * {pack.panel}"
             self.line(f"const llmc_tile {v} = {{{buf} + {offset}, {pack.panel}, {pack.panel_stride}}};")
             return
-        copy = (
-            f"llmc_pack_block({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
-            f"{height}, {width}, {s0}, {s1});"
-        )
+        if info.transposed:
+            self.load_transposed(op, info)
+            return
+        if s0 == 1 and s1 != 1:
+            copy = (
+                f"llmc_pack_transposed({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
+                f"{height}, {width}, {s1});"
+            )
+        else:
+            copy = (
+                f"llmc_pack_block({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
+                f"{height}, {width}, {s0}, {s1});"
+            )
         self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
         if s1 != 1 or (info.rhs and info.cols % self.plan.nr):
             self.line(copy)
@@ -237,6 +246,20 @@ class KernelRenderer:
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")
         self.line(f"else {copy}")
+
+    def load_transposed(self, op: tile.LoadOp, info) -> None:
+        """A B operand read as rows of K (bt[n][k]): a view of the source when inside it."""
+        v = self.name(op.result)
+        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
+        (height, width), (_, s1) = op.shape.get_values(), op.strides.get_values()
+        self.line(f"/* kept transposed (rows of K): the dot reads it as dot products, no transposing copy */")
+        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
+        self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} + {col} * {s1}; {v}.ld = {s1}; }}")
+        self.line(
+            f"else llmc_pack_block({v}.p, {info.ld}, {buf} + {base}, {col}, {row}, {info.cols}, {info.rows}, "
+            f"{width}, {height}, {s1}, 1);"
+        )
 
     def op_full(self, op: tile.FullOp) -> None:
         info = self.plan.values[op.result]
@@ -257,6 +280,9 @@ class KernelRenderer:
         panel = self.plan.values[op.rhs].panel or self.plan.nr
         accumulate = 0 if acc.zero_acc else 1
         lhs, rhs, out = self.name(op.lhs), self.name(op.rhs), self.name(op.result)
+        if self.plan.values[op.rhs].transposed:
+            self.line(f"llmc_dot_nt({m}, {n}, {k}, {lhs}, {rhs}, {out}, {accumulate});")
+            return
         self.line(f"llmc_dot({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, {rhs}, {panel}, {out}, {accumulate});")
 
     def op_reduce(self, op: tile.ReduceOp) -> None:

@@ -51,7 +51,7 @@ class CSource:
     weights: list[WeightSlot]
     input_shapes: list[tuple[int, ...]]
     output_shapes: list[tuple[int, ...]]
-    kernels: list[str] = field(default_factory=list)
+    launches: list[str] = field(default_factory=list)  # kernel of each launch, in order
 
 
 def pack_panels(array: np.ndarray, spec: PackSpec) -> np.ndarray:
@@ -103,6 +103,7 @@ class ModuleRenderer:
         self.func = funcs[0]
         self.weight_slots: list[WeightSlot] = []
         self.packs: dict[str, dict[int, PackSpec]] = {}
+        self.launch_order: list[str] = []
 
     def render(self) -> CSource:
         self.check_types()
@@ -133,7 +134,7 @@ class ModuleRenderer:
             self.weight_slots,
             [tuple(a.type.get_shape()) for a in args],
             [tuple(v.type.get_shape()) for v in returned],
-            list(self.kernels),
+            self.launch_order,
         )
 
     def check_types(self) -> None:
@@ -163,15 +164,18 @@ class ModuleRenderer:
         block = self.func.body.block
         names = {arg: f"inputs[{i}]" for i, arg in enumerate(block.args)}
         returned = list(block.last_op.operands)
-        extra, body = [], []
+        extra, body, timed = [], [], []
         for op in block.ops:
             if isinstance(op, tile.WeightOp):
                 names[op.result] = op.weight_name.data
             elif isinstance(op, tile.AllocOp):
                 names[op.result] = self.alloc_pointer(op, returned, extra)
             elif isinstance(op, tile.LaunchOp):
-                body.append(self.launch_call(op, names))
-        body += self.copy_outputs(returned, names)
+                call = self.launch_call(op, names)
+                body.append(call)
+                timed.append(f"{{ double t0 = omp_get_wtime(); {call} seconds[{len(timed)}] += omp_get_wtime() - t0; }}")
+        copies = self.copy_outputs(returned, names)
+        self.launch_order = [op.callee.root_reference.data for op in block.ops if isinstance(op, tile.LaunchOp)]
         return ENTRY.format(
             arena=self.func.attributes[ARENA_ATTR].value.data if ARENA_ATTR in self.func.attributes else 0,
             weights=max(1, len(self.weight_slots)),
@@ -179,7 +183,8 @@ class ModuleRenderer:
             extras=max(1, len(extra)),
             extra_sizes=", ".join(str(n) for n in extra) or "0",
             extra_count=len(extra),
-            body="\n".join("    " + line for line in body),
+            body="\n".join("    " + line for line in body + copies),
+            timed_body="\n".join("    " + line for line in timed + copies),
         )
 
     def alloc_pointer(self, op: tile.AllocOp, returned: list, extra: list[int]) -> str:
@@ -265,6 +270,14 @@ int llmc_forward(llmc_context *ctx, float *const *inputs, float *const *outputs)
     if (!ctx) return -1;
     (void)inputs;
 {body}
+    return 0;
+}}
+
+/* The same, adding each launch's wall time to seconds[i] (launch order). */
+int llmc_forward_profiled(llmc_context *ctx, float *const *inputs, float *const *outputs, double *seconds) {{
+    if (!ctx) return -1;
+    (void)inputs;
+{timed_body}
     return 0;
 }}"""
 

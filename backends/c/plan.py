@@ -29,6 +29,7 @@ from llmc.errors import UnsupportedOpError
 INLINE, BUFFER, OPERAND = "inline", "buffer", "operand"
 POINTWISE = (graph.UnaryOp, graph.BinaryOp, graph.GeluOp, graph.WhereOp, graph.ConstantOp, tile.IotaOp)
 SLOT_ALIGN = 16
+NT_MAX_ROWS = 4  # dots with at most this many rows read a transposed B as dot products
 
 
 @dataclass
@@ -59,10 +60,12 @@ class TileValue:
     copy_init: bool = False  # an iter_arg whose init must be copied, not aliased
     panel: int = 0  # column panel width of the descriptor; 0 = row-major
     rhs: bool = False  # read as a dot's B operand (its columns must be padded to whole panels)
+    transposed: bool = False  # a B operand kept as rows of K (bt[n][k]) for the dot-product form
 
     @property
     def slot_floats(self) -> int:
-        return self.rows * self.ld
+        return (self.cols if self.transposed else self.rows) * self.ld
+
 
 
 @dataclass
@@ -212,7 +215,12 @@ class Planner:
         info = TileValue(OPERAND, rows, cols, ld=round_up(cols, self.plan.nr))
         if op.pack is not None and isinstance(op.buffer, BlockArgument) and op.buffer.index in self.plan.packs:
             info.panel = self.plan.packs[op.buffer.index].panel
-        info.rhs = any(isinstance(u.operation, tile.DotOp) and u.index == 1 for u in op.result.uses)
+        roles = dot_roles(op.result)
+        info.rhs = any(index == 1 for _, index in roles)
+        s0, s1 = op.strides.get_values()
+        small = all(shape2(dot.lhs)[0] <= NT_MAX_ROWS for dot, index in roles if index == 1)
+        if not info.panel and info.rhs and roles and all(index == 1 for _, index in roles) and s0 == 1 and s1 != 1 and small:
+            info.transposed, info.ld = True, round_up(rows, self.plan.lanes)
         self.plan.values[op.result] = info
 
     def plan_full(self, op: tile.FullOp) -> None:
@@ -256,7 +264,8 @@ class Planner:
             source = self.info(init)
             rows, cols = shape2(arg)
             ld = source.ld or round_up(cols, self.plan.nr)
-            info = TileValue(source.kind if source.kind != INLINE else BUFFER, rows, cols, ld=ld, panel=source.panel)
+            info = TileValue(source.kind if source.kind != INLINE else BUFFER, rows, cols, ld=ld, panel=source.panel,
+                             rhs=source.rhs, transposed=source.transposed)
             shared = sum(1 for v in op.iter_args if v is init) > 1
             info.copy_init = source.kind == INLINE or (
                 source.kind == BUFFER and (shared or self.last_read(init, op.parent_block()) > self.pos(op.parent_block())[op])
@@ -268,6 +277,24 @@ class Planner:
         for arg, result in zip(body.args[1:], op.results):
             if arg in self.plan.values:
                 self.plan.values[result] = self.plan.values[arg]
+
+
+def dot_roles(value: SSAValue, seen: set | None = None) -> list[tuple[tile.DotOp, int]]:
+    """(dot, operand index) for every dot reading `value`, following it around loop iter_args."""
+    seen = seen if seen is not None else set()
+    if value in seen:
+        return []
+    seen.add(value)
+    roles = []
+    for use in value.uses:
+        user = use.operation
+        if isinstance(user, tile.DotOp):
+            roles.append((user, use.index))
+        elif isinstance(user, scf.ForOp) and use.index >= 3:
+            roles += dot_roles(user.body.block.args[use.index - 2], seen)
+        elif isinstance(user, scf.YieldOp):
+            roles += dot_roles(user.parent_block().args[1 + use.index], seen)
+    return roles
 
 
 def plan_kernel(kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec]) -> KernelPlan:

@@ -145,6 +145,43 @@ static void llmc_pack_block(float *dst, long ld, const float *base, long r0, lon
         }
 }
 
+/* The transposed block of a view whose rows are unit-stride (s0 == 1, e.g. K^T
+ * of attention): dst[k][n] = view(r0 + k, c0 + n), zero outside. Reads whole
+ * source vectors along k instead of gathering element by element. */
+static void llmc_pack_transposed(float *dst, long ld, const float *base, long r0, long c0, long rows,
+                                 long cols, long height, long width, long s1) {
+    if (r0 < 0 || c0 < 0 || r0 + rows > height || c0 + cols > width || rows % LLMC_W) {
+        llmc_pack_block(dst, ld, base, r0, c0, rows, cols, height, width, 1, s1);
+        return;
+    }
+    for (long r = 0; r < rows; r++) memset(dst + r * ld + cols, 0, (size_t)(ld - cols) * sizeof(float));
+    for (long n = 0; n < cols; n++) {
+        const float *src = base + (c0 + n) * s1 + r0;
+        for (long k = 0; k < rows; k += LLMC_W) {
+            vf v = vload(src + k);
+            for (int j = 0; j < LLMC_W; j++) dst[(k + j) * ld + n] = v[j];
+        }
+    }
+}
+
+/* acc[M x N] (+)= a[M x K] * b[K x N] with b given transposed (bt[n][k], row
+ * step bt.ld): dot products along contiguous k. For the few rows of a decode
+ * step this streams K straight from the cache, with no transposing copy. */
+static void llmc_dot_nt(long M, long N, long K, llmc_tile a, llmc_tile bt, llmc_tile c, int accumulate) {
+    for (long m = 0; m < M; m++) {
+        const float *am = a.p + m * a.ld;
+        for (long n = 0; n < N; n++) {
+            const float *bn = bt.p + n * bt.ld;
+            vf acc = vsplat(0.0f);
+            long k = 0;
+            for (; k + LLMC_W <= K; k += LLMC_W) acc += vload(am + k) * vload(bn + k);
+            float sum = vhsum(acc);
+            for (; k < K; k++) sum += am[k] * bn[k];
+            c.p[m * c.ld + n] = accumulate ? c.p[m * c.ld + n] + sum : sum;
+        }
+    }
+}
+
 /* C[MR x NR] (+)= A[MR x K] * B[K x NR]: A row-major (lda), B as two column
  * vectors per k (b0, b1, row step ldb). The accumulators live in registers for
  * the whole K loop. */

@@ -26,6 +26,8 @@ class CLibrary:
         self.lib.llmc_forward.restype = ctypes.c_int
         self.lib.llmc_forward.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]
         self.lib.llmc_destroy.argtypes = [ctypes.c_void_p]
+        self.lib.llmc_forward_profiled.restype = ctypes.c_int
+        self.lib.llmc_forward_profiled.argtypes = [*self.lib.llmc_forward.argtypes, ctypes.POINTER(ctypes.c_double)]
         self.source = source
         self.arrays = [slot.materialise(weights) for slot in source.weights]
         pointers = (ctypes.c_void_p * max(1, len(self.arrays)))(*[a.ctypes.data for a in self.arrays])
@@ -34,6 +36,20 @@ class CLibrary:
             raise LlmcError("the compiled graph could not allocate its buffers (out of memory)")
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.run(inputs)
+
+    def profile(self, inputs: tuple[torch.Tensor, ...], repeats: int) -> dict[str, float]:
+        """Mean microseconds per kernel over `repeats` forward calls (after one warm-up)."""
+        seconds = (ctypes.c_double * max(1, len(self.source.launches)))()
+        self.run(inputs)
+        for _ in range(repeats):
+            self.run(inputs, seconds)
+        per_kernel: dict[str, float] = {}
+        for name, total in zip(self.source.launches, seconds):
+            per_kernel[name] = per_kernel.get(name, 0.0) + total / repeats * 1e6
+        return per_kernel
+
+    def run(self, inputs, seconds=None) -> tuple[torch.Tensor, ...]:
         if len(inputs) != len(self.source.input_shapes):
             raise LlmcError(f"the compiled graph takes {len(self.source.input_shapes)} inputs, got {len(inputs)}")
         arguments = []
@@ -44,7 +60,12 @@ class CLibrary:
         outputs = [torch.empty(shape, dtype=torch.float32) for shape in self.source.output_shapes]
         in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])
         out_ptrs = (ctypes.c_void_p * max(1, len(outputs)))(*[t.data_ptr() for t in outputs])
-        if self.lib.llmc_forward(self.context, in_ptrs, out_ptrs) != 0:
+        status = (
+            self.lib.llmc_forward(self.context, in_ptrs, out_ptrs)
+            if seconds is None
+            else self.lib.llmc_forward_profiled(self.context, in_ptrs, out_ptrs, seconds)
+        )
+        if status != 0:
             raise LlmcError("the compiled graph's context is not initialised")
         return tuple(outputs)
 

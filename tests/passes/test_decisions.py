@@ -28,7 +28,7 @@ def test_grouped_order_is_a_permutation():
 
 
 def test_access_layout_vectorises_only_unit_stride():
-    cpu = get_target("cpu")
+    cpu = get_target("cpu-avx2")
     assert access_layout((64, 64), (64, 1), (16, 16), cpu) == ((1, 0), 8)
     assert access_layout((64, 64), (1, 64), (16, 16), cpu) == ((0, 1), 8)
     assert access_layout((64, 64), (128, 2), (16, 16), cpu)[1] == 1
@@ -36,7 +36,7 @@ def test_access_layout_vectorises_only_unit_stride():
 
 
 def test_matmul_tiles_fit_scratch_and_do_not_exceed_the_problem():
-    cpu = get_target("cpu")
+    cpu = get_target("cpu-avx2")
     decision = matmul_tiles(1, 768, 768, cpu)
     assert decision.tiles[0] == 1
     bm, bn, bk = matmul_tiles(1024, 1024, 1024, cpu).tiles

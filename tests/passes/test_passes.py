@@ -133,14 +133,14 @@ def test_pipeline_of_causal_attention_keeps_a_dynamic_loop():
 
 
 def test_coalesce_marks_unit_stride_vectors():
-    check_pass(MLP, "fuse,tile{matmul=16,16,16},lower-tile", "coalesce", """
+    check_pass(MLP, "fuse,tile{matmul=16,16,16},lower-tile", "coalesce{target=cpu-avx2}", """
 // CHECK: tile.load {{.*}}order = array<i64: 1, 0>, vec = 8
 // CHECK: tile.load {{.*}}strides = array<i64: 1, 32>{{.*}}order = array<i64: 0, 1>, vec = 8
 """, MLP_WEIGHTS)
 
 
 def test_swizzle_groups_programs_and_packs_weights():
-    check_pass(MLP, "fuse,tile{matmul=8,16,16},lower-tile,coalesce", "swizzle{group=2}", """
+    check_pass(MLP, "fuse,tile{matmul=8,16,16},lower-tile,coalesce", "swizzle{target=cpu-avx2 group=2}", """
 // CHECK: tile.tile_coords {{.*}}group = 2
 // CHECK: tile.load {{.*}}swizzle = array<i64:
 // CHECK: tile.load {{.*}}pack = 16

@@ -1,0 +1,157 @@
+"""`llmc bench`: eager PyTorch, torch.compile (Inductor) and llmc timed side by side in one process.
+
+Each contender is warmed up, then timed call by call; medians are reported with
+ratios against eager and against the faster of eager and Inductor (the bar the
+project states its goals against). Achieved GFLOP/s and GB/s are set against
+the machine's measured peak (llmc.backends.c.probe). Compile times: llmc cold
+(empty build cache) and warm (cached), Inductor cold (empty cache directory).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from llmc.cost_model import kernel_cost
+from llmc.dialects import kernel
+from llmc.target import get_target
+
+
+@dataclass
+class Contender:
+    name: str
+    median_ms: float
+    compile_s: float | None = None
+
+
+@dataclass
+class BenchResult:
+    title: str
+    flops: int
+    bytes: int
+    peak_gflops: float
+    peak_gbs: float
+    contenders: list[Contender] = field(default_factory=list)
+    llmc_warm_s: float | None = None
+    max_abs_error: float = 0.0
+
+    def get(self, name: str) -> Contender | None:
+        return next((c for c in self.contenders if c.name == name), None)
+
+    def best_torch_ms(self) -> float:
+        return min(c.median_ms for c in self.contenders if c.name != "llmc")
+
+    def format(self) -> str:
+        eager = self.get("eager").median_ms
+        best = self.best_torch_ms()
+        lines = [
+            self.title,
+            f"graph: {self.flops / 1e9:.3f} GFLOP, {self.bytes / 1e6:.2f} MB compulsory traffic; "
+            f"machine peak {self.peak_gflops:.1f} GFLOP/s, {self.peak_gbs:.1f} GB/s (probe)",
+            f"{'':<10}{'median ms':>10}{'x eager':>9}{'x best':>8}{'GFLOP/s':>9}{'%peak':>7}{'GB/s':>8}{'%bw':>6}{'compile s':>11}",
+        ]
+        for c in self.contenders:
+            gflops = self.flops / (c.median_ms * 1e6)
+            gbs = self.bytes / (c.median_ms * 1e6)
+            compile_s = f"{c.compile_s:.2f}" if c.compile_s is not None else "-"
+            lines.append(
+                f"{c.name:<10}{c.median_ms:>10.3f}{c.median_ms / eager:>9.2f}{c.median_ms / best:>8.2f}"
+                f"{gflops:>9.1f}{100 * gflops / self.peak_gflops:>6.0f}%{gbs:>8.1f}{100 * gbs / self.peak_gbs:>5.0f}%{compile_s:>11}"
+            )
+        if self.llmc_warm_s is not None:
+            lines.append(f"llmc warm (cached) compile {self.llmc_warm_s:.2f} s; max abs error vs eager {self.max_abs_error:.2e}")
+        inductor, llmc = self.get("inductor"), self.get("llmc")
+        if inductor and llmc and inductor.compile_s and llmc.compile_s:
+            lines.append(f"cold compile llmc / inductor = {llmc.compile_s / inductor.compile_s:.2f}")
+        return "\n".join(lines)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times) * 1e3
+
+
+def graph_cost(compiled) -> tuple[int, int]:
+    kernels = compiled.runner.snapshots.get("tile") or compiled.runner.snapshots.get("fuse")
+    costs = [kernel_cost(k) for k in kernels.walk() if isinstance(k, kernel.KernelOp)]
+    return sum(c.flops for c in costs), sum(c.bytes for c in costs)
+
+
+def time_inductor(model, inputs, repeats: int) -> Contender:
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            torch._dynamo.reset()
+            compiled = torch.compile(model)
+            begin = time.perf_counter()
+            with torch.no_grad():
+                compiled(*inputs)
+            cold = time.perf_counter() - begin
+            return Contender("inductor", median_ms(lambda: compiled(*inputs), repeats), cold)
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = None, build=None,
+          repeats: int = 30, inductor: bool = True, remeasure_peak: bool = False, log=print) -> BenchResult:
+    import llmc
+    from llmc.backends.c.build import BuildOptions
+    from llmc.backends.c.probe import machine_peak
+
+    build = build or BuildOptions.from_environment()
+    chosen = get_target(target)
+    log(f"[bench] {title}: measuring the machine peak (cached after the first run)")
+    peak = machine_peak(build, max(1, chosen.vector_bytes // 4), remeasure=remeasure_peak)
+    contenders = []
+    log("[bench] eager")
+    contenders.append(Contender("eager", median_ms(lambda: model(*inputs), repeats)))
+    if inductor:
+        log("[bench] torch.compile / Inductor (cold compile first)")
+        contenders.append(time_inductor(model, inputs, repeats))
+    log("[bench] llmc (cold compile into an empty cache, then warm)")
+    with tempfile.TemporaryDirectory(prefix="llmc-cold-") as cache:
+        cold_options = replace(build, cache_dir=Path(cache))
+        begin = time.perf_counter()
+        llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None)
+        cold = time.perf_counter() - begin
+        begin = time.perf_counter()
+        compiled = llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None)
+        warm = time.perf_counter() - begin
+        contenders.append(Contender("llmc", median_ms(lambda: compiled(*inputs), repeats), cold))
+        with torch.no_grad():
+            expected, got = model(*inputs), compiled(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = got if isinstance(got, tuple) else (got,)
+        error = max(float((g - e).abs().max()) for g, e in zip(got, expected))
+    flops, moved = graph_cost(compiled)
+    return BenchResult(title, flops, moved, peak.gflops, peak.bandwidth_gbs, contenders, warm, error)
+
+
+def bench_model_file(path: str, args, build) -> str:
+    from llmc.model_file import load_model_file
+
+    model, inputs = load_model_file(path)
+    title = f"llmc bench {path} ({args.target}, {torch.get_num_threads()} threads)"
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    result = bench(model, inputs, title, args.target, args.passes, build, args.repeats,
+                   not args.no_inductor, args.remeasure_peak, log)
+    return result.format()
