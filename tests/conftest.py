@@ -80,3 +80,18 @@ def exported():
         return model, inputs, export_model(model, inputs)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_build_cache(tmp_path_factory):
+    """Builds go to a cache of the test session's own, never the user's."""
+    import os
+
+    cache = tmp_path_factory.mktemp("llmc-cache")
+    previous = os.environ.get("LLMC_CACHE_DIR")
+    os.environ["LLMC_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("LLMC_CACHE_DIR", None)
+    else:
+        os.environ["LLMC_CACHE_DIR"] = previous

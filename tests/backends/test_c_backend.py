@@ -1,0 +1,150 @@
+"""The SIMD C backend: generated code against eager and the IR interpreter, and what it is made of."""
+
+import importlib
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL, assert_close, eager, run_ir, run_passes, small_example
+
+import llmc
+from llmc.backends.c.build import BuildOptions
+from llmc.backends.c.module import render_module
+from llmc.ir_text import parse_ir, print_ir
+
+EXAMPLE_NAMES = sorted(SMALL)
+
+
+def compile_c(model, inputs, **options):
+    compiled = llmc.compile(model, inputs, target="c", emit=lambda _: None, **options)
+    assert compiled.program is not None
+    return compiled
+
+
+def outputs(result):
+    return [r.numpy() for r in (result if isinstance(result, tuple) else (result,))]
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_every_example_at_full_size_matches_eager(name):
+    module = importlib.import_module(name)
+    model, inputs = module.model, module.example_inputs
+    compiled = compile_c(model, inputs)
+    assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
+
+
+@pytest.mark.parametrize("name, sizes", [
+    ("gpt2_block", dict(seq=7)),            # odd T
+    ("gpt2_block", dict(seq=100)),          # T not a multiple of any tile
+    ("gpt2_block", dict(d_model=36, n_head=4, seq=13)),  # d and head dim not multiples of the vector width
+    ("llama_block", dict(d_model=40, n_head=4, n_kv_head=2, hidden=72, seq=29)),
+    ("gpt2_decode", dict(past=100)),
+    ("llama_decode", dict(d_model=40, n_head=4, n_kv_head=2, hidden=72, past=37)),
+    ("gpt2_block_sdpa", dict(seq=65)),
+])
+def test_other_sizes_match_eager(name, sizes):
+    model, inputs = small_example(name, **sizes)
+    assert_close(outputs(compile_c(model, inputs)(*inputs)), eager(model, inputs), tol=1e-4)
+
+
+@pytest.mark.parametrize("stages", [1, 2, 3])
+def test_generated_c_agrees_with_the_interpreter_on_the_same_ir(stages):
+    # Three stages rotate the loop-carried tiles through several scratch slots.
+    model, inputs = small_example("gpt2_block", seq=37)
+    passes = (f"fuse,tile{{target=cpu matmul=16,32,16 attention=16,16}},lower-tile,coalesce{{target=cpu}},"
+              f"swizzle{{target=cpu}},pipeline{{stages={stages}}},plan-memory")
+    compiled = compile_c(model, inputs, passes=passes)
+    interpreted = run_ir(compiled.module, inputs, compiled.imported.weights)
+    assert_close(outputs(compiled(*inputs)), interpreted, tol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["cpu-avx2", "cpu-scalar"])
+def test_vector_widths_other_than_the_host(target):
+    model, inputs = small_example("llama_block")
+    flags = "-O1 -fopenmp -fno-math-errno" + (" -mavx2 -mfma" if target == "cpu-avx2" else "")
+    compiled = llmc.compile(model, inputs, target=target, emit=lambda _: None,
+                            build=BuildOptions.from_environment(flags=flags))
+    assert f"#define LLMC_W {8 if target == 'cpu-avx2' else 1}" in compiled.program.source.text
+    assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
+
+
+def test_the_passes_show_up_in_the_c():
+    model, inputs = small_example("gpt2_block", d_model=768, n_head=12, seq=64)
+    source = compile_c(model, inputs).program.source.text
+    functions = re.findall(r"^static void (kernel_\w+)\(", source, re.M)
+    assert len(functions) == 7 and sum("attention" in f for f in functions) == 1
+    assert source.count("llmc_forward(llmc_context") == 1
+    linear_gelu = source[source.index("static void kernel_k5_linear_gelu"):]
+    linear_gelu = linear_gelu[: linear_gelu.index("\n}\n")]
+    # software pipeline: the first panel is fetched before the K loop, the next one after the dot in it
+    prologue, loop = linear_gelu.split("software-pipelined", 1)
+    assert "[prologue]" in prologue and "llmc_dot(" in loop
+    body = loop[: loop.index("next0")]
+    assert body.index("llmc_dot(") < body.index("[body] */")
+    assert "[epilogue]" in loop
+    # weights packed into panels, read in place; bias and GELU fused into the store loop
+    assert "packed at compile time" in linear_gelu
+    store = linear_gelu[linear_gelu.index("tile.store"):]
+    assert "vgelu_tanh" in store and "llmc_store_vec" in store
+    # the model's source line reaches the comments
+    assert re.search(r"graph\.gelu .*@ gpt2_block\.py:\d+", linear_gelu)
+
+
+def test_decode_attention_reads_the_cache_in_place():
+    model, inputs = small_example("gpt2_decode")
+    source = compile_c(model, inputs).program.source.text
+    attention = source[source.index("static void kernel_k6_attention"):]
+    assert "llmc_dot_nt(" in attention and "no transposing copy" in attention
+
+
+def test_ir_text_to_c_round_trip(tmp_path):
+    model, inputs = small_example("gpt2_block")
+    first = llmc.compile(model, inputs, backend="interpret", emit=lambda _: None)
+    module = parse_ir(print_ir(first.module))
+    assert render_module(module, 8).text == render_module(first.module, 8).text
+
+
+def test_names_from_the_model_cannot_inject_code():
+    class Evil(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.add_module('x*/ int evil(void) { return 1; } /*', torch.nn.Linear(16, 16))
+
+        def forward(self, x):
+            return getattr(self, 'x*/ int evil(void) { return 1; } /*')(x)
+
+    model, inputs = Evil().eval(), (torch.randn(1, 4, 16),)
+    compiled = compile_c(model, inputs)
+    code_outside_comments = re.sub(r"/\*.*?\*/", "", compiled.program.source.text, flags=re.S)
+    assert "evil" not in code_outside_comments
+    assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-5)
+
+
+def test_per_kernel_times_fill_the_report():
+    model, inputs = small_example("llama_block")
+    compiled = compile_c(model, inputs)
+    measured = compiled.profile(inputs, repeats=3)
+    assert set(measured) == {name for name in compiled.program.source.launches}
+    assert all(us > 0 for us in measured.values())
+    assert "measured total" in compiled.report(measured)
+
+
+def test_torch_compile_backend_runs_the_c_library():
+    model, inputs = small_example("gpt2_block_sdpa")
+    compiled = torch.compile(model, backend="llmc")
+    with torch.no_grad():
+        got = compiled(*inputs)
+    np.testing.assert_allclose(got.numpy(), eager(model, inputs)[0], atol=1e-4)
+
+
+def test_run_passes_then_c_on_a_pass_replay():
+    # A dump resumed with `llmc opt`-style passes still renders and agrees.
+    model, inputs = small_example("gpt2_block")
+    compiled = llmc.compile(model, inputs, backend="interpret", passes="fuse,tile,lower-tile", emit=lambda _: None)
+    module = run_passes(parse_ir(print_ir(compiled.module)), "coalesce,swizzle,pipeline{stages=2},plan-memory")
+    from llmc.backends.c import compile_c as build
+    from llmc.target import get_target
+
+    program = build(module, compiled.imported.weights, get_target("cpu"), BuildOptions.from_environment())
+    assert_close(outputs(tuple(program.library(*inputs))), eager(model, inputs), tol=1e-4)
