@@ -29,6 +29,7 @@ class Target:
     l2_bytes: int
     scratch_bytes: int  # shared memory per SM on GPUs; L2 share per core on CPUs
     default_stages: int
+    llc_bytes: int = 32 * 1024 * 1024  # last-level cache, all cores
 
     @property
     def ridge(self) -> float:

@@ -7,6 +7,10 @@ width, dividing the tile's extent along it, the view's extent and the pitch of
 the other dim, so every vector starts aligned. An access with no unit-stride
 dim (a transposed or strided read) gets `vec = 1`: it is scalar, and the
 report shows it.
+
+On CPUs, a vectorised store into a buffer larger than the last-level cache is
+marked `llmc.stream`: written with non-temporal stores, it skips the
+read-for-ownership and does not flush what the next kernel reads.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from xdsl.passes import ModulePass
 
 from llmc.dialects import graph, tile
 from llmc.target import Target, get_target
+
+STREAM_ATTR = "llmc.stream"
+
+
+def streams(access: tile.StoreOp, vec: int, target: Target) -> bool:
+    """Whether a store should bypass the caches: its whole buffer would not fit in them anyway."""
+    count = 1
+    for extent in access.buffer.type.get_shape():
+        count *= extent
+    return target.kind == "cpu" and vec > 1 and count * 4 > target.llc_bytes
 
 
 def access_layout(shape: tuple[int, int], strides: tuple[int, int], block: tuple[int, int], target: Target) -> tuple[tuple[int, int], int]:
@@ -57,3 +71,5 @@ class CoalescePass(ModulePass):
             )
             access.attributes["order"] = graph.dense(order)
             access.attributes["vec"] = IntegerAttr(vec, 64)
+            if isinstance(access, tile.StoreOp) and streams(access, vec, target):
+                access.attributes[STREAM_ATTR] = builtin.UnitAttr()

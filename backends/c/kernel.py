@@ -16,6 +16,7 @@ from llmc.backends.c.exprs import CMPI, INDEX_BINARY, c_comment, c_identifier, f
 from llmc.backends.c.nest import Nest
 from llmc.backends.c.plan import BUFFER, INLINE, KernelPlan, round_up, shape2
 from llmc.dialects import tile
+from llmc.passes.coalesce import STREAM_ATTR
 from llmc.errors import UnsupportedOpError
 
 
@@ -117,6 +118,8 @@ class KernelRenderer:
         self.open("")
         self.render_block(block)
         self.close()
+        if any(STREAM_ATTR in op.attributes for op in block.walk()):
+            self.line("LLMC_STREAM_FENCE(); /* streaming stores are weakly ordered */")
         self.close()
         self.close()
         return "\n".join(self.lines)
@@ -336,7 +339,8 @@ class KernelRenderer:
         self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
         value = Nest(self).vector(op.value)
         lanes = f"({cols} - c < LLMC_W ? {cols} - c : LLMC_W)"
-        self.line(f"llmc_store_vec({buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value});")
+        stream = 1 if STREAM_ATTR in op.attributes else 0
+        self.line(f"llmc_store_vec({buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value}, {stream});")
         self.close()
         self.close()
 

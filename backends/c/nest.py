@@ -68,6 +68,9 @@ class Nest:
                 return POWERS[exponent].format(self.vector(op.lhs))
         if isinstance(op, graph.GeluOp):
             return GELU[op.approximate.data].format(self.vector(op.operand))
+        if isinstance(op, graph.DivOp) and shape2(op.rhs)[1] == 1:
+            # one reciprocal per row (hoisted out of the column loop), then multiplies
+            return f"{self.vector(op.lhs)} * (1.0f / {self.vector(op.rhs)})"
         if isinstance(op, graph.WhereOp):
             return f"vsel({self.vector(op.cond)}, {self.vector(op.lhs)}, {self.vector(op.rhs)})"
         template = UNARY.get(type(op)) or BINARY.get(type(op))

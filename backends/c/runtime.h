@@ -31,6 +31,25 @@ typedef struct {
     long ps;
 } llmc_tile;
 
+/* Streaming (non-temporal) stores for outputs far larger than the caches: no
+ * read-for-ownership, and they do not evict what the next kernel reads. */
+#if defined(__AVX512F__) && LLMC_W == 16
+#include <immintrin.h>
+#define LLMC_STREAM(p, v) _mm512_stream_ps((p), (__m512)(v))
+#elif defined(__AVX__) && LLMC_W == 8
+#include <immintrin.h>
+#define LLMC_STREAM(p, v) _mm256_stream_ps((p), (__m256)(v))
+#elif defined(__SSE__) && LLMC_W == 4
+#include <immintrin.h>
+#define LLMC_STREAM(p, v) _mm_stream_ps((p), (__m128)(v))
+#endif
+#ifdef LLMC_STREAM
+#define LLMC_STREAM_FENCE() _mm_sfence()
+#else
+#define LLMC_STREAM(p, v) (*(vf_u *)(p) = (v))
+#define LLMC_STREAM_FENCE() ((void)0)
+#endif
+
 static inline vf vload(const float *p) { return *(const vf_u *)p; }
 static inline void vstore(float *p, vf v) { *(vf_u *)p = v; }
 static inline vf vsplat(float s) { return (vf)LLMC_SPLAT(s); }
@@ -58,14 +77,13 @@ static inline float vhmax(vf v) {
     return s;
 }
 
-/* exp: Cephes' range reduction and degree-6 polynomial (max rel. error ~2 ulp);
- * inputs below -87.3 flush to 0 so masked scores never produce denormals. */
+/* exp: round-to-nearest range reduction (x = n ln2 + r, |r| <= ln2/2) and
+ * Cephes' degree-6 polynomial, max rel. error ~2 ulp. Inputs below -87.3
+ * flush to 0, so masked scores (-inf) never produce denormals. */
 static inline vf vexp(vf x) {
     vf xc = vmin(vmax(x, vsplat(-87.3f)), vsplat(88.37f));
-    vf fx = xc * 1.44269504088896341f + 0.5f;
-    vf fl = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);
-    fl = vsel(fl > fx, fl - 1.0f, fl);
-    vf r = xc - fl * 0.693359375f + fl * 2.12194440e-4f;
+    vf n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* rint via 1.5 * 2^23 */
+    vf r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     vf y = vsplat(1.9875691500e-4f);
     y = y * r + 1.3981999507e-3f;
     y = y * r + 8.3334519073e-3f;
@@ -73,8 +91,8 @@ static inline vf vexp(vf x) {
     y = y * r + 1.6666665459e-1f;
     y = y * r + 5.0000001201e-1f;
     y = y * r * r + r + 1.0f;
-    vi e = (__builtin_convertvector(fl, vi) + 127) << 23;
-    return vsel(x < -87.3f, vsplat(0.0f), y * (vf)e);
+    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+    return (vf)((vi)(y * (vf)e) & (x >= -87.3f));
 }
 static inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
 static inline vf vgelu_tanh(vf x) { /* 0.5x(1+tanh(u)) == x*sigmoid(2u) */
@@ -119,11 +137,14 @@ static inline vf llmc_load_vec(const float *base, long r, long c, long height, l
 }
 
 static inline void llmc_store_vec(float *base, long r, long c, long height, long width, long s0,
-                                  long s1, long lanes, vf v) {
+                                  long s1, long lanes, vf v, int stream) {
     if (r < 0 || r >= height) return;
     float *row = base + r * s0;
     if (s1 == 1 && lanes == LLMC_W && c >= 0 && c + LLMC_W <= width) {
-        vstore(row + c, v);
+        if (stream && ((uintptr_t)(row + c) & (LLMC_W * 4 - 1)) == 0)
+            LLMC_STREAM(row + c, v);
+        else
+            vstore(row + c, v);
         return;
     }
     for (int j = 0; j < lanes; j++) {

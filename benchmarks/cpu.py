@@ -1,0 +1,99 @@
+"""The C backend's benchmark suite: every example block plus the kernel yardsticks.
+
+    python benchmarks/cpu.py [--quick] [--only NAME ...]
+
+For each case it times eager PyTorch, torch.compile (Inductor) and llmc in one
+process (llmc.bench) and prints the table, then a summary of the project's
+CPU bars: blocks prefill <= 0.75x and decode <= 0.5x the faster of eager and
+Inductor, GEMM 1024^3 >= 85% of the measured FMA peak, LayerNorm and softmax
+beyond L3 >= 80% of the measured memory bandwidth, cold compile <= 1/5 of
+Inductor's and warm compile <= 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from llmc.bench import bench  # noqa: E402
+
+
+class Gemm(torch.nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(n, n, bias=False)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class Softmax(torch.nn.Module):
+    def forward(self, x):
+        return torch.softmax(x, dim=-1)
+
+
+def cases(quick: bool):
+    import gpt2_block
+    import gpt2_decode
+    import llama_block
+    import llama_decode
+
+    torch.manual_seed(0)
+    rows = 4096 if quick else 16384  # 16384 x 1024 fp32 = 64 MiB in, 64 MiB out: twice the L3
+    yield "gpt2_block prefill T=128", "prefill", gpt2_block.model, gpt2_block.example_inputs
+    yield "llama_block prefill T=128", "prefill", llama_block.model, llama_block.example_inputs
+    yield "gpt2 decode (KV 512)", "decode", gpt2_decode.model, gpt2_decode.example_inputs
+    yield "llama decode (KV 512)", "decode", llama_decode.model, llama_decode.example_inputs
+    yield "GEMM 1024^3", "gemm", Gemm(1024).eval(), (torch.randn(1, 1024, 1024),)
+    yield f"LayerNorm {rows}x1024", "bandwidth", torch.nn.LayerNorm(1024).eval(), (torch.randn(1, rows, 1024),)
+    yield f"softmax {rows}x1024", "bandwidth", Softmax(), (torch.randn(1, rows, 1024),)
+
+
+def verdict(kind: str, result) -> str:
+    llmc = result.get("llmc")
+    best = result.best_torch_ms()
+    ratio = llmc.median_ms / best
+    if kind == "prefill":
+        return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.75): {'met' if ratio <= 0.75 else 'NOT met'}"
+    if kind == "decode":
+        return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.50): {'met' if ratio <= 0.5 else 'NOT met'}"
+    if kind == "gemm":
+        share = result.flops / (llmc.median_ms * 1e6) / result.peak_gflops
+        return f"GEMM at {100 * share:.0f}% of the FMA peak (bar >= 85%): {'met' if share >= 0.85 else 'NOT met'}"
+    share = result.bytes / (llmc.median_ms * 1e6) / result.peak_gbs
+    return f"at {100 * share:.0f}% of the copy bandwidth (bar >= 80%): {'met' if share >= 0.8 else 'NOT met'}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller bandwidth cases, fewer repeats")
+    parser.add_argument("--only", nargs="*", help="run the cases whose title contains one of these words")
+    parser.add_argument("--no-inductor", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    repeats = args.repeats or (10 if args.quick else 50)
+    summary = []
+    for title, kind, model, inputs in cases(args.quick):
+        if args.only and not any(word in title for word in args.only):
+            continue
+        result = bench(model, inputs, title, repeats=repeats, inductor=not args.no_inductor,
+                       log=lambda message: print(message, file=sys.stderr, flush=True))
+        print(result.format() + "\n", flush=True)
+        line = f"{title}: {verdict(kind, result)}"
+        inductor, llmc = result.get("inductor"), result.get("llmc")
+        if kind == "prefill" and inductor and inductor.compile_s:
+            line += (f"; cold compile llmc {llmc.compile_s:.2f} s vs inductor {inductor.compile_s:.2f} s "
+                     f"({llmc.compile_s / inductor.compile_s:.2f}), warm {result.llmc_warm_s:.2f} s")
+        summary.append(line)
+    print("summary\n" + "\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
