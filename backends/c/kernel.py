@@ -31,6 +31,7 @@ class KernelRenderer:
         self.depth = 0
         self.names: dict[SSAValue, str] = {}
         self.loop_counters: dict[object, str] = {}
+        self.done: set[Operation] = set()  # reductions already computed inside their producer's nest
         self.handlers = {
             arith.ConstantOp: self.op_constant,
             arith.CmpiOp: self.op_cmpi,
@@ -126,6 +127,8 @@ class KernelRenderer:
 
     def render_block(self, block) -> None:
         for op in block.ops:
+            if op in self.done:
+                continue
             handler = self.handlers.get(type(op))
             if handler is not None:
                 handler(op)
@@ -289,43 +292,68 @@ class KernelRenderer:
         self.line(f"llmc_dot({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, {rhs}, {panel}, {out}, {accumulate});")
 
     def op_reduce(self, op: tile.ReduceOp) -> None:
-        if op.axis.value.data != 1:
-            raise UnsupportedOpError(f"tile.reduce over axis {op.axis.value.data} in @{self.kernel_name}")
         rows = shape2(op.result)[0]
-        extent = op.extent.value.data
-        is_sum = op.kind.data == "sum"
-        init = "0.0f" if is_sum else "-INFINITY"
-        v = self.name(op.result)
         self.line(f"/* {self.describe(op)} */")
         self.fresh(op.result)
         self.open(f"for (long r = 0; r < {rows}; r++)")
-        self.line(f"vf acc = vsplat({init});")
-        self.open(f"for (long c = 0; c < {extent}; c += LLMC_W)")
-        term = Nest(self).vector(op.operand)
-        self.line(f"const vf part = c + LLMC_W <= {extent} ? {term} : vsel(vlanes_below({extent} - c), {term}, vsplat({init}));")
-        self.line("acc = acc + part;" if is_sum else "acc = vmax(acc, part);")
+        self.reduce_init(op)
+        self.open("for (long c = 0; c < {0}; c += LLMC_W)".format(op.extent.value.data))
+        self.reduce_step(op, Nest(self))
         self.close()
-        self.line(f"{v}.p[r * {v}.ld] = {'vhsum' if is_sum else 'vhmax'}(acc);")
+        self.reduce_finish(op)
         self.close()
+
+    def reduce_init(self, op: tile.ReduceOp) -> None:
+        if op.axis.value.data != 1:
+            raise UnsupportedOpError(f"tile.reduce over axis {op.axis.value.data} in @{self.kernel_name}")
+        init = "0.0f" if op.kind.data == "sum" else "-INFINITY"
+        self.line(f"vf acc{self.name(op.result)[1:]} = vsplat({init});")
+
+    def reduce_step(self, op: tile.ReduceOp, nest: Nest) -> None:
+        extent = op.extent.value.data
+        is_sum = op.kind.data == "sum"
+        init = "0.0f" if is_sum else "-INFINITY"
+        acc, term = f"acc{self.name(op.result)[1:]}", nest.vector(op.operand)
+        part = f"(c + LLMC_W <= {extent} ? {term} : vsel(vlanes_below({extent} - c), {term}, vsplat({init})))"
+        self.line(f"{acc} = {acc} + {part};" if is_sum else f"{acc} = vmax({acc}, {part});")
+
+    def reduce_finish(self, op: tile.ReduceOp) -> None:
+        v = self.name(op.result)
+        self.line(f"{v}.p[r * {v}.ld] = {'vhsum' if op.kind.data == 'sum' else 'vhmax'}(acc{v[1:]});")
 
     def op_pointwise(self, op: Operation) -> None:
         value = op.results[0]
         info = self.plan.values[value]
         if info.kind == INLINE:
             return
-        assert info.kind == BUFFER
         rows, cols = shape2(value)
         v = self.name(value)
         self.line(f"/* {self.describe(op)} (materialised: {'row statistic' if cols == 1 else 'several consumers'}) */")
         self.fresh(value)
-        self.open(f"for (long r = 0; r < {rows}; r++)")
         if cols == 1:
+            self.open(f"for (long r = 0; r < {rows}; r++)")
             self.line("const long c = 0; (void)c;")
             self.line(f"{v}.p[r * {v}.ld] = ({Nest(self).compute(op)})[0];")
-        else:
-            self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
-            self.line(f"vstore({v}.p + r * {v}.ld + c, {Nest(self).compute(op)});")
             self.close()
+            return
+        reductions = self.plan.fused_reductions.get(op, [])
+        for reduce in reductions:
+            self.line(f"/* {self.describe(reduce)}: computed in the same pass */")
+            self.fresh(reduce.result)
+            self.done.add(reduce)
+        self.open(f"for (long r = 0; r < {rows}; r++)")
+        for reduce in reductions:
+            self.reduce_init(reduce)
+        self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
+        nest = Nest(self)
+        self.line(f"const vf x{v[1:]} = {nest.compute(op)};")
+        nest.memo[value] = f"x{v[1:]}"
+        self.line(f"vstore({v}.p + r * {v}.ld + c, x{v[1:]});")
+        for reduce in reductions:
+            self.reduce_step(reduce, nest)
+        self.close()
+        for reduce in reductions:
+            self.reduce_finish(reduce)
         self.close()
 
     def op_store(self, op: tile.StoreOp) -> None:

@@ -74,6 +74,8 @@ class KernelPlan:
     values: dict[SSAValue, TileValue] = field(default_factory=dict)
     packs: dict[int, PackSpec] = field(default_factory=dict)
     scratch_floats: int = 0
+    # reductions computed in the loop nest that materialises their input (one pass, not two)
+    fused_reductions: dict[Operation, list[tile.ReduceOp]] = field(default_factory=dict)
 
     @property
     def nr(self) -> int:
@@ -118,7 +120,39 @@ class Planner:
     def run(self) -> KernelPlan:
         self.plan_block(self.kernel.body.block)
         self.allocate_slots()
+        self.fuse_reductions()
         return self.plan
+
+    def fuse_reductions(self) -> None:
+        """Reductions right after a materialised tile that read only it, inline ops and older values."""
+        for op in self.kernel.body.walk():
+            info = self.plan.values.get(op.results[0]) if isinstance(op, POINTWISE) and op.results else None
+            if info is None or info.kind != BUFFER or info.cols == 1:
+                continue
+            fused, follower = [], op.next_op
+            while follower is not None:
+                result = follower.results[0] if follower.results else None
+                if isinstance(follower, tile.ReduceOp) and self.reads_before(follower.operand, op, fused):
+                    fused.append(follower)
+                elif result is None or self.plan.values.get(result) is None or self.plan.values[result].kind != INLINE:
+                    break
+                follower = follower.next_op
+            if fused:
+                self.plan.fused_reductions[op] = fused
+
+    def reads_before(self, value: SSAValue, producer: Operation, fused: list) -> bool:
+        """Whether computing `value` inline only needs `producer`'s result and values ready before it."""
+        info = self.plan.values.get(value)
+        owner = value.owner if isinstance(value.owner, Operation) else None
+        if value is producer.results[0]:
+            return True
+        if info is None or info.kind != INLINE:
+            if owner is None or owner in fused:
+                return owner is None
+            return owner.parent_block() is not producer.parent_block() or self.pos(owner.parent_block())[owner] < self.pos(owner.parent_block())[producer]
+        if isinstance(owner, tile.LoadOp):
+            return True
+        return all(self.reads_before(v, producer, fused) for v in owner.operands if hasattr(v.type, "get_shape"))
 
     def allocate_slots(self) -> None:
         """Give every value that owns storage a slot, rotated if its storage is carried around a loop."""
