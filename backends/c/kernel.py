@@ -279,7 +279,7 @@ class KernelRenderer:
         m, n = shape2(op.result)
         k = shape2(op.lhs)[1]
         info, acc = self.plan.values[op.result], self.plan.values[op.acc]
-        self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, micro-kernel {6}x{self.plan.nr} */")
+        self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, micro-kernel {8 if self.plan.lanes >= 16 else 6}x{self.plan.nr} */")
         self.fresh(op.result)
         if info.alias is None:
             self.line(f"llmc_copy_tile({self.name(op.result)}, {self.name(op.acc)}, {m}, {n});")

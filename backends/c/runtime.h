@@ -17,7 +17,13 @@ static inline int omp_get_max_threads(void) { return 1; }
 #endif
 
 #define LLMC_NR (2 * LLMC_W) /* micro-kernel width: two vectors of columns */
-#define LLMC_MR 6            /* micro-kernel height: 12 accumulators + 2 B vectors + 1 broadcast */
+/* micro-kernel height: with 16 vector registers (AVX2, NEON) 6 rows = 12
+ * accumulators + 2 B vectors + 1 broadcast; AVX-512 has 32, so 8 rows. */
+#if LLMC_W >= 16
+#define LLMC_MR 8
+#else
+#define LLMC_MR 6
+#endif
 
 typedef float vf __attribute__((vector_size(LLMC_W * 4)));
 typedef int32_t vi __attribute__((vector_size(LLMC_W * 4)));
@@ -234,6 +240,14 @@ LLMC_UKERNEL(3)
 LLMC_UKERNEL(4)
 LLMC_UKERNEL(5)
 LLMC_UKERNEL(6)
+LLMC_UKERNEL(7)
+LLMC_UKERNEL(8)
+
+#if LLMC_MR == 8
+#define LLMC_UKERNEL_MR llmc_ukernel_8
+#else
+#define LLMC_UKERNEL_MR llmc_ukernel_6
+#endif
 
 /* tile.dot: acc[M x N] (+)= a[M x K] * b[K x N]. N is a multiple of LLMC_NR (the
  * buffers are padded); `panel` is the column panel width of b (see llmc_tile). */
@@ -244,10 +258,12 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
         const float *b1 = b.p + ((n + LLMC_W) / panel) * b.ps + (n + LLMC_W) % panel;
         long m = 0;
         for (; m + LLMC_MR <= M; m += LLMC_MR)
-            llmc_ukernel_6(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, c.p + m * c.ld + n, c.ld, accumulate);
+            LLMC_UKERNEL_MR(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, c.p + m * c.ld + n, c.ld, accumulate);
         float *cm = c.p + m * c.ld + n;
         const float *am = a.p + m * a.ld;
         switch (M - m) {
+        case 7: llmc_ukernel_7(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
+        case 6: llmc_ukernel_6(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
         case 5: llmc_ukernel_5(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
         case 4: llmc_ukernel_4(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
         case 3: llmc_ukernel_3(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
