@@ -52,11 +52,16 @@ def decomposition_table() -> dict:
 
 
 def export_model(model: torch.nn.Module, example_inputs: tuple) -> ImportedModel:
-    """torch.export the model on its example inputs and import the result."""
+    """torch.export the model on its example inputs and import the result.
+
+    Decomposition (most of export's time) runs only when the graph has an op the
+    importer does not know as it stands."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(model.eval(), tuple(example_inputs))
-        program = program.run_decompositions(decomposition_table())
+        targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
+        if not targets <= OP_HANDLERS.keys():
+            program = program.run_decompositions(decomposition_table())
     signature = program.graph_signature
     weight_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
     state = {**dict(program.named_parameters()), **dict(program.named_buffers())}

@@ -151,6 +151,11 @@ def _where(ctx, node, cond, a, b):
     return ctx.result(graph.WhereOp(operands=operands, result_types=[graph.tensor(shape)]))
 
 
+@handles(aten.masked_fill.Scalar)
+def _masked_fill(ctx, node, x, mask, value):
+    return _where(ctx, node, mask, value, x)
+
+
 @handles(aten.scalar_tensor.default)
 def _scalar_tensor(ctx, node, value, **_):
     return ctx.result(graph.ConstantOp(float(value)))
