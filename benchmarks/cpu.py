@@ -63,11 +63,12 @@ def verdict(kind: str, result) -> str:
         return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.75): {'met' if ratio <= 0.75 else 'NOT met'}"
     if kind == "decode":
         return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.50): {'met' if ratio <= 0.5 else 'NOT met'}"
+    # kernel bars: llmc's kernel time in steady state (outputs reused, so no first-touch page faults)
     if kind == "gemm":
-        share = result.flops / (llmc.median_ms * 1e6) / result.peak_gflops
-        return f"GEMM at {100 * share:.0f}% of the FMA peak (bar >= 85%): {'met' if share >= 0.85 else 'NOT met'}"
-    share = result.bytes / (llmc.median_ms * 1e6) / result.peak_gbs
-    return f"at {100 * share:.0f}% of the copy bandwidth (bar >= 80%): {'met' if share >= 0.8 else 'NOT met'}"
+        share = result.flops / (result.kernel_ms * 1e6) / result.peak_gflops
+        return f"GEMM kernel at {100 * share:.0f}% of the FMA peak (bar >= 85%): {'met' if share >= 0.85 else 'NOT met'}"
+    share = result.bytes / (result.kernel_ms * 1e6) / result.peak_gbs
+    return f"kernel at {100 * share:.0f}% of the copy bandwidth (bar >= 80%): {'met' if share >= 0.8 else 'NOT met'}"
 
 
 def main() -> int:
@@ -76,14 +77,17 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="run the cases whose title contains one of these words")
     parser.add_argument("--no-inductor", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--remeasure-peak", action="store_true", help="re-run the machine probe first")
     args = parser.parse_args()
     repeats = args.repeats or (10 if args.quick else 50)
     summary = []
+    remeasure = args.remeasure_peak
     for title, kind, model, inputs in cases(args.quick):
         if args.only and not any(word in title for word in args.only):
             continue
-        result = bench(model, inputs, title, repeats=repeats, inductor=not args.no_inductor,
+        result = bench(model, inputs, title, repeats=repeats, inductor=not args.no_inductor, remeasure_peak=remeasure,
                        log=lambda message: print(message, file=sys.stderr, flush=True))
+        remeasure = False
         print(result.format() + "\n", flush=True)
         line = f"{title}: {verdict(kind, result)}"
         inductor, llmc = result.get("inductor"), result.get("llmc")
