@@ -1,6 +1,7 @@
 """`llmc bench`: eager PyTorch, torch.compile (Inductor) and llmc timed side by side in one process.
 
-Each contender is warmed up, then timed call by call; medians are reported with
+Each contender is warmed up, then all are timed call by call in rotation (so a
+noisy neighbour hits them alike); medians are reported with
 ratios against eager and against the faster of eager and Inductor (the bar the
 project states its goals against). Achieved GFLOP/s and GB/s are set against
 the machine's measured peak (llmc.backends.c.probe). Compile times: llmc cold
@@ -82,16 +83,20 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms of each callable, timed in rotation (a, b, c, a, b, c, ...) so that every
+    contender sees the same machine: on a shared, noisy host this is what keeps ratios honest."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
+        for fn in runs.values():
+            for _ in range(warmup):
+                fn()
         for _ in range(repeats):
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times) * 1e3
+            for name, fn in runs.items():
+                begin = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - begin)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def graph_cost(compiled) -> tuple[int, int]:
@@ -100,7 +105,8 @@ def graph_cost(compiled) -> tuple[int, int]:
     return sum(c.flops for c in costs), sum(c.bytes for c in costs)
 
 
-def time_inductor(model, inputs, repeats: int) -> Contender:
+def compile_inductor(model, inputs) -> tuple[Callable, float]:
+    """torch.compile the model and run it once into an empty Inductor cache: (compiled, cold seconds)."""
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
@@ -110,8 +116,7 @@ def time_inductor(model, inputs, repeats: int) -> Contender:
             begin = time.perf_counter()
             with torch.no_grad():
                 compiled(*inputs)
-            cold = time.perf_counter() - begin
-            return Contender("inductor", median_ms(lambda: compiled(*inputs), repeats), cold)
+            return compiled, time.perf_counter() - begin
         finally:
             if previous is None:
                 os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
@@ -129,31 +134,33 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     chosen = get_target(target)
     log(f"[bench] {title}: measuring the machine peak (cached after the first run)")
     peak = machine_peak(build, max(1, chosen.vector_bytes // 4), remeasure=remeasure_peak)
-    contenders = []
-    log("[bench] eager")
-    contenders.append(Contender("eager", median_ms(lambda: model(*inputs), repeats)))
+    runs, colds = {"eager": lambda: model(*inputs)}, {}
     if inductor:
-        log("[bench] torch.compile / Inductor (cold compile first)")
-        contenders.append(time_inductor(model, inputs, repeats))
-    log("[bench] llmc (cold compile into an empty cache, then warm)")
+        log("[bench] torch.compile / Inductor: cold compile into an empty cache")
+        compiled_inductor, colds["inductor"] = compile_inductor(model, inputs)
+        runs["inductor"] = lambda: compiled_inductor(*inputs)
+    log("[bench] llmc: cold compile into an empty cache, then three warm (cached) compiles")
     with tempfile.TemporaryDirectory(prefix="llmc-cold-") as cache:
         cold_options = replace(build, cache_dir=Path(cache))
         begin = time.perf_counter()
         llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None)
-        cold = time.perf_counter() - begin
+        colds["llmc"] = time.perf_counter() - begin
         warm_runs = []
         for _ in range(3):
             begin = time.perf_counter()
             compiled = llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None)
             warm_runs.append(time.perf_counter() - begin)
-        warm = statistics.median(warm_runs)
-        contenders.append(Contender("llmc", median_ms(lambda: compiled(*inputs), repeats), cold))
-        kernel_ms = sum(compiled.profile(inputs, repeats).values()) / 1e3
-        with torch.no_grad():
-            expected, got = model(*inputs), compiled(*inputs)
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        got = got if isinstance(got, tuple) else (got,)
-        error = max(float((g - e).abs().max()) for g, e in zip(got, expected))
+    runs["llmc"] = lambda: compiled(*inputs)
+    log(f"[bench] timing {', '.join(runs)} in rotation, {repeats} rounds")
+    medians = interleaved_medians(runs, repeats)
+    contenders = [Contender(name, medians[name], colds.get(name)) for name in runs]
+    kernel_ms = sum(compiled.profile(inputs, repeats).values()) / 1e3
+    with torch.no_grad():
+        expected, got = model(*inputs), compiled(*inputs)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    error = max(float((g - e).abs().max()) for g, e in zip(got, expected))
+    warm = statistics.median(warm_runs)
     flops, moved = graph_cost(compiled)
     return BenchResult(title, flops, moved, peak.gflops, peak.bandwidth_gbs, contenders, warm, error, kernel_ms)
 
