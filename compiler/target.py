@@ -55,12 +55,20 @@ def host_cpu_target() -> Target:
         base = TARGETS["cpu-neon"]
     else:
         try:
-            flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+            with open("/proc/cpuinfo") as info:
+                flags = set(next(line for line in info if line.startswith("flags")).split())
         except (OSError, StopIteration):
             flags = set()
         name = "cpu-avx512" if "avx512f" in flags else "cpu-avx2" if {"avx2", "fma"} <= flags else "cpu-scalar"
         base = TARGETS[name]
-    return replace(base, cores=len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0))
+    # nominal per-core throughput and bandwidth share, scaled to the cores this process may use
+    return replace(
+        base,
+        cores=cores,
+        peak_gflops=base.peak_gflops / base.cores * cores,
+        bandwidth_gbs=base.bandwidth_gbs * min(1.0, max(cores, 4) / base.cores),
+    )
 
 
 def get_target(name: str) -> Target:

@@ -14,7 +14,7 @@ from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from llmc.backends.c.exprs import CMPI, INDEX_BINARY, c_comment, c_identifier, float_literal
 from llmc.backends.c.nest import Nest
-from llmc.backends.c.plan import BUFFER, INLINE, KernelPlan, round_up, shape2
+from llmc.backends.c.plan import INLINE, KernelPlan, round_up, shape2
 from llmc.dialects import tile
 from llmc.passes.coalesce import STREAM_ATTR
 from llmc.errors import UnsupportedOpError
@@ -258,7 +258,7 @@ class KernelRenderer:
         v = self.name(op.result)
         buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
         (height, width), (_, s1) = op.shape.get_values(), op.strides.get_values()
-        self.line(f"/* kept transposed (rows of K): the dot reads it as dot products, no transposing copy */")
+        self.line("/* kept transposed (rows of K): the dot reads it as dot products, no transposing copy */")
         self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} + {col} * {s1}; {v}.ld = {s1}; }}")

@@ -23,7 +23,7 @@ from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import ModuleOp, f32
 from xdsl.ir import BlockArgument
 
-from llmc.backends.c.exprs import c_comment, c_identifier
+from llmc.backends.c.exprs import c_comment
 from llmc.backends.c.kernel import KernelRenderer, function_name
 from llmc.backends.c.plan import PackSpec, plan_kernel, round_up
 from llmc.dialects import tile
