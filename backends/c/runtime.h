@@ -60,8 +60,17 @@ static inline vf vload(const float *p) { return *(const vf_u *)p; }
 static inline void vstore(float *p, vf v) { *(vf_u *)p = v; }
 static inline vf vsplat(float s) { return (vf)LLMC_SPLAT(s); }
 static inline vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+/* a > b ? a : b and a < b ? a : b: exactly what x86 MAXPS/MINPS compute. */
+#if defined(__AVX512F__) && LLMC_W == 16
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+#elif defined(__AVX__) && LLMC_W == 8
+static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+#else
 static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
 static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
+#endif
 static inline vf viota(long start) {
     vf v;
     for (int j = 0; j < LLMC_W; j++) v[j] = (float)(start + j);
