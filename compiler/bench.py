@@ -169,7 +169,8 @@ def bench_model_file(path: str, args, build) -> str:
     from llmc.model_file import load_model_file
 
     model, inputs = load_model_file(path)
-    title = f"llmc bench {path} ({args.target}, {torch.get_num_threads()} threads)"
+    target = get_target(args.target)
+    title = f"llmc bench {path} ({target.name}, {target.cores} cores)"
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     result = bench(model, inputs, title, args.target, args.passes, build, args.repeats,
                    not args.no_inductor, args.remeasure_peak, log)
