@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import statistics
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class CLibrary:
         self.lib.llmc_forward_profiled.restype = ctypes.c_int
         self.lib.llmc_forward_profiled.argtypes = [*self.lib.llmc_forward.argtypes, ctypes.POINTER(ctypes.c_double)]
         self.source = source
+        self.lock = threading.Lock()
         self.arrays = [slot.materialise(weights) for slot in source.weights]
         pointers = (ctypes.c_void_p * max(1, len(self.arrays)))(*[a.ctypes.data for a in self.arrays])
         self.context = self.lib.llmc_create(pointers)
@@ -62,16 +64,22 @@ class CLibrary:
         for index, (tensor, shape) in enumerate(zip(inputs, self.source.input_shapes)):
             if tuple(tensor.shape) != shape:
                 raise LlmcError(f"input {index} has shape {tuple(tensor.shape)}; the graph was compiled for {shape}")
-            arguments.append(tensor.detach().to(device="cpu", dtype=torch.float32).contiguous())
+            if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+                raise LlmcError(
+                    f"input {index} is a {tensor.dtype} tensor on {tensor.device}; the C backend takes float32 CPU tensors"
+                )
+            arguments.append(tensor.detach().contiguous())
         if outputs is None:
             outputs = [torch.empty(shape, dtype=torch.float32) for shape in self.source.output_shapes]
         in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])
         out_ptrs = (ctypes.c_void_p * max(1, len(outputs)))(*[t.data_ptr() for t in outputs])
-        status = (
-            self.lib.llmc_forward(self.context, in_ptrs, out_ptrs)
-            if seconds is None
-            else self.lib.llmc_forward_profiled(self.context, in_ptrs, out_ptrs, seconds)
-        )
+        # ctypes drops the GIL during the call; one context's arena must not serve two calls at once
+        with self.lock:
+            status = (
+                self.lib.llmc_forward(self.context, in_ptrs, out_ptrs)
+                if seconds is None
+                else self.lib.llmc_forward_profiled(self.context, in_ptrs, out_ptrs, seconds)
+            )
         if status != 0:
             raise LlmcError("the compiled graph's context is not initialised")
         return tuple(outputs)

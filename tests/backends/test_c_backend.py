@@ -148,3 +148,26 @@ def test_run_passes_then_c_on_a_pass_replay():
 
     program = build(module, compiled.imported.weights, get_target("cpu"), BuildOptions.from_environment())
     assert_close(outputs(tuple(program.library(*inputs))), eager(model, inputs), tol=1e-4)
+
+
+def test_inputs_of_another_dtype_or_shape_are_refused():
+    from llmc.errors import LlmcError
+
+    model, inputs = small_example("gpt2_block")
+    compiled = compile_c(model, inputs)
+    with pytest.raises(LlmcError, match="float32 CPU tensors"):
+        compiled(inputs[0].double())
+    with pytest.raises(LlmcError, match="compiled for"):
+        compiled(inputs[0][:, :3])
+
+
+def test_calls_from_several_threads_do_not_share_the_arena():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, inputs = small_example("gpt2_block")
+    compiled = compile_c(model, inputs)
+    batches = [(torch.randn_like(inputs[0]),) for _ in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda args: compiled(*args), batches))
+    for args, got in zip(batches, results):
+        assert_close([got.numpy()], eager(model, args), tol=1e-4)
