@@ -102,15 +102,6 @@ def ancestor_in(op: Operation, block: Block) -> Operation | None:
     return op
 
 
-def last_use(value: SSAValue, block: Block, position: dict[Operation, int]) -> int:
-    """Position in `block` of the last op using `value` (uses in nested regions count at their parent)."""
-    last = -1
-    for use in value.uses:
-        owner = ancestor_in(use.operation, block)
-        last = max(last, position[owner] if owner is not None else len(position))
-    return last
-
-
 class Planner:
     def __init__(self, kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec]):
         self.kernel = kernel
@@ -157,7 +148,7 @@ class Planner:
     def allocate_slots(self) -> None:
         """Give every value that owns storage a slot, rotated if its storage is carried around a loop."""
         sharers: dict[SSAValue, list[SSAValue]] = {}
-        for value, info in self.plan.values.items():
+        for value in self.plan.values:
             root = value
             while self.plan.values[root].alias is not None:
                 root = self.plan.values[root].alias
@@ -185,7 +176,8 @@ class Planner:
         return self.last_read(value, block) <= self.pos(block)[op] and not self.yielded(value, block)
 
     def last_read(self, value: SSAValue, block: Block) -> int:
-        """Like last_use, but a use by an inline op happens where that op's own consumers compute it."""
+        """Position in `block` of the last read of `value`: uses in nested regions count at their parent
+        op, and a use by an inline op happens where that op's own consumers compute it."""
         positions, last = self.pos(block), -1
         for use in value.uses:
             owner = ancestor_in(use.operation, block)
@@ -292,7 +284,7 @@ class Planner:
 
     def plan_loop(self, op: scf.ForOp) -> None:
         body = op.body.block
-        for init, arg, result in zip(op.iter_args, body.args[1:], op.results):
+        for init, arg in zip(op.iter_args, body.args[1:]):
             if not hasattr(arg.type, "get_shape"):
                 continue
             source = self.info(init)
