@@ -107,21 +107,21 @@ class KernelRenderer:
             self.line(f" *   arg{index}: {c_comment(note)}")
         self.line(" */")
         params = ", ".join(f"float *arg{i}" for i in range(len(block.args)))
-        self.open(f"static void {self.function_name}({params}, float *scratch_base, int threads)")
-        self.line("#pragma omp parallel num_threads(threads)")
-        self.open("")
+        self.open(f"static void {self.function_name}({params}, float *scratch_base)")
+        self.line("/* runs on every thread of the forward's one parallel region; the programs are shared out */")
         self.line("float *scratch = scratch_base + (long)omp_get_thread_num() * LLMC_SCRATCH_FLOATS;")
         self.line("(void)scratch;")
+        streams = any(STREAM_ATTR in op.attributes for op in block.walk())
         collapse = f" collapse({len(grid)})" if len(grid) > 1 else ""
-        self.line(f"#pragma omp for{collapse} schedule(static)")
+        self.line(f"#pragma omp for{collapse} schedule(static){' nowait' if streams else ''}")
         for pid, extent in zip(pids, grid):
             self.line(f"for (long {pid} = 0; {pid} < {extent}; {pid}++)")
         self.open("")
         self.render_block(block)
         self.close()
-        if any(STREAM_ATTR in op.attributes for op in block.walk()):
-            self.line("LLMC_STREAM_FENCE(); /* streaming stores are weakly ordered */")
-        self.close()
+        if streams:
+            self.line("LLMC_STREAM_FENCE(); /* streaming stores are weakly ordered: drain before the barrier */")
+            self.line("#pragma omp barrier")
         self.close()
         return "\n".join(self.lines)
 

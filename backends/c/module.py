@@ -172,8 +172,9 @@ class ModuleRenderer:
                 names[op.result] = self.alloc_pointer(op, returned, extra)
             elif isinstance(op, tile.LaunchOp):
                 call = self.launch_call(op, names)
-                body.append(call)
-                timed.append(f"{{ double t0 = omp_get_wtime(); {call} seconds[{len(timed)}] += omp_get_wtime() - t0; }}")
+                body.append("    " + call)
+                timed.append("    " + call)
+                timed.append(f"    #pragma omp master\n        {{ double now = omp_get_wtime(); seconds[{len(timed) // 2}] += now - t0; t0 = now; }}")
         copies = self.copy_outputs(returned, names)
         self.launch_order = [op.callee.root_reference.data for op in block.ops if isinstance(op, tile.LaunchOp)]
         return ENTRY.format(
@@ -183,8 +184,8 @@ class ModuleRenderer:
             extras=max(1, len(extra)),
             extra_sizes=", ".join(str(n) for n in extra) or "0",
             extra_count=len(extra),
-            body="\n".join("    " + line for line in body + copies),
-            timed_body="\n".join("    " + line for line in timed + copies),
+            body="\n".join("    " + line for line in [*REGION_OPEN, *body, "}", *copies]),
+            timed_body="\n".join("    " + line for line in ["double t0 = omp_get_wtime();", *REGION_OPEN, *timed, "}", *copies]),
         )
 
     def alloc_pointer(self, op: tile.AllocOp, returned: list, extra: list[int]) -> str:
@@ -210,7 +211,7 @@ class ModuleRenderer:
                 pointers.append(names[buffer])
             else:
                 raise MalformedIRError(f"tile.launch @{callee}: argument {index} is not a buffer of the graph")
-        args = ", ".join([*pointers, "ctx->scratch", "ctx->threads"])
+        args = ", ".join([*pointers, "ctx->scratch"])
         return f"{function_name(callee)}({args}); /* {c_comment(callee)} */"
 
     def copy_outputs(self, returned: list, names: dict) -> list[str]:
@@ -222,6 +223,10 @@ class ModuleRenderer:
                 lines.append(f"memcpy(outputs[{index}], {source}, {count} * sizeof(float));")
         return lines
 
+
+# One parallel region per forward: threads are woken once, kernels are separated by the
+# barrier that ends each kernel's worksharing loop.
+REGION_OPEN = ["#pragma omp parallel num_threads(ctx->threads)", "{"]
 
 ENTRY = """typedef struct {{
     float *weights[{weights}];
