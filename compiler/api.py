@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +20,7 @@ from llmc.registry import default_pipeline, parse_passes
 from llmc.report import kernel_table
 from llmc.target import get_target
 
-BACKENDS = ("c", "interpret")
+BACKENDS = ("c", "triton", "interpret")
 
 
 @dataclass
@@ -31,11 +33,25 @@ class CompiledModel:
     runner: PassRunner
     target: str
     backend: str = "interpret"
-    program: object | None = None  # llmc.backends.c.CProgram for backend "c"
+    program: object | None = None  # CProgram (backend "c") or TritonProgram (backend "triton")
     seconds: dict[str, float] = field(default_factory=dict)  # export / passes / build wall time
+    fallback: Callable[[], Callable] | None = None  # builds what runs instead when the backend fails
+
+    def _fall_back(self, error: LlmcError):
+        if self.fallback is None:
+            raise error
+        warnings.warn(f"llmc: {self.backend} backend failed, falling back: {error}", stacklevel=3)
+        runner, self.fallback = self.fallback(), None
+        self.backend, self.program = "fallback", runner
+        return runner
 
     def __call__(self, *inputs: torch.Tensor):
-        if self.program is not None:
+        if self.backend in ("triton", "fallback"):
+            try:
+                outputs = list(self.program(*inputs))
+            except LlmcError as error:
+                outputs = list(self._fall_back(error)(*inputs))
+        elif self.program is not None:
             outputs = list(self.program.library(*inputs))
         else:
             arrays = [x.detach().cpu().numpy() for x in inputs]
@@ -45,8 +61,8 @@ class CompiledModel:
 
     def profile(self, inputs: Sequence[torch.Tensor], repeats: int = 20) -> dict[str, float]:
         """Measured microseconds per kernel (C backend only)."""
-        if self.program is None:
-            raise LlmcError(f"per-kernel timing needs a native backend; this model runs on '{self.backend}'")
+        if self.backend != "c":
+            raise LlmcError(f"per-kernel timing is measured by the C backend; this model runs on '{self.backend}'")
         return self.program.library.profile(tuple(inputs), repeats)
 
     def report(self, measured: dict[str, float] | None = None) -> str:
@@ -65,14 +81,21 @@ def compile(
     emit=print,
     backend: str | None = None,
     build=None,
+    fallback: str | None = None,
 ) -> CompiledModel:
     """Export, run the pass pipeline (default: all passes for `target`) and build the backend.
 
-    `backend` defaults to "c" on CPU targets; "interpret" runs the IR in numpy (for debugging).
+    `backend` defaults to "c" on CPU targets and "triton" on GPU targets (on a machine without a
+    GPU, Triton's interpreter runs the kernels when TRITON_INTERPRET=1); "interpret" runs the
+    IR in llmc's numpy interpreter (for debugging).
     `build` is a `llmc.backends.c.build.BuildOptions` (compiler, flags, cache directory).
+    `fallback` ("c" or "eager") is what runs, with a warning, when the Triton backend cannot
+    build or run a kernel; without it such a failure is an error naming the kernel and its IR.
     """
+    if fallback not in (None, "c", "eager"):
+        raise LlmcError(f"unknown fallback '{fallback}'; choose c or eager")
     chosen = get_target(target)
-    backend = backend or ("c" if chosen.kind == "cpu" else "interpret")
+    backend = backend or ("c" if chosen.kind == "cpu" else "triton")
     if backend not in BACKENDS:
         raise LlmcError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     seconds = {}
@@ -91,4 +114,36 @@ def compile(
         begin = time.perf_counter()
         compiled.program = compile_c(module, imported.weights, chosen, build or BuildOptions.from_environment())
         seconds["build"] = time.perf_counter() - begin
+    elif backend == "triton":
+        compiled.fallback = _fallback_factory(fallback, model, example_inputs, build)
+        try:
+            compiled.program = _build_triton(module, imported, build, seconds)
+        except LlmcError as error:
+            compiled._fall_back(error)
     return compiled
+
+
+def _build_triton(module, imported, build, seconds):
+    from llmc.backends.c.build import BuildOptions
+    from llmc.backends.triton import compile_triton
+
+    begin = time.perf_counter()
+    program = compile_triton(module, imported.weights, (build or BuildOptions.from_environment()).cache_dir)
+    seconds["build"] = time.perf_counter() - begin
+    return program
+
+
+def _fallback_factory(fallback, model, example_inputs, build):
+    if fallback == "eager":
+        def run_eager(*inputs):
+            with torch.no_grad():
+                result = model(*inputs)
+            return result if isinstance(result, tuple) else (result,)
+
+        return lambda: run_eager
+    if fallback == "c":
+        def build_c():
+            compiled = compile(model, example_inputs, target="cpu", build=build, emit=lambda *_: None)
+            return compiled.program.library
+        return build_c
+    return None

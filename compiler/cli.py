@@ -33,7 +33,8 @@ def _add_dump_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="cpu", help="cpu (= cpu-avx2 = c), cpu-avx512, cpu-neon, cpu-scalar, gpu")
-    parser.add_argument("--backend", choices=["c", "interpret"], help="default: c for CPU targets")
+    parser.add_argument("--backend", choices=["c", "triton", "interpret"],
+                        help="default: c for CPU targets, triton for GPU targets")
     parser.add_argument("-p", "--passes", help="pass pipeline in xDSL syntax (default: the full pipeline)")
     parser.add_argument("--cc", help="C compiler (default: $CC or cc)")
     parser.add_argument("--cflags", help="C compiler flags (default: $LLMC_CFLAGS or -O3 -march=native -fopenmp ...)")
@@ -81,7 +82,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         backend=args.backend, build=build_options(args),
     )
     status = compare_with_eager(compiled, model, inputs) if args.run else 0
-    measured = compiled.profile(inputs) if args.run and compiled.program is not None else None
+    measured = compiled.profile(inputs) if args.run and compiled.backend == "c" else None
     report = compiled.report(measured)
     print(report)
     if args.timing:
@@ -101,8 +102,11 @@ def write_artifacts(compiled, directory: Path, report: str) -> None:
         (directory / "final.mlir").write_text(print_ir(compiled.module))
         (directory / "report.txt").write_text(report + "\n")
         written = [directory / "final.mlir", directory / "report.txt"]
-        if compiled.program is not None:
+        if compiled.backend == "c":
             written += compiled.program.write(directory)
+        elif compiled.backend == "triton":
+            (directory / "kernels_triton.py").write_text(compiled.program.source)
+            written.append(directory / "kernels_triton.py")
     except OSError as error:
         raise LlmcError(f"cannot write to {directory}: {error.strerror}") from None
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
@@ -123,7 +127,7 @@ def compare_with_eager(compiled, model, inputs) -> int:
     worst = max(float((g - e).abs().max()) for g, e in zip(got, expected))
     scale = max(float(e.abs().max()) for e in expected)
     ok = worst <= 1e-4 * max(1.0, scale)
-    where = "the C library" if compiled.program is not None else "the reference interpreter"
+    where = {"c": "the C library", "triton": "the Triton kernels"}.get(compiled.backend, "the reference interpreter")
     print(f"ran the compiled model in {where} ({elapsed * 1e3:.1f} ms, first call): "
           f"max abs error vs PyTorch eager {worst:.3g} over {len(got)} output(s): {'OK' if ok else 'MISMATCH'}")
     return 0 if ok else 1

@@ -1,0 +1,305 @@
+"""Render tile IR as a Python module of `@triton.jit` kernels and a host function that launches them.
+
+Tile IR is already Triton-shaped, so the mapping is op for op: a `tile.load`
+of an R x C block of a strided view is one masked `tl.load` over a pointer
+block, `tile.dot` is `tl.dot` (fp32, IEEE; small-M tiles multiply-and-sum
+instead, since `tl.dot` needs 16 rows), `tile.reduce` is `tl.sum`/`tl.max`
+with the padding columns masked, `scf.for` a Python `for` carrying the iter_args,
+and the pipeliner's explicit prologue / body / epilogue are rendered as the IR
+says them. Each statement carries the IR op and model source line as a comment.
+"""
+
+from __future__ import annotations
+
+import math
+
+from xdsl.dialects import arith, func, scf
+from xdsl.dialects.builtin import FloatAttr, ModuleOp
+from xdsl.ir import Operation, SSAValue
+
+from llmc.dialects import graph, tile
+from llmc.errors import MalformedIRError, UnsupportedOpError
+
+INDEX = {
+    arith.AddiOp: "{0} + {1}",
+    arith.SubiOp: "{0} - {1}",
+    arith.MuliOp: "{0} * {1}",
+    arith.DivSIOp: "{0} // {1}",
+    arith.RemSIOp: "{0} % {1}",
+    arith.MinSIOp: "tl.minimum({0}, {1})",
+    arith.MaxSIOp: "tl.maximum({0}, {1})",
+}
+CMPI = {0: "==", 1: "!=", 2: "<", 3: "<=", 4: ">", 5: ">=", 6: "<", 7: "<=", 8: ">", 9: ">="}
+UNARY = {
+    graph.NegOp: "-{0}",
+    graph.ExpOp: "tl.exp({0})",
+    graph.LogOp: "tl.log({0})",
+    graph.SqrtOp: "tl.sqrt({0})",
+    graph.RsqrtOp: "tl.rsqrt({0})",
+    graph.SigmoidOp: "tl.sigmoid({0})",
+    graph.ReluOp: "tl.maximum({0}, 0.0)",
+    graph.SiluOp: "({0} * tl.sigmoid({0}))",
+    graph.TanhOp: "(2.0 * tl.sigmoid(2.0 * {0}) - 1.0)",
+    graph.SinOp: "tl.sin({0})",
+    graph.CosOp: "tl.cos({0})",
+    graph.AbsOp: "tl.abs({0})",
+}
+BINARY = {
+    graph.AddOp: "{0} + {1}",
+    graph.SubOp: "{0} - {1}",
+    graph.MulOp: "{0} * {1}",
+    graph.DivOp: "{0} / {1}",
+    graph.MaximumOp: "tl.maximum({0}, {1})",
+    graph.MinimumOp: "tl.minimum({0}, {1})",
+    graph.EqOp: "{0} == {1}",
+    graph.NeOp: "{0} != {1}",
+    graph.LtOp: "{0} < {1}",
+    graph.LeOp: "{0} <= {1}",
+    graph.GtOp: "{0} > {1}",
+    graph.GeOp: "{0} >= {1}",
+}
+POWERS = {2.0: "({0} * {0})", 3.0: "({0} * {0} * {0})", 1.0: "{0}", 0.5: "tl.sqrt({0})", -0.5: "tl.rsqrt({0})"}
+GELU = {
+    "tanh": "({0} * tl.sigmoid(1.5957691216057308 * ({0} + 0.044715 * {0} * {0} * {0})))",
+    "none": "(0.5 * {0} * (1.0 + tl.erf({0} * 0.7071067811865476)))",
+}
+DOT_MIN_ROWS = 16
+
+
+def literal(value: float) -> str:
+    if math.isnan(value):
+        return "float('nan')"
+    if math.isinf(value):
+        return "float('inf')" if value > 0 else "float('-inf')"
+    return repr(float(value))
+
+
+def comment(op: Operation) -> str:
+    text = op.name
+    if "llmc.pipeline" in op.attributes:
+        text += f" [{op.attributes['llmc.pipeline'].data}]"
+    if "loc" in op.attributes:
+        text += f" @ {op.attributes['loc'].data}"
+    return "  # " + "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+
+
+def shape2(value: SSAValue) -> tuple[int, int]:
+    shape = tuple(value.type.get_shape())
+    return (1, 1) if not shape else (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+
+
+class TritonKernelRenderer:
+    def __init__(self, kernel: tile.KernelOp):
+        self.kernel = kernel
+        self.lines: list[str] = []
+        self.depth = 1
+        self.names: dict[SSAValue, str] = {}
+
+    def name(self, value: SSAValue) -> str:
+        if value not in self.names:
+            self.names[value] = f"v{len(self.names)}"
+        return self.names[value]
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    def render(self) -> str:
+        block = self.kernel.body.block
+        args = [f"arg{i}" for i in range(len(block.args))]
+        for arg, text in zip(block.args, args):
+            self.names[arg] = text
+        name = self.kernel.sym_name.data
+        grid = "x".join(map(str, self.kernel.grid.get_values()))
+        header = [
+            "@triton.jit",
+            f"def {python_name(name)}({', '.join(args)}):",
+            f'    """@{name}: {self.kernel.kind.data} kernel, grid {grid}."""',
+        ]
+        self.render_block(block)
+        return "\n".join(header + self.lines)
+
+    def render_block(self, block) -> None:
+        for op in block.ops:
+            self.render_op(op)
+
+    def render_op(self, op: Operation) -> None:  # noqa: C901 - one dispatch table
+        if type(op) in INDEX:
+            lhs, rhs = (self.name(v) for v in op.operands)
+            self.line(f"{self.name(op.results[0])} = {INDEX[type(op)].format(lhs, rhs)}")
+        elif isinstance(op, arith.ConstantOp):
+            value = op.value.value.data
+            text = literal(value) if isinstance(op.value, FloatAttr) else str(value)
+            self.line(f"{self.name(op.result)} = {text}")
+        elif isinstance(op, arith.CmpiOp):
+            symbol = CMPI[op.predicate.value.data]
+            self.line(f"{self.name(op.result)} = {self.name(op.lhs)} {symbol} {self.name(op.rhs)}")
+        elif isinstance(op, arith.SelectOp):
+            cond, lhs, rhs = (self.name(v) for v in op.operands)
+            self.line(f"{self.name(op.result)} = tl.where({cond}, {lhs}, {rhs})")
+        elif isinstance(op, tile.ProgramIdOp):
+            self.line(f"{self.name(op.result)} = tl.program_id({op.axis.value.data})")
+        elif isinstance(op, tile.TileCoordsOp):
+            self.tile_coords(op)
+        elif isinstance(op, tile.LoadOp):
+            self.load(op)
+        elif isinstance(op, tile.StoreOp):
+            self.store(op)
+        elif isinstance(op, tile.DotOp):
+            self.dot(op)
+        elif isinstance(op, tile.ReduceOp):
+            self.reduce(op)
+        elif isinstance(op, tile.FullOp):
+            rows, cols = shape2(op.result)
+            self.line(f"{self.name(op.result)} = tl.full(({rows}, {cols}), {literal(op.value.value.data)}, tl.float32){comment(op)}")
+        elif isinstance(op, tile.IotaOp):
+            self.iota(op)
+        elif isinstance(op, scf.ForOp):
+            self.loop(op)
+        elif isinstance(op, scf.YieldOp):
+            targets = [self.name(a) for a in op.parent_block().args[1:]]
+            if targets:
+                self.line(f"{', '.join(targets)} = {', '.join(self.name(v) for v in op.operands)}")
+        elif isinstance(op, tile.ReturnOp):
+            return
+        else:
+            self.line(f"{self.name(op.results[0])} = {self.pointwise(op)}{comment(op)}")
+
+    def pointwise(self, op: Operation) -> str:
+        if isinstance(op, graph.ConstantOp):
+            return literal(op.value.value.data)
+        if isinstance(op, graph.PowOp) and isinstance(op.rhs.owner, graph.ConstantOp):
+            exponent = op.rhs.owner.value.value.data
+            if exponent in POWERS:
+                return POWERS[exponent].format(self.name(op.lhs))
+        if isinstance(op, graph.PowOp):
+            return f"tl.exp({self.name(op.rhs)} * tl.log({self.name(op.lhs)}))"
+        if isinstance(op, graph.GeluOp):
+            return GELU[op.approximate.data].format(self.name(op.operand))
+        if isinstance(op, graph.WhereOp):
+            return f"tl.where({self.name(op.cond)}, {self.name(op.lhs)}, {self.name(op.rhs)})"
+        template = UNARY.get(type(op)) or BINARY.get(type(op))
+        if template is None:
+            raise UnsupportedOpError(f"the Triton backend has no form of {op.name} in @{self.kernel.sym_name.data}")
+        return template.format(*(self.name(v) for v in op.operands))
+
+    def tile_coords(self, op: tile.TileCoordsOp) -> None:
+        pid, rows, cols, group = self.name(op.pid), op.rows.value.data, op.cols.value.data, op.group.value.data
+        self.line(f"first = ({pid} // {group * cols}) * {group}  # grouped program order (L2 swizzle)")
+        self.line(f"size = tl.minimum({rows} - first, {group})")
+        self.line(f"{self.name(op.row)} = first + ({pid} % {group * cols}) % size")
+        self.line(f"{self.name(op.col)} = ({pid} % {group * cols}) // size")
+
+    def block_pointers(self, op, rows: int, cols: int) -> tuple[str, str]:
+        """(pointer block, mask) of an R x C block of the op's strided view, with coalescing hints."""
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
+        vec = op.vec.value.data if op.vec is not None else 1
+        r, c = f"r_{self.name(op.results[0] if op.results else op.value)}", f"c_{self.name(op.results[0] if op.results else op.value)}"
+        self.line(f"{r} = ({row} + tl.arange(0, {rows}))[:, None]")
+        offsets = f"{col} + tl.arange(0, {cols})"
+        if vec > 1 and s1 == 1:
+            offsets = f"tl.max_contiguous(tl.multiple_of({offsets}, {vec}), {vec})"
+        self.line(f"{c} = ({offsets})[None, :]")
+        pointer = f"{buf} + {base} + {r} * {s0} + {c} * {s1}"
+        mask = f"({r} >= 0) & ({r} < {height}) & ({c} >= 0) & ({c} < {width})"
+        return pointer, mask
+
+    def load(self, op: tile.LoadOp) -> None:
+        rows, cols = shape2(op.result)
+        pad = "float('-inf')" if op.padding is not None and op.padding.data == "neg_inf" else "0.0"
+        pointer, mask = self.block_pointers(op, rows, cols)
+        self.line(f"{self.name(op.result)} = tl.load({pointer}, mask={mask}, other={pad}){comment(op)}")
+
+    def store(self, op: tile.StoreOp) -> None:
+        rows, cols = shape2(op.value)
+        pointer, mask = self.block_pointers(op, rows, cols)
+        value = self.name(op.value)
+        self.line(f"tl.store({pointer}, tl.broadcast_to({value}, ({rows}, {cols})), mask={mask}){comment(op)}")
+
+    def dot(self, op: tile.DotOp) -> None:
+        lhs, rhs, acc = self.name(op.lhs), self.name(op.rhs), self.name(op.acc)
+        rows = shape2(op.lhs)[0]
+        if rows >= DOT_MIN_ROWS:
+            expr = f'tl.dot({lhs}, {rhs}, {acc}, input_precision="ieee")'
+        else:  # tl.dot wants 16 rows: a decode step's few rows multiply-and-sum instead
+            expr = f"{acc} + tl.sum({lhs}[:, :, None] * {rhs}[None, :, :], axis=1)"
+        self.line(f"{self.name(op.result)} = {expr}{comment(op)}")
+
+    def reduce(self, op: tile.ReduceOp) -> None:
+        if op.axis.value.data != 1:
+            raise UnsupportedOpError(f"tile.reduce over axis {op.axis.value.data} in @{self.kernel.sym_name.data}")
+        cols = shape2(op.operand)[1]
+        extent = op.extent.value.data
+        value = self.name(op.operand)
+        fill = "0.0" if op.kind.data == "sum" else "float('-inf')"
+        if extent < cols:
+            value = f"tl.where(tl.arange(0, {cols})[None, :] < {extent}, {value}, {fill})"
+        fn = "tl.sum" if op.kind.data == "sum" else "tl.max"
+        self.line(f"{self.name(op.result)} = {fn}({value}, axis=1, keep_dims=True){comment(op)}")
+
+    def iota(self, op: tile.IotaOp) -> None:
+        rows, cols = shape2(op.result)
+        offset = self.name(op.offset)
+        if op.axis.value.data == 1:
+            self.line(f"{self.name(op.result)} = ({offset} + tl.arange(0, {cols}))[None, :]{comment(op)}")
+        else:
+            self.line(f"{self.name(op.result)} = ({offset} + tl.arange(0, {rows}))[:, None]{comment(op)}")
+
+    def loop(self, op: scf.ForOp) -> None:
+        body = op.body.block
+        for init, arg in zip(op.iter_args, body.args[1:]):
+            self.line(f"{self.name(arg)} = {self.name(init)}")
+        stages = op.attributes.get("llmc.pipeline_stages")
+        note = ""
+        if stages is not None and stages.value.data > 1:
+            note = f"  # software-pipelined by llmc, {stages.value.data} stages: prologue above, epilogue below"
+        iv, lb, ub, step = (self.name(v) for v in (body.args[0], op.lb, op.ub, op.step))
+        self.line(f"for {iv} in range({lb}, {ub}, {step}):{note}")
+        self.depth += 1
+        self.render_block(body)
+        if len(body.ops) == 1:
+            self.line("pass")
+        self.depth -= 1
+        for arg, result in zip(body.args[1:], op.results):
+            self.line(f"{self.name(result)} = {self.name(arg)}")
+
+
+def python_name(name: str) -> str:
+    clean = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+    return "kernel_" + clean
+
+
+def render_host(module: ModuleOp) -> tuple[str, list[str]]:
+    """The `forward(inputs, weights, device)` function: arena, launches in order, outputs."""
+    funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
+    if len(funcs) != 1:
+        raise MalformedIRError(f"the Triton backend expects one func.func, found {len(funcs)}")
+    block = funcs[0].body.block
+    arena = funcs[0].attributes.get("llmc.arena_bytes")
+    lines = ["def forward(inputs, weights, device):",
+             '    """Runs every kernel in order; a kernel that fails to compile or launch is named with its IR."""',
+             f"    arena = torch.empty({(arena.value.data if arena else 0) // 4 + 1}, dtype=torch.float32, device=device)"]
+    names = {arg: f"inputs[{i}]" for i, arg in enumerate(block.args)}
+    weight_names: list[str] = []
+    kernels = {op.sym_name.data: op for op in module.ops if isinstance(op, tile.KernelOp)}
+    for index, op in enumerate(block.ops):
+        if isinstance(op, tile.WeightOp):
+            weight_names.append(op.weight_name.data)
+            names[op.result] = f"weights[{len(weight_names) - 1}]"
+        elif isinstance(op, tile.AllocOp):
+            shape = tuple(op.result.type.get_shape())
+            count = math.prod(shape)
+            if op.offset is None:
+                lines.append(f"    b{index} = torch.empty({shape}, dtype=torch.float32, device=device)")
+            else:
+                start = op.offset.value.data // 4
+                lines.append(f"    b{index} = arena[{start}:{start + count}].view({shape})")
+            names[op.result] = f"b{index}"
+        elif isinstance(op, tile.LaunchOp):
+            callee = op.callee.root_reference.data
+            grid = tuple(kernels[callee].grid.get_values())
+            args = ", ".join(names[b] for b in op.buffers)
+            lines.append(f"    launch({python_name(callee)}, {callee!r}, {grid}, {args})")
+    returned = [names[v] for v in block.last_op.operands]
+    lines.append(f"    return ({', '.join(returned)},)")
+    return "\n".join(lines), weight_names

@@ -1,0 +1,93 @@
+"""The Triton backend, run by Triton's interpreter on CPU tensors (TRITON_INTERPRET=1)."""
+
+import re
+
+import pytest
+import torch
+from conftest import SMALL, assert_close, eager, small_example
+
+import llmc
+from llmc.errors import LlmcError
+
+EXAMPLE_NAMES = sorted(SMALL)
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def outputs(result):
+    return [r.numpy() for r in (result if isinstance(result, tuple) else (result,))]
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_every_example_matches_eager_under_the_interpreter(name, interpreted):
+    model, inputs = small_example(name)
+    compiled = llmc.compile(model, inputs, target="triton", emit=lambda _: None)
+    assert compiled.backend == "triton"
+    assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
+
+
+@pytest.mark.parametrize("name, sizes", [("gpt2_block", dict(seq=13)), ("llama_decode", dict(past=37))])
+def test_odd_sizes_match_eager(name, sizes, interpreted):
+    model, inputs = small_example(name, **sizes)
+    compiled = llmc.compile(model, inputs, target="triton", emit=lambda _: None)
+    assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
+
+
+def test_the_passes_show_up_in_the_triton_code(interpreted):
+    model, inputs = small_example("gpt2_block", d_model=128, n_head=4, seq=64)
+    passes = "fuse,tile{target=gpu matmul=32,32,32 attention=32,32},lower-tile,coalesce{target=gpu},swizzle{target=gpu group=2},pipeline{stages=2},plan-memory"
+    compiled = llmc.compile(model, inputs, target="triton", passes=passes, emit=lambda _: None)
+    source = compiled.program.source
+    kernels = re.findall(r"@triton.jit\ndef (kernel_\w+)\(", source)
+    assert len(kernels) == 7 and sum("attention" in k for k in kernels) == 1
+    assert "grouped program order" in source  # swizzle's group
+    assert "tl.max_contiguous(tl.multiple_of(" in source  # coalesce's vector width
+    assert "software-pipelined by llmc, 2 stages" in source and "[prologue]" in source and "[epilogue]" in source
+    assert 'tl.dot(' in source and 'input_precision="ieee"' in source
+    assert re.search(r"# graph\.gelu @ gpt2_block\.py:\d+", source)
+    assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
+
+
+def test_without_a_gpu_or_the_interpreter_the_error_says_what_to_do(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    model, inputs = small_example("gpt2_block")
+    with pytest.raises(LlmcError, match="TRITON_INTERPRET=1"):
+        llmc.compile(model, inputs, target="triton", emit=lambda _: None)
+
+
+def test_a_failing_kernel_is_named_with_its_ir(interpreted, monkeypatch):
+    from llmc.backends.triton import render
+    from llmc.errors import BuildError
+
+    monkeypatch.setitem(render.UNARY, render.graph.ExpOp, "tl.no_such_function({0})")
+    model, inputs = small_example("gpt2_block_sdpa")
+    compiled = llmc.compile(model, inputs, target="triton", emit=lambda _: None)
+    with pytest.raises(BuildError, match=r"(?s)Triton kernel @k\d+_attention failed.*tile IR.*tile.kernel @k\d+_attention"):
+        compiled(*inputs)
+
+
+@pytest.mark.parametrize("fallback", ["c", "eager"])
+def test_fallback_runs_when_asked_for(fallback, interpreted, monkeypatch):
+    from llmc.backends.triton import render
+
+    monkeypatch.setitem(render.UNARY, render.graph.ExpOp, "tl.no_such_function({0})")
+    model, inputs = small_example("gpt2_block_sdpa")
+    compiled = llmc.compile(model, inputs, target="triton", fallback=fallback, emit=lambda _: None)
+    with pytest.warns(UserWarning, match="falling back"):
+        got = compiled(*inputs)
+    assert_close(outputs(got), eager(model, inputs), tol=1e-4)
+
+
+def test_missing_gpu_with_a_fallback_builds_the_fallback(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    model, inputs = small_example("gpt2_block")
+    with pytest.warns(UserWarning, match="falling back"):
+        compiled = llmc.compile(model, inputs, target="triton", fallback="c", emit=lambda _: None)
+    assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
