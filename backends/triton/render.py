@@ -252,6 +252,8 @@ class TritonKernelRenderer:
         stages = op.attributes.get("llmc.pipeline_stages")
         note = ""
         if stages is not None and stages.value.data > 1:
+            # llmc's explicit prologue/epilogue is kept rather than tl.range(num_stages=...): the two have
+            # not been measured against each other on a GPU yet (see docs/triton-backend.md)
             note = f"  # software-pipelined by llmc, {stages.value.data} stages: prologue above, epilogue below"
         iv, lb, ub, step = (self.name(v) for v in (body.args[0], op.lb, op.ub, op.step))
         self.line(f"for {iv} in range({lb}, {ub}, {step}):{note}")

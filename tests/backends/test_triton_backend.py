@@ -91,3 +91,24 @@ def test_missing_gpu_with_a_fallback_builds_the_fallback(monkeypatch):
     with pytest.warns(UserWarning, match="falling back"):
         compiled = llmc.compile(model, inputs, target="triton", fallback="c", emit=lambda _: None)
     assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
+
+
+def test_cli_target_triton_writes_the_kernels(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    model_file = tmp_path / "small_decode.py"
+    model_file.write_text(
+        f"import sys\nsys.path.insert(0, {str(examples)!r})\nfrom gpt2_decode import build\n"
+        "model, example_inputs = build(d_model=64, n_head=4, past=19)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "llmc", "compile", str(model_file), "--target", "triton", "--run",
+         "--out-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the Triton kernels" in done.stdout and "OK" in done.stdout
+    assert "@triton.jit" in (tmp_path / "out" / "kernels_triton.py").read_text()
