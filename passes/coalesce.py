@@ -8,6 +8,11 @@ the other dim, so every vector starts aligned. An access with no unit-stride
 dim (a transposed or strided read) gets `vec = 1`: it is scalar, and the
 report shows it.
 
+A vector must also start aligned: the width is capped by what provably
+divides the access's base offset and its start along the fast dim (a small
+divisibility analysis of the index arithmetic; a concat's shifted load start
+counts), since the Triton backend turns `vec` into `tl.multiple_of` hints.
+
 On CPUs, a vectorised store into a buffer larger than the last-level cache is
 marked `llmc.stream`: written with non-temporal stores, it skips the
 read-for-ownership and does not flush what the next kernel reads.
@@ -18,14 +23,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects import builtin
+from xdsl.dialects import arith, builtin, scf
 from xdsl.dialects.builtin import IntegerAttr
+from xdsl.ir import BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from llmc.dialects import graph, tile
 from llmc.target import Target, get_target
 
 STREAM_ATTR = "llmc.stream"
+ANY = 1 << 20  # divisibility of 0: divisible by every width we use
+
+
+def divisibility(value: SSAValue, depth: int = 0) -> int:
+    """The largest power of two (up to ANY) known to divide an index value."""
+    owner = value.owner
+    if isinstance(value, BlockArgument) and value.index == 0 and isinstance(value.block.parent_op(), scf.ForOp):
+        loop = value.block.parent_op()  # an induction variable: lb + i * step
+        return min(divisibility(loop.lb, depth + 1), divisibility(loop.step, depth + 1))
+    if depth > 32 or not isinstance(owner, Operation):
+        return 1
+    if isinstance(owner, arith.ConstantOp):
+        constant = abs(owner.value.value.data)
+        return ANY if constant == 0 else min(ANY, constant & -constant)
+    if isinstance(owner, arith.MuliOp):
+        return min(ANY, divisibility(owner.lhs, depth + 1) * divisibility(owner.rhs, depth + 1))
+    if isinstance(owner, arith.AddiOp | arith.SubiOp):
+        return min(divisibility(owner.lhs, depth + 1), divisibility(owner.rhs, depth + 1))
+    return 1
 
 
 def streams(access: tile.StoreOp, vec: int, target: Target) -> bool:
@@ -69,6 +94,8 @@ class CoalescePass(ModulePass):
             order, vec = access_layout(
                 tuple(access.shape.get_values()), tuple(access.strides.get_values()), tuple(typ.get_shape()), target
             )
+            start = access.col if order[0] == 1 else access.row
+            vec = max(1, min(vec, divisibility(access.base), divisibility(start)))
             access.attributes["order"] = graph.dense(order)
             access.attributes["vec"] = IntegerAttr(vec, 64)
             if isinstance(access, tile.StoreOp) and streams(access, vec, target):

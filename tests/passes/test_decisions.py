@@ -45,3 +45,36 @@ def test_matmul_tiles_fit_scratch_and_do_not_exceed_the_problem():
     gpu = get_target("gpu")
     bm, bn, bk = matmul_tiles(4096, 4096, 4096, gpu).tiles
     assert (bm * bk + bk * bn) * 4 * gpu.default_stages + bm * bn * 4 <= gpu.scratch_bytes
+
+
+def test_divisibility_of_index_arithmetic():
+    # coalesce caps a vector width by what provably divides the start of the access
+    from llmc.ir_text import parse_ir
+    from llmc.passes.coalesce import divisibility
+
+    module = parse_ir("""
+func.func @f(%pid: index) {
+  %c0 = arith.constant 0 : index
+  %c4 = arith.constant 4 : index
+  %c64 = arith.constant 64 : index
+  %c768 = arith.constant 768 : index
+  %tile = arith.muli %pid, %c64 : index
+  %shifted = arith.subi %tile, %c4 : index
+  %head = arith.addi %tile, %c768 : index
+  scf.for %k = %c0 to %c768 step %c64 {
+    %next = arith.addi %k, %c64 : index
+    scf.yield
+  }
+  func.return
+}""")
+    values = {}
+    for op in module.walk():
+        for result in op.results:
+            values[result.name_hint] = result
+        if op.name == "scf.for":
+            values["k"] = op.body.block.args[0]
+    assert divisibility(values["tile"]) == 64
+    assert divisibility(values["shifted"]) == 4
+    assert divisibility(values["head"]) == 64  # 768 = 3 * 256
+    assert divisibility(values["k"]) == 64 and divisibility(values["next"]) == 64
+    assert divisibility(values["c0"]) >= 1 << 16
