@@ -18,10 +18,7 @@ INDEX_BINARY = {
     arith.RemSIOp: "{0} % {1}",
     arith.MinSIOp: "({0} < {1} ? {0} : {1})",
     arith.MaxSIOp: "({0} > {1} ? {0} : {1})",
-    arith.FloorDivSIOp: "llmc_floordiv({0}, {1})",
-    arith.CeilDivSIOp: "(-llmc_floordiv(-({0}), {1}))",
 }
-CMPI = {0: "==", 1: "!=", 2: "<", 3: "<=", 4: ">", 5: ">=", 6: "<", 7: "<=", 8: ">", 9: ">="}
 
 UNARY = {
     graph.NegOp: "-{0}",

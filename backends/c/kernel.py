@@ -12,9 +12,10 @@ from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import FloatAttr
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
-from llmc.backends.c.exprs import CMPI, INDEX_BINARY, c_comment, c_identifier, float_literal
+from llmc.backends import CMPI_SYMBOLS, shape2
+from llmc.backends.c.exprs import INDEX_BINARY, c_comment, c_identifier, float_literal
 from llmc.backends.c.nest import Nest
-from llmc.backends.c.plan import INLINE, KernelPlan, round_up, shape2
+from llmc.backends.c.plan import INLINE, KernelPlan, round_up
 from llmc.dialects import tile
 from llmc.passes.coalesce import STREAM_ATTR
 from llmc.errors import UnsupportedOpError
@@ -150,7 +151,7 @@ class KernelRenderer:
             self.line(f"const long {self.name(op.result)} = {op.value.value.data};")
 
     def op_cmpi(self, op: arith.CmpiOp) -> None:
-        symbol = CMPI[op.predicate.value.data]
+        symbol = CMPI_SYMBOLS[op.predicate.value.data]
         self.line(f"const long {self.name(op.result)} = {self.name(op.lhs)} {symbol} {self.name(op.rhs)};")
 
     def op_select(self, op: arith.SelectOp) -> None:

@@ -14,7 +14,8 @@ from xdsl.dialects.builtin import i1
 from xdsl.ir import SSAValue
 
 from llmc.backends.c.exprs import BINARY, GELU, POWERS, UNARY, float_literal
-from llmc.backends.c.plan import INLINE, OPERAND, shape2
+from llmc.backends import shape2
+from llmc.backends.c.plan import INLINE, OPERAND
 from llmc.dialects import graph, tile
 from llmc.errors import UnsupportedOpError
 

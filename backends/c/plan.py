@@ -23,6 +23,7 @@ from xdsl.dialects import scf
 from xdsl.dialects.builtin import i1
 from xdsl.ir import Block, BlockArgument, Operation, SSAValue
 
+from llmc.backends import shape2
 from llmc.dialects import graph, tile
 from llmc.errors import UnsupportedOpError
 
@@ -85,11 +86,6 @@ class KernelPlan:
         info.slot = self.scratch_floats
         size = info.slot_floats * info.rotate
         self.scratch_floats += -(-size // SLOT_ALIGN) * SLOT_ALIGN
-
-
-def shape2(value: SSAValue) -> tuple[int, int]:
-    shape = tuple(value.type.get_shape())
-    return (1, 1) if not shape else (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
 
 
 def round_up(n: int, multiple: int) -> int:

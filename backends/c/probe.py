@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
+from llmc.target import host_cpu_target
 
 PROBE_SOURCE = r"""
 #include <omp.h>
@@ -80,17 +80,13 @@ def measure(options: BuildOptions, lanes: int) -> MachinePeak:
     lib.llmc_probe_fma(2_000_000)  # warm up the cores' clocks
     gflops = max(lib.llmc_probe_fma(20_000_000) for _ in range(3)) / 1e9
     bandwidth = lib.llmc_probe_copy(64 * 1024 * 1024, 5) / 1e9
-    return MachinePeak(round(gflops, 1), round(bandwidth, 1), _threads())
-
-
-def _threads() -> int:
-    return len(os.sched_getaffinity(0))
+    return MachinePeak(round(gflops, 1), round(bandwidth, 1), host_cpu_target().cores)
 
 
 def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> MachinePeak:
     """Cached per host, compiler and flags; measured (a few seconds) the first time."""
     identity = compiler_identity(find_compiler(options.compiler))
-    key = cache_key(f"probe-v2-{lanes}-{_threads()}", identity, options.flags)
+    key = cache_key(f"probe-v2-{lanes}-{host_cpu_target().cores}", identity, options.flags)
     path = options.cache_dir / f"probe-{key[:24]}.json"
     if not remeasure:
         try:

@@ -17,6 +17,7 @@ from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import FloatAttr, ModuleOp
 from xdsl.ir import Operation, SSAValue
 
+from llmc.backends import CMPI_SYMBOLS, shape2
 from llmc.dialects import graph, tile
 from llmc.errors import MalformedIRError, UnsupportedOpError
 
@@ -29,7 +30,6 @@ INDEX = {
     arith.MinSIOp: "tl.minimum({0}, {1})",
     arith.MaxSIOp: "tl.maximum({0}, {1})",
 }
-CMPI = {0: "==", 1: "!=", 2: "<", 3: "<=", 4: ">", 5: ">=", 6: "<", 7: "<=", 8: ">", 9: ">="}
 UNARY = {
     graph.NegOp: "-{0}",
     graph.ExpOp: "tl.exp({0})",
@@ -83,11 +83,6 @@ def comment(op: Operation) -> str:
     return "  # " + "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
 
 
-def shape2(value: SSAValue) -> tuple[int, int]:
-    shape = tuple(value.type.get_shape())
-    return (1, 1) if not shape else (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
-
-
 class TritonKernelRenderer:
     def __init__(self, kernel: tile.KernelOp):
         self.kernel = kernel
@@ -131,7 +126,7 @@ class TritonKernelRenderer:
             text = literal(value) if isinstance(op.value, FloatAttr) else str(value)
             self.line(f"{self.name(op.result)} = {text}")
         elif isinstance(op, arith.CmpiOp):
-            symbol = CMPI[op.predicate.value.data]
+            symbol = CMPI_SYMBOLS[op.predicate.value.data]
             self.line(f"{self.name(op.result)} = {self.name(op.lhs)} {symbol} {self.name(op.rhs)}")
         elif isinstance(op, arith.SelectOp):
             cond, lhs, rhs = (self.name(v) for v in op.operands)
