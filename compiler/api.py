@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from xdsl.dialects.builtin import ModuleOp
 
+from llmc.dtypes import to_numpy, torch_dtype
 from llmc.errors import LlmcError
 from llmc.exporter import ImportedModel, export_model
 from llmc.interpret import interpret
@@ -54,9 +56,9 @@ class CompiledModel:
         elif self.program is not None:
             outputs = list(self.program.library(*inputs))
         else:
-            arrays = [x.detach().cpu().numpy() for x in inputs]
-            results = interpret(self.module, arrays, self.imported.weights)
-            outputs = [torch.from_numpy(np.ascontiguousarray(o)) for o in results]
+            results = interpret(self.module, [to_numpy(x) for x in inputs], self.imported.weights)
+            dtypes = [torch_dtype(t.element_type) for t in self.imported.output_types]
+            outputs = [torch.from_numpy(np.ascontiguousarray(o)).to(d) for o, d in zip(results, dtypes)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def profile(self, inputs: Sequence[torch.Tensor], repeats: int = 20) -> dict[str, float]:
@@ -143,7 +145,19 @@ def _fallback_factory(fallback, model, example_inputs, build):
         return lambda: run_eager
     if fallback == "c":
         def build_c():
-            compiled = compile(model, example_inputs, target="cpu", build=build, emit=lambda *_: None)
-            return compiled.program.library
+            # the C backend computes in float32: a 16-bit model falls back as a float32 copy of itself
+            def widen(tensors):
+                return tuple(x.float() if x.is_floating_point() else x for x in tensors)
+
+            with torch.no_grad():
+                example = model(*example_inputs)
+            dtypes = [o.dtype for o in (example if isinstance(example, tuple) else (example,))]
+            wide = copy.deepcopy(model).float()
+            library = compile(wide, widen(example_inputs), target="cpu", build=build, emit=lambda *_: None).program.library
+
+            def run_c(*inputs):
+                return tuple(o.to(d) for o, d in zip(library(*widen(inputs)), dtypes))
+
+            return run_c
         return build_c
     return None

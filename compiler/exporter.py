@@ -21,6 +21,7 @@ from xdsl.dialects import builtin, func
 from xdsl.ir import Block, Region, SSAValue
 
 from llmc.dialects import graph
+from llmc.dtypes import FLOAT_ELEMENTS, element_of, to_numpy
 from llmc.errors import UnsupportedOpError, with_loc
 from llmc.exporter_ops import OP_HANDLERS, ImportContext
 
@@ -37,11 +38,24 @@ KEPT_OPS = (
 
 @dataclass
 class ImportedModel:
-    """A `graph`-dialect module plus the values of the weights it names."""
+    """A `graph`-dialect module plus the values of the weights it names (float32 arrays; a 16-bit
+    weight widened exactly, its IR type says how backends store it)."""
 
     module: builtin.ModuleOp
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     input_names: list[str] = field(default_factory=list)
+
+    @property
+    def forward(self) -> func.FuncOp:
+        return next(op for op in self.module.ops if isinstance(op, func.FuncOp))
+
+    @property
+    def input_types(self) -> list[builtin.TensorType]:
+        return list(self.forward.function_type.inputs.data)
+
+    @property
+    def output_types(self) -> list[builtin.TensorType]:
+        return list(self.forward.function_type.outputs.data)
 
 
 def decomposition_table() -> dict:
@@ -85,15 +99,16 @@ def source_loc(node: torch.fx.Node) -> str | None:
 
 
 def _tensor_type(value: torch.Tensor, what: str) -> builtin.TensorType:
-    element = {torch.float32: builtin.f32, torch.bool: builtin.i1}.get(value.dtype)
+    element = element_of(value.dtype)
     if element is None:
-        raise UnsupportedOpError(f"{what} has dtype {value.dtype}; llmc supports float32 tensors and bool masks")
+        raise UnsupportedOpError(
+            f"{what} has dtype {value.dtype}; llmc supports float32, bfloat16 and float16 tensors and bool masks")
     return graph.tensor(tuple(value.shape), element)
 
 
 def _is_causal_buffer(value: torch.Tensor) -> bool:
     """A buffer that is exactly tril(ones) over its last two dims (nanoGPT's `bias`)."""
-    if value.dim() < 2 or any(d != 1 for d in value.shape[:-2]) or value.dtype not in (torch.float32, torch.bool):
+    if value.dim() < 2 or any(d != 1 for d in value.shape[:-2]) or element_of(value.dtype) is None:
         return False
     square = value.reshape(value.shape[-2:]).float()
     return bool(torch.equal(square, torch.tril(torch.ones_like(square))))
@@ -152,7 +167,7 @@ def _import_weight(node, name: str, value: torch.Tensor, ctx: ImportContext, imp
     ctx.add(op, None)
     op.result.name_hint = re.sub(r"\W", "_", name)
     ctx.values[node] = op.result
-    imported.weights[name] = value.contiguous().numpy()
+    imported.weights[name] = to_numpy(value)
 
 
 def _import_call(node: torch.fx.Node, ctx: ImportContext) -> None:
@@ -164,6 +179,9 @@ def _import_call(node: torch.fx.Node, ctx: ImportContext) -> None:
             + "; rewrite it with supported ops or let torch.compile fall back to eager"
         )
     ctx.loc = loc
+    value = node.meta.get("val")
+    element = element_of(value.dtype) if isinstance(value, torch.Tensor) else None
+    ctx.element = element if element in FLOAT_ELEMENTS.values() else builtin.f32
     result = handler(ctx, node, *node.args, **node.kwargs)
     ctx.values[node] = result
     if isinstance(result, SSAValue):

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from xdsl.dialects.builtin import FloatAttr, StringAttr, UnitAttr, f32, i1
-from xdsl.ir import Block, Operation, SSAValue
+from xdsl.dialects.builtin import FloatAttr, StringAttr, TensorType, UnitAttr, f32, i1
+from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from llmc.dialects import graph
+from llmc.dtypes import LOW_PRECISION, element_of
 from llmc.errors import UnsupportedOpError, with_loc
 
 aten = torch.ops.aten
@@ -27,6 +28,7 @@ class ImportContext:
     values: dict = field(default_factory=dict)
     loc: str | None = None
     causal_masks: set = field(default_factory=set)
+    element: Attribute = f32  # the float element type of the node being imported (its FX meta)
 
     def add(self, op: Operation, loc: str | None = "current") -> Operation:
         loc = self.loc if loc == "current" else loc
@@ -45,6 +47,10 @@ class ImportContext:
 
     def unsupported(self, what: str) -> UnsupportedOpError:
         return UnsupportedOpError(with_loc(f"llmc cannot import {what}", self.loc))
+
+    def tensor(self, shape) -> TensorType:
+        """The type of a float result of the node being imported."""
+        return graph.tensor(tuple(shape), self.element)
 
     def result(self, op: Operation) -> SSAValue:
         return self.add(op).results[0]
@@ -120,7 +126,7 @@ _BINARY = {
 }
 
 for _target, _cls in _UNARY.items():
-    OP_HANDLERS[_target] = lambda ctx, node, x, _cls=_cls: ctx.result(_cls(ctx.value(x)))
+    OP_HANDLERS[_target] = lambda ctx, node, x, _cls=_cls: ctx.result(_cls(ctx.value(x), result_types=[ctx.tensor(_shape(ctx.value(x)))]))
 
 
 def _binary(cls):
@@ -129,7 +135,11 @@ def _binary(cls):
             rhs_value = ctx.result(graph.MulOp(ctx.value(rhs), ctx.value(alpha)))
         else:
             rhs_value = ctx.value(rhs)
-        return ctx.result(cls(ctx.value(lhs), rhs_value))
+        lhs_value = ctx.value(lhs)
+        if issubclass(cls, graph.CompareOp):
+            return ctx.result(cls(lhs_value, rhs_value))
+        shape = graph.broadcast_shapes(_shape(lhs_value), _shape(rhs_value))
+        return ctx.result(cls(operands=[lhs_value, rhs_value], result_types=[ctx.tensor(shape)]))
 
     return handler
 
@@ -148,7 +158,7 @@ def _gelu(ctx, node, x, approximate="none"):
 def _where(ctx, node, cond, a, b):
     operands = [ctx.value(cond), ctx.value(a), ctx.value(b)]
     shape = graph.broadcast_shapes(*(_shape(v) for v in operands))
-    return ctx.result(graph.WhereOp(operands=operands, result_types=[graph.tensor(shape)]))
+    return ctx.result(graph.WhereOp(operands=operands, result_types=[ctx.tensor(shape)]))
 
 
 @handles(aten.masked_fill.Scalar)
@@ -166,11 +176,19 @@ def _identity(ctx, node, x, **_):
     return ctx.value(x)
 
 
-@handles(aten._to_copy.default)
-def _to_copy(ctx, node, x, dtype=None, **_):
-    if dtype not in (None, torch.float32):
-        raise ctx.unsupported(f"a cast to {dtype}")
-    return ctx.value(x)
+@handles(aten._assert_tensor_metadata.default)
+def _metadata_assertion(ctx, node, *_, **__):
+    return None  # export's check that a cast's input has the dtype it had when traced: true by construction
+
+
+@handles(aten._to_copy.default, aten.to.dtype)
+def _to_copy(ctx, node, x, dtype=None, *_, **__):
+    x = ctx.value(x)
+    if dtype is None or element_of(dtype) == x.type.element_type:
+        return x
+    if element_of(dtype) not in (f32, *LOW_PRECISION):
+        raise ctx.unsupported(f"a cast to {dtype}; llmc computes in float32, bfloat16 and float16")
+    return ctx.result(graph.CastOp(operands=[x], result_types=[graph.tensor(_shape(x), element_of(dtype))]))
 
 
 # ----------------------------------------------------------------- contractions
@@ -180,7 +198,7 @@ def _to_copy(ctx, node, x, dtype=None, **_):
 def _linear(ctx, node, x, weight, bias=None):
     operands = [ctx.value(x), ctx.value(weight)] + ([ctx.value(bias)] if bias is not None else [])
     shape = (*_shape(operands[0])[:-1], _shape(operands[1])[0])
-    return ctx.result(graph.LinearOp(operands=[operands[0], operands[1], operands[2:]], result_types=[graph.tensor(shape)]))
+    return ctx.result(graph.LinearOp(operands=[operands[0], operands[1], operands[2:]], result_types=[ctx.tensor(shape)]))
 
 
 @handles(aten.matmul.default, aten.bmm.default, aten.mm.default)
@@ -190,7 +208,7 @@ def _matmul(ctx, node, a, b):
     if len(sa) < 2 or len(sb) < 2:
         raise ctx.unsupported(f"matmul of a rank-1 operand ({sa} @ {sb}); reshape it to rank 2")
     batch = graph.broadcast_shapes(sa[:-2], sb[:-2])
-    return ctx.result(graph.MatmulOp(operands=[a, b], result_types=[graph.tensor((*batch, sa[-2], sb[-1]))]))
+    return ctx.result(graph.MatmulOp(operands=[a, b], result_types=[ctx.tensor((*batch, sa[-2], sb[-1]))]))
 
 
 @handles(aten.addmm.default)
@@ -220,7 +238,7 @@ def _sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     if is_causal:
         attrs["causal"] = UnitAttr()
     return ctx.result(
-        graph.AttentionOp(operands=[q, k, v], result_types=[graph.tensor((*sq[:3], sv[3]))], attributes=attrs)
+        graph.AttentionOp(operands=[q, k, v], result_types=[ctx.tensor((*sq[:3], sv[3]))], attributes=attrs)
     )
 
 
@@ -231,7 +249,7 @@ def _sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 def _softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
     x = ctx.value(x)
     dim = _last_dim_only(ctx, "softmax", dim, len(_shape(x)))
-    return ctx.result(graph.SoftmaxOp(operands=[x], result_types=[x.type], attributes={"dim": graph.int_attr(dim)}))
+    return ctx.result(graph.SoftmaxOp(operands=[x], result_types=[ctx.tensor(_shape(x))], attributes={"dim": graph.int_attr(dim)}))
 
 
 @handles(aten.layer_norm.default)
@@ -254,7 +272,7 @@ def _reduce(cls):
         attrs = {"dim": graph.int_attr(dim)}
         if keepdim:
             attrs["keepdim"] = UnitAttr()
-        return ctx.result(cls(operands=[x], result_types=[graph.tensor(out)], attributes=attrs))
+        return ctx.result(cls(operands=[x], result_types=[ctx.tensor(out)], attributes=attrs))
 
     return handler
 
@@ -395,4 +413,4 @@ def _cat(ctx, node, tensors, dim=0):
     shape = list(_shape(inputs[0]))
     dim = _dim(dim, len(shape))
     shape[dim] = sum(_shape(v)[dim] for v in inputs)
-    return ctx.result(graph.ConcatOp(operands=[inputs], result_types=[graph.tensor(shape)], attributes={"dim": graph.int_attr(dim)}))
+    return ctx.result(graph.ConcatOp(operands=[inputs], result_types=[ctx.tensor(shape)], attributes={"dim": graph.int_attr(dim)}))

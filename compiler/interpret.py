@@ -17,6 +17,7 @@ from xdsl.interpreters.func import FuncFunctions
 from xdsl.interpreters.scf import ScfFunctions
 
 from llmc.dialects.graph_interp import GraphFunctions
+from llmc.dtypes import decode
 from llmc.errors import InterpretError
 
 
@@ -38,7 +39,7 @@ def interpret(
         raise
     except Exception as error:  # an interpreter fault inside an op: report, not a traceback
         raise InterpretError(f"interpreting '{entry}' failed: {error}") from error
-    return [np.array(r) for r in results]
+    return [decode(np.array(r)) for r in results]
 
 
 def _as_input(x) -> np.ndarray:

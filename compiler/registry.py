@@ -8,6 +8,7 @@ from xdsl.passes import ModulePass, PassPipeline
 from xdsl.utils.arg_spec import ArgSpecParseError
 
 from llmc.errors import PassOptionError
+from llmc.target import get_target
 
 
 def available_passes() -> dict[str, type[ModulePass]]:
@@ -24,7 +25,10 @@ def available_passes() -> dict[str, type[ModulePass]]:
 
 
 def default_pipeline(target: str = "cpu") -> str:
-    return f"fuse,tile{{target={target}}},lower-tile,coalesce{{target={target}}},swizzle{{target={target}}},pipeline,plan-memory"
+    # GPUs hand the stage count to Triton's pipeliner (asynchronous copies into shared memory); CPUs expand
+    mode = "delegate" if get_target(target).kind == "gpu" else "expand"
+    return (f"fuse,tile{{target={target}}},lower-tile,coalesce{{target={target}}},swizzle{{target={target}}},"
+            f"pipeline{{mode={mode}}},plan-memory")
 
 
 def parse_passes(spec: str) -> list[ModulePass]:

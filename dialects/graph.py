@@ -1,6 +1,8 @@
 """The `graph` dialect: tensor-level ops at the granularity an LLM engineer thinks in.
 
-Value semantics, static shapes, f32 data and i1 masks. Weights are referenced by
+Value semantics, static shapes, float data (f32, bf16, f16) and i1 masks: an op
+computes in f32 and rounds its result to the result's element type, as eager
+PyTorch does per op; `graph.cast` is such a rounding on its own. Weights are referenced by
 name (`graph.weight "attn.c_attn.weight"`), never printed inline. Every op may
 carry `loc`, the model source line it came from. The same pointwise ops are used
 on tiles inside `tile.kernel` bodies: their semantics (numpy broadcasting) do not
@@ -191,6 +193,13 @@ SiluOp = _unary("silu", "x * sigmoid(x)")
 SinOp = _unary("sin", "sine")
 CosOp = _unary("cos", "cosine")
 AbsOp = _unary("abs", "|x|")
+
+
+@irdl_op_definition
+class CastOp(UnaryOp):
+    """The operand rounded to (or widened from) the result's element type: `x.to(dtype)`."""
+
+    name = "graph.cast"
 
 AddOp = _binary("add", "lhs + rhs, broadcasting")
 SubOp = _binary("sub", "lhs - rhs, broadcasting")
@@ -464,7 +473,7 @@ class ConcatOp(GraphOp):
             raise VerifyException("graph.concat: wrong result shape")
 
 
-UNARY_OPS = (NegOp, ExpOp, LogOp, TanhOp, SqrtOp, RsqrtOp, SigmoidOp, ReluOp, SiluOp, SinOp, CosOp, AbsOp)
+UNARY_OPS = (NegOp, ExpOp, LogOp, TanhOp, SqrtOp, RsqrtOp, SigmoidOp, ReluOp, SiluOp, SinOp, CosOp, AbsOp, CastOp)
 BINARY_OPS = (AddOp, SubOp, MulOp, DivOp, PowOp, MaximumOp, MinimumOp, EqOp, NeOp, LtOp, LeOp, GtOp, GeOp)
 POINTWISE_OPS = (*UNARY_OPS, *BINARY_OPS, GeluOp, WhereOp)
 REDUCE_OPS = (ReduceSumOp, ReduceMaxOp, ReduceMeanOp)

@@ -2,6 +2,8 @@
 
 Tensors are numpy arrays (float32 data, bool masks). Weights come from the
 mapping the functions object is built with, looked up by the name in the IR.
+A result of a 16-bit element type is rounded to it (`rounded`), so a bf16
+graph runs with eager's per-op rounding.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, impl, register_impls
 
 from llmc.dialects import graph
+from llmc.dtypes import round_to
 from llmc.errors import InterpretError, with_loc
 
 F32 = np.float32
@@ -42,6 +45,7 @@ UNARY: dict[type, Callable[[np.ndarray], np.ndarray]] = {
     graph.SinOp: np.sin,
     graph.CosOp: np.cos,
     graph.AbsOp: np.abs,
+    graph.CastOp: lambda x: x,  # the rounding is the result type's
 }
 
 BINARY: dict[type, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -86,10 +90,15 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
     return (x - mean) / np.sqrt(var + F32(eps)) * weight + bias
 
 
+def rounded(op, value: np.ndarray) -> np.ndarray:
+    """A float result computed in f32, rounded to the op's result element type."""
+    return round_to(np.asarray(value, dtype=F32), op.results[0].type.element_type)
+
+
 def _unary_impl(op_type: type, fn: Callable[[np.ndarray], np.ndarray]):
     @impl(op_type)
     def run(self, interpreter: Interpreter, op, args: PythonValues) -> PythonValues:
-        return (fn(args[0]).astype(F32),)
+        return (rounded(op, fn(args[0])),)
 
     return run
 
@@ -97,7 +106,8 @@ def _unary_impl(op_type: type, fn: Callable[[np.ndarray], np.ndarray]):
 def _binary_impl(op_type: type, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     @impl(op_type)
     def run(self, interpreter: Interpreter, op, args: PythonValues) -> PythonValues:
-        return (fn(args[0], args[1]),)
+        result = fn(args[0], args[1])
+        return (result if result.dtype == np.bool_ else rounded(op, result),)
 
     return run
 
@@ -106,7 +116,7 @@ def _reduce_impl(op_type: type, fn: Callable[..., np.ndarray]):
     @impl(op_type)
     def run(self, interpreter: Interpreter, op: graph.ReduceOp, args: PythonValues) -> PythonValues:
         keep = op.keepdim is not None
-        return (fn(args[0], axis=op.dim.value.data, keepdims=keep).astype(F32),)
+        return (rounded(op, fn(args[0], axis=op.dim.value.data, keepdims=keep)),)
 
     return run
 
@@ -146,34 +156,34 @@ class GraphFunctions(InterpreterFunctions):
 
     @impl(graph.GeluOp)
     def run_gelu(self, interpreter: Interpreter, op: graph.GeluOp, args: PythonValues):
-        return (_gelu(args[0], op.approximate.data).astype(F32),)
+        return (rounded(op, _gelu(args[0], op.approximate.data)),)
 
     @impl(graph.WhereOp)
     def run_where(self, interpreter: Interpreter, op: graph.WhereOp, args: PythonValues):
-        return (np.where(*args).astype(F32),)
+        return (rounded(op, np.where(*args)),)
 
     @impl(graph.MatmulOp)
     def run_matmul(self, interpreter: Interpreter, op: graph.MatmulOp, args: PythonValues):
-        return (np.matmul(args[0], args[1]).astype(F32),)
+        return (rounded(op, np.matmul(args[0], args[1])),)
 
     @impl(graph.LinearOp)
     def run_linear(self, interpreter: Interpreter, op: graph.LinearOp, args: PythonValues):
         out = np.matmul(args[0], args[1].T)
         if len(args) == 3:
             out = out + args[2]
-        return (out.astype(F32),)
+        return (rounded(op, out),)
 
     @impl(graph.AttentionOp)
     def run_attention(self, interpreter: Interpreter, op: graph.AttentionOp, args: PythonValues):
-        return (attention(*args, op.scale.value.data, op.causal is not None),)
+        return (rounded(op, attention(*args, op.scale.value.data, op.causal is not None)),)
 
     @impl(graph.SoftmaxOp)
     def run_softmax(self, interpreter: Interpreter, op: graph.SoftmaxOp, args: PythonValues):
-        return (softmax(args[0], op.dim.value.data).astype(F32),)
+        return (rounded(op, softmax(args[0], op.dim.value.data)),)
 
     @impl(graph.LayerNormOp)
     def run_layer_norm(self, interpreter: Interpreter, op: graph.LayerNormOp, args: PythonValues):
-        return (layer_norm(*args, op.eps.value.data).astype(F32),)
+        return (rounded(op, layer_norm(*args, op.eps.value.data)),)
 
     @impl(graph.ReshapeOp)
     def run_reshape(self, interpreter: Interpreter, op: graph.ReshapeOp, args: PythonValues):

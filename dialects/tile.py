@@ -3,7 +3,10 @@
 A `tile.kernel` is a symbol whose body runs once per program of its launch
 grid; its block arguments are the buffers (memrefs) it reads and writes. Tiles
 are builtin tensors (`tensor<64x32xf32>`); the `graph` dialect's pointwise ops
-work on them unchanged, loops are `scf.for`, index math is `arith`.
+work on them unchanged, loops are `scf.for`, index math is `arith`. A load
+gives a tile of the buffer's element type, a store rounds to it; fused
+arithmetic is f32 (`graph.cast` widens 16-bit loads and narrows the 16-bit
+operands of a `tile.dot`, which accumulates in f32).
 
 Loads and stores are block-pointer style (like `tt.make_block_ptr`): the buffer
 is seen as a 2-D view with `shape` and `strides` (in elements) starting at the
@@ -23,6 +26,7 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     MemRefType,
     StringAttr,
+    f32,
     SymbolNameConstraint,
     SymbolRefAttr,
     TensorType,
@@ -198,6 +202,10 @@ class DotOp(IRDLOperation):
         (m, k), (k2, n) = self.lhs.type.get_shape(), self.rhs.type.get_shape()
         if k != k2 or tuple(self.acc.type.get_shape()) != (m, n) or self.acc.type != self.result.type:
             raise VerifyException(f"tile.dot: [{m}x{k}] @ [{k2}x{n}] does not match the accumulator")
+        if self.lhs.type.element_type != self.rhs.type.element_type:
+            raise VerifyException("tile.dot: both operands must have one element type")
+        if self.acc.type.element_type != f32:
+            raise VerifyException("tile.dot: the accumulator is f32 (16-bit operands accumulate in f32)")
 
 
 @irdl_op_definition

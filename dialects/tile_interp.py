@@ -1,9 +1,11 @@
 """numpy semantics of the `tile` dialect: a launch runs every program of its grid.
 
-Buffers are numpy arrays; intermediate buffers start as NaN so a read before
-any write (a memory-planning bug) poisons the results instead of passing
-silently. Allocations with an arena offset alias one arena array, exactly as
-the plan says.
+Buffers are numpy arrays in their element type's storage (bf16 as uint16 bit
+patterns); loads widen to float32 and stores round to the buffer's type.
+Intermediate buffers start as NaN so a read before any write (a
+memory-planning bug) poisons the results instead of passing silently.
+Allocations with an arena offset are views of one byte arena, exactly as the
+plan says.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from xdsl.interpreter import (
     register_impls,
 )
 
-from xdsl.dialects.builtin import f32
-
 from llmc.dialects import tile
+from llmc.dtypes import decode, encode, storage_dtype
 from llmc.errors import InterpretError
 
 F32 = np.float32
@@ -71,17 +72,16 @@ class TileFunctions(InterpreterFunctions):
     @impl(tile.AllocOp)
     def run_alloc(self, interpreter: Interpreter, op: tile.AllocOp, args: PythonValues):
         shape = tuple(op.result.type.get_shape())
-        if op.result.type.element_type != f32:
-            return (np.zeros(shape, dtype=np.bool_),)
+        stored = np.dtype(storage_dtype(op.result.type.element_type))
+        count = int(np.prod(shape))
         if op.offset is None:
-            return (np.full(shape, np.nan, dtype=F32),)
+            return (np.full(count * stored.itemsize, 0xFF, dtype=np.uint8).view(stored).reshape(shape),)
         func_op = op.parent_op()
         arena = self.arenas.get(id(func_op))
-        if arena is None:
-            size = func_op.attributes[ARENA_ATTR].value.data
-            arena = self.arenas[id(func_op)] = np.full(size // 4, np.nan, dtype=F32)
-        start = op.offset.value.data // 4
-        return (arena[start : start + int(np.prod(shape))].reshape(shape),)
+        if arena is None:  # all-ones bytes: NaN in every float type
+            arena = self.arenas[id(func_op)] = np.full(func_op.attributes[ARENA_ATTR].value.data, 0xFF, dtype=np.uint8)
+        start = op.offset.value.data
+        return (arena[start : start + count * stored.itemsize].view(stored).reshape(shape),)
 
     @impl(tile.WeightOp)
     def run_weight(self, interpreter: Interpreter, op: tile.WeightOp, args: PythonValues):
@@ -105,7 +105,7 @@ class TileFunctions(InterpreterFunctions):
         rows, cols = op.result.type.get_shape()
         flat, valid = block_indices(op, base, row, col, rows, cols)
         pad = -np.inf if op.padding is not None and op.padding.data == "neg_inf" else 0.0
-        values = buffer.reshape(-1)[flat]
+        values = decode(buffer.reshape(-1)[flat])
         if values.dtype == np.bool_:
             return (np.where(valid, values, False),)
         return (np.where(valid, values, F32(pad)).astype(F32),)
@@ -118,13 +118,13 @@ class TileFunctions(InterpreterFunctions):
         target = buffer.reshape(-1)
         if not np.shares_memory(target, buffer):
             raise InterpretError("tile.store into a non-contiguous buffer")
-        target[flat[valid]] = np.broadcast_to(value, (rows, cols))[valid]
+        target[flat[valid]] = encode(np.broadcast_to(value, (rows, cols))[valid], target.dtype)
         return ()
 
     @impl(tile.DotOp)
     def run_dot(self, interpreter: Interpreter, op: tile.DotOp, args: PythonValues):
-        lhs, rhs, acc = args
-        return ((acc + lhs @ rhs).astype(F32),)
+        lhs, rhs, acc = args  # 16-bit operands hold exact values: f32 products, f32 accumulation
+        return ((acc + lhs.astype(F32) @ rhs.astype(F32)).astype(F32),)
 
     @impl(tile.ReduceOp)
     def run_reduce(self, interpreter: Interpreter, op: tile.ReduceOp, args: PythonValues):

@@ -16,7 +16,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim) + 0.1 * torch.randn(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # as in LLaMA: normalise in float32 whatever the model's dtype, round back, then scale
+        h = x.float()
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,13 @@ Decide, then expand, as MLIR's LoopPipelining and Triton's pipeliner do:
 
 Every op the expansion creates carries `llmc.pipeline` = prologue / body /
 epilogue, and the loop `llmc.pipeline_stages`, so a dump shows the schedule.
+
+`mode=delegate` decides the same schedule but leaves the loop as it is,
+marked `llmc.pipeline = "delegated"` with its stage count and its stage-0
+loads marked `"stage0"`: the backend's own pipeliner does the expansion (the
+Triton backend hands the count to `tl.range(num_stages=N)`, which turns the
+loads into asynchronous copies into multi-buffered shared memory). That is
+the GPU default; CPU targets expand.
 """
 
 from __future__ import annotations
@@ -150,7 +157,10 @@ class Expander:
         return finals
 
 
-def pipeline_loop(loop: scf.ForOp, stages: int) -> bool:
+MODES = ("expand", "delegate")
+
+
+def pipeline_loop(loop: scf.ForOp, stages: int, mode: str = "expand") -> bool:
     stage0 = schedule_loop(loop)
     trips = trip_count(loop)
     if trips is not None:
@@ -158,6 +168,13 @@ def pipeline_loop(loop: scf.ForOp, stages: int) -> bool:
     if stage0 is None or stages < 2 or not any(isinstance(op, tile.LoadOp) for op in stage0):
         loop.attributes[STAGES_ATTR] = IntegerAttr(1, 64)
         return False
+    if mode == "delegate":
+        loop.attributes[STAGES_ATTR] = IntegerAttr(stages, 64)
+        loop.attributes[PHASE_ATTR] = StringAttr("delegated")
+        for op in stage0:
+            if isinstance(op, tile.LoadOp):
+                op.attributes[PHASE_ATTR] = StringAttr("stage0")
+        return True
     Expander(loop, stage0, stages).expand()
     return True
 
@@ -168,11 +185,15 @@ class PipelinePass(ModulePass):
 
     stages: int | None = None
     """Stages for every marked loop; by default each loop's own `llmc.pipeline_stages`."""
+    mode: str = "expand"
+    """expand: prologue / body / epilogue in the IR; delegate: mark the loop for the backend's pipeliner."""
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         if self.stages is not None and self.stages < 1:
             raise PassOptionError("pipeline: stages must be at least 1")
+        if self.mode not in MODES:
+            raise PassOptionError(f"pipeline: mode must be one of {', '.join(MODES)}, got '{self.mode}'")
         loops = [o for o in op.walk() if isinstance(o, scf.ForOp) and STAGES_ATTR in o.attributes
                  and PHASE_ATTR not in o.attributes]
         for loop in loops:
-            pipeline_loop(loop, self.stages or loop.attributes[STAGES_ATTR].value.data)
+            pipeline_loop(loop, self.stages or loop.attributes[STAGES_ATTR].value.data, self.mode)

@@ -17,6 +17,7 @@ from xdsl.dialects.builtin import IntegerAttr
 from xdsl.passes import ModulePass
 
 from llmc.dialects import tile
+from llmc.dtypes import element_bytes
 from llmc.dialects.tile_interp import ARENA_ATTR
 
 ALIGN = 64
@@ -63,7 +64,7 @@ def live_intervals(func_op: func.FuncOp) -> tuple[list[tile.AllocOp], list[Inter
         if alloc.result in returned:
             continue
         users = [ops.index(use.operation) for use in alloc.result.uses]
-        size = 4 * alloc.result.type.element_count()
+        size = element_bytes(alloc.result.type.element_type) * alloc.result.type.element_count()
         allocs.append(alloc)
         intervals.append(Interval(size, min(users), max(users)))
     return allocs, intervals

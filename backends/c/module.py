@@ -27,7 +27,9 @@ from llmc.backends.c.exprs import c_comment
 from llmc.backends.c.kernel import KernelRenderer, function_name
 from llmc.backends.c.plan import PackSpec, plan_kernel, round_up
 from llmc.dialects import tile
+from llmc.dtypes import element_name
 from llmc.errors import MalformedIRError, UnsupportedOpError
+from llmc.ir_text import print_ir
 from llmc.passes.swizzle import weight_arguments
 
 ARENA_ATTR = "llmc.arena_bytes"
@@ -142,7 +144,13 @@ class ModuleRenderer:
             for value in (*op.operands, *op.results):
                 memref = getattr(value.type, "element_type", None)
                 if memref is not None and value.type.name == "memref" and memref != f32:
-                    raise UnsupportedOpError(f"the C backend handles f32 buffers only; {op.name} uses {value.type}")
+                    kernel = op if isinstance(op, tile.KernelOp) else op.parent_op()
+                    where = f"kernel @{kernel.sym_name.data}" if isinstance(kernel, tile.KernelOp) else "the graph"
+                    raise UnsupportedOpError(
+                        f"the C backend computes in float32; {where} has a {element_name(memref)} buffer "
+                        f"({value.type}) in:\n  {print_ir(op).splitlines()[0]}\n"
+                        "compile the model in float32 (model.float() and float32 inputs), or for a GPU target "
+                        "(--target triton), where 16-bit floats run on tensor cores")
 
     def arg_notes(self, kernel: tile.KernelOp, packs: dict[int, PackSpec]) -> list[str]:
         notes = []

@@ -2,11 +2,15 @@
 
 Tile IR is already Triton-shaped, so the mapping is op for op: a `tile.load`
 of an R x C block of a strided view is one masked `tl.load` over a pointer
-block, `tile.dot` is `tl.dot` (fp32, IEEE; small-M tiles multiply-and-sum
-instead, since `tl.dot` needs 16 rows), `tile.reduce` is `tl.sum`/`tl.max`
-with the padding columns masked, `scf.for` a Python `for` carrying the iter_args,
-and the pipeliner's explicit prologue / body / epilogue are rendered as the IR
-says them. Each statement carries the IR op and model source line as a comment.
+block, `tile.dot` is `tl.dot` (bf16/fp16 operands on tensor cores with an fp32
+accumulator, fp32 operands in IEEE fp32; small-M tiles multiply-and-sum instead,
+since `tl.dot` needs 16 rows), `tile.reduce` is `tl.sum`/`tl.max` with the
+padding columns masked, `graph.cast` is `.to(dtype)`, `scf.for` a Python `for`
+carrying the iter_args. A loop the `pipeline` pass delegated becomes
+`tl.range(..., num_stages=N)`; an expanded one is rendered as the IR says it
+(prologue / body / epilogue), and its kernel is launched with `num_stages=1`
+so that Triton does not pipeline it a second time. Each statement carries the
+IR op and model source line as a comment.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import math
 
 from xdsl.dialects import arith, func, scf
-from xdsl.dialects.builtin import FloatAttr, ModuleOp
+from xdsl.dialects.builtin import FloatAttr, ModuleOp, bf16, f16, f32, i1
 from xdsl.ir import Operation, SSAValue
 
 from llmc.backends import CMPI_SYMBOLS, shape2
 from llmc.dialects import graph, tile
+from llmc.dtypes import element_bytes, is_low_precision, torch_dtype
 from llmc.errors import MalformedIRError, UnsupportedOpError
 
 INDEX = {
@@ -64,6 +69,14 @@ GELU = {
     "none": "(0.5 * {0} * (1.0 + tl.erf({0} * 0.7071067811865476)))",
 }
 DOT_MIN_ROWS = 16
+TL_TYPES = {f32: "tl.float32", bf16: "tl.bfloat16", f16: "tl.float16", i1: "tl.int1"}
+WIDE_TILE = 128 * 128  # elements of a tile from which a kernel gets 8 warps rather than Triton's default 4
+
+
+def tl_type(element) -> str:
+    if element not in TL_TYPES:
+        raise UnsupportedOpError(f"the Triton backend has no element type {element}")
+    return TL_TYPES[element]
 
 
 def literal(value: float) -> str:
@@ -159,23 +172,31 @@ class TritonKernelRenderer:
         else:
             self.line(f"{self.name(op.results[0])} = {self.pointwise(op)}{comment(op)}")
 
+    def operand(self, value: SSAValue) -> str:
+        """A pointwise operand: 16-bit tiles widen, since fused arithmetic is f32."""
+        if is_low_precision(getattr(value.type, "element_type", None)):
+            return f"{self.name(value)}.to(tl.float32)"
+        return self.name(value)
+
     def pointwise(self, op: Operation) -> str:
         if isinstance(op, graph.ConstantOp):
             return literal(op.value.value.data)
+        if isinstance(op, graph.CastOp):
+            return f"{self.name(op.operand)}.to({tl_type(op.result.type.element_type)})"
         if isinstance(op, graph.PowOp) and isinstance(op.rhs.owner, graph.ConstantOp):
             exponent = op.rhs.owner.value.value.data
             if exponent in POWERS:
-                return POWERS[exponent].format(self.name(op.lhs))
+                return POWERS[exponent].format(self.operand(op.lhs))
         if isinstance(op, graph.PowOp):
-            return f"tl.exp({self.name(op.rhs)} * tl.log({self.name(op.lhs)}))"
+            return f"tl.exp({self.operand(op.rhs)} * tl.log({self.operand(op.lhs)}))"
         if isinstance(op, graph.GeluOp):
-            return GELU[op.approximate.data].format(self.name(op.operand))
+            return GELU[op.approximate.data].format(self.operand(op.operand))
         if isinstance(op, graph.WhereOp):
-            return f"tl.where({self.name(op.cond)}, {self.name(op.lhs)}, {self.name(op.rhs)})"
+            return f"tl.where({self.name(op.cond)}, {self.operand(op.lhs)}, {self.operand(op.rhs)})"
         template = UNARY.get(type(op)) or BINARY.get(type(op))
         if template is None:
             raise UnsupportedOpError(f"the Triton backend has no form of {op.name} in @{self.kernel.sym_name.data}")
-        return template.format(*(self.name(v) for v in op.operands))
+        return template.format(*(self.operand(v) for v in op.operands))
 
     def tile_coords(self, op: tile.TileCoordsOp) -> None:
         pid, rows, cols, group = self.name(op.pid), op.rows.value.data, op.cols.value.data, op.group.value.data
@@ -209,15 +230,22 @@ class TritonKernelRenderer:
         rows, cols = shape2(op.value)
         pointer, mask = self.block_pointers(op, rows, cols)
         value = self.name(op.value)
+        element = op.buffer.type.element_type
+        if op.value.type.element_type != element:  # the store rounds to the buffer's type
+            value = f"{value}.to({tl_type(element)})"
         self.line(f"tl.store({pointer}, tl.broadcast_to({value}, ({rows}, {cols})), mask={mask}){comment(op)}")
 
     def dot(self, op: tile.DotOp) -> None:
         lhs, rhs, acc = self.name(op.lhs), self.name(op.rhs), self.name(op.acc)
         rows = shape2(op.lhs)[0]
-        if rows >= DOT_MIN_ROWS:
-            expr = f'tl.dot({lhs}, {rhs}, {acc}, input_precision="ieee")'
-        else:  # tl.dot wants 16 rows: a decode step's few rows multiply-and-sum instead
+        low = is_low_precision(op.lhs.type.element_type)
+        if rows < DOT_MIN_ROWS:  # tl.dot wants 16 rows: a decode step's few rows multiply-and-sum (in f32) instead
+            lhs, rhs = (self.operand(v) for v in (op.lhs, op.rhs))
             expr = f"{acc} + tl.sum({lhs}[:, :, None] * {rhs}[None, :, :], axis=1)"
+        elif low:  # tensor cores, f32 accumulator
+            expr = f"tl.dot(dot_operand({lhs}), dot_operand({rhs}), {acc})"
+        else:
+            expr = f'tl.dot({lhs}, {rhs}, {acc}, input_precision="ieee")'
         self.line(f"{self.name(op.result)} = {expr}{comment(op)}")
 
     def reduce(self, op: tile.ReduceOp) -> None:
@@ -245,13 +273,17 @@ class TritonKernelRenderer:
         for init, arg in zip(op.iter_args, body.args[1:]):
             self.line(f"{self.name(arg)} = {self.name(init)}")
         stages = op.attributes.get("llmc.pipeline_stages")
-        note = ""
-        if stages is not None and stages.value.data > 1:
-            # llmc's explicit prologue/epilogue is kept rather than tl.range(num_stages=...): the two have
-            # not been measured against each other on a GPU yet (see docs/triton-backend.md)
-            note = f"  # software-pipelined by llmc, {stages.value.data} stages: prologue above, epilogue below"
+        stages = stages.value.data if stages is not None else 1
+        phase = op.attributes.get("llmc.pipeline")
         iv, lb, ub, step = (self.name(v) for v in (body.args[0], op.lb, op.ub, op.step))
-        self.line(f"for {iv} in range({lb}, {ub}, {step}):{note}")
+        if phase is not None and phase.data == "delegated":
+            self.line(f"for {iv} in tl.range({lb}, {ub}, {step}, num_stages={stages}):"
+                      f"  # pipelined by Triton, {stages} stages (llmc.pipeline_stages)")
+        elif stages > 1:
+            self.line(f"for {iv} in range({lb}, {ub}, {step}):"
+                      f"  # software-pipelined by llmc, {stages} stages: prologue above, epilogue below")
+        else:
+            self.line(f"for {iv} in range({lb}, {ub}, {step}):")
         self.depth += 1
         self.render_block(body)
         if len(body.ops) == 1:
@@ -261,12 +293,24 @@ class TritonKernelRenderer:
             self.line(f"{self.name(result)} = {self.name(arg)}")
 
 
+def launch_options(kernel: tile.KernelOp) -> dict[str, int]:
+    """num_warps from the widest tile; num_stages=1 where llmc expanded the pipeline itself."""
+    ops = list(kernel.walk())
+    widest = max((math.prod(r.type.get_shape()) for op in ops for r in op.results
+                  if hasattr(r.type, "get_shape") and r.type.name == "tensor"), default=1)
+    options = {"num_warps": 8 if widest >= WIDE_TILE else 4}
+    phases = {op.attributes["llmc.pipeline"].data for op in ops if "llmc.pipeline" in op.attributes}
+    if phases & {"prologue", "body", "epilogue"}:
+        options["num_stages"] = 1
+    return options
+
+
 def python_name(name: str) -> str:
     clean = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
     return "kernel_" + clean
 
 
-def render_host(module: ModuleOp) -> tuple[str, list[str]]:
+def render_host(module: ModuleOp) -> tuple[str, list[tuple[str, object]]]:
     """The `forward(inputs, weights, device)` function: arena, launches in order, outputs."""
     funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
     if len(funcs) != 1:
@@ -275,28 +319,31 @@ def render_host(module: ModuleOp) -> tuple[str, list[str]]:
     arena = funcs[0].attributes.get("llmc.arena_bytes")
     lines = ["def forward(inputs, weights, device):",
              '    """Runs every kernel in order; a kernel that fails to compile or launch is named with its IR."""',
-             f"    arena = torch.empty({(arena.value.data if arena else 0) // 4 + 1}, dtype=torch.float32, device=device)"]
+             f"    arena = torch.empty({max(arena.value.data if arena else 0, 1)}, dtype=torch.uint8, device=device)"]
     names = {arg: f"inputs[{i}]" for i, arg in enumerate(block.args)}
     weight_names: list[str] = []
     kernels = {op.sym_name.data: op for op in module.ops if isinstance(op, tile.KernelOp)}
     for index, op in enumerate(block.ops):
         if isinstance(op, tile.WeightOp):
-            weight_names.append(op.weight_name.data)
+            weight_names.append((op.weight_name.data, op.result.type.element_type))
             names[op.result] = f"weights[{len(weight_names) - 1}]"
         elif isinstance(op, tile.AllocOp):
             shape = tuple(op.result.type.get_shape())
-            count = math.prod(shape)
+            element = op.result.type.element_type
+            dtype = torch_dtype(element)
             if op.offset is None:
-                lines.append(f"    b{index} = torch.empty({shape}, dtype=torch.float32, device=device)")
+                lines.append(f"    b{index} = torch.empty({shape}, dtype={dtype}, device=device)")
             else:
-                start = op.offset.value.data // 4
-                lines.append(f"    b{index} = arena[{start}:{start + count}].view({shape})")
+                start = op.offset.value.data
+                end = start + math.prod(shape) * element_bytes(element)
+                lines.append(f"    b{index} = arena[{start}:{end}].view({dtype}).view({shape})")
             names[op.result] = f"b{index}"
         elif isinstance(op, tile.LaunchOp):
             callee = op.callee.root_reference.data
             grid = tuple(kernels[callee].grid.get_values())
             args = ", ".join(names[b] for b in op.buffers)
-            lines.append(f"    launch({python_name(callee)}, {callee!r}, {grid}, {args})")
+            options = launch_options(kernels[callee])
+            lines.append(f"    launch({python_name(callee)}, {callee!r}, {grid}, {options!r}, {args})")
     returned = [names[v] for v in block.last_op.operands]
     lines.append(f"    return ({', '.join(returned)},)")
     return "\n".join(lines), weight_names

@@ -18,6 +18,7 @@ from xdsl.dialects.builtin import FloatAttr, IndexType, IntegerAttr, StringAttr,
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from llmc.dialects import graph, tile
+from llmc.dtypes import is_low_precision
 from llmc.passes.fusion.views import StridedView
 
 
@@ -122,12 +123,29 @@ class Operand2D:
 
 
 def load(em: Emitter, buffer: SSAValue, operand: Operand2D, base: SSAValue, row: SSAValue, col: SSAValue,
-         block: Sequence[int], padding: str | None = None, element: Attribute = f32) -> SSAValue:
+         block: Sequence[int], padding: str | None = None) -> SSAValue:
+    """A block of the buffer, in the buffer's element type."""
+    element = buffer.type.element_type
     attrs = operand.view_attrs()
     if padding:
         attrs["padding"] = StringAttr(padding)
     op = tile.LoadOp(operands=[buffer, base, row, col], result_types=[tile_type(block, element)], attributes=attrs)
     return em.value(op)
+
+
+def widened(em: Emitter, value: SSAValue) -> SSAValue:
+    """A 16-bit float tile as f32 (exact), which is what tile arithmetic computes in."""
+    if not is_low_precision(value.type.element_type):
+        return value
+    cast = graph.CastOp(operands=[value], result_types=[tile_type(value.type.get_shape())])
+    return em.value(cast)
+
+
+def narrowed(em: Emitter, value: SSAValue, element: Attribute) -> SSAValue:
+    """`value` rounded to `element` when that is a 16-bit float (a dot operand on tensor cores)."""
+    if not is_low_precision(element) or value.type.element_type == element:
+        return value
+    return em.value(graph.CastOp(operands=[value], result_types=[tile_type(value.type.get_shape(), element)]))
 
 
 def store(em: Emitter, value: SSAValue, buffer: SSAValue, operand: Operand2D, base: SSAValue,

@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xdsl.dialects import arith
-from xdsl.dialects.builtin import IntegerAttr, StringAttr, TensorType, i1, i64
+from xdsl.dialects.builtin import IntegerAttr, StringAttr, TensorType, f32, i1, i64
 from xdsl.ir import Operation, SSAValue
 
 from llmc.dialects import graph, tile
+from llmc.dtypes import is_low_precision
 from llmc.errors import UnsupportedOpError, with_loc
 from llmc.passes.fusion.views import apply_views, view_chain
-from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, load, tile_type
+from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, load, tile_type, widened
 
 
 @dataclass
@@ -95,8 +96,7 @@ class TileEvaluator:
         base = operand.base(em, self.space.batch_index)
         row = _shifted(em, self.space.row, shift[0])
         col = _shifted(em, self.space.col, shift[1])
-        element = root.type.element_type
-        return load(em, self.buffers[root], operand, base, row, col, self.space.tile_shape(space_shape), element=element)
+        return widened(em, load(em, self.buffers[root], operand, base, row, col, self.space.tile_shape(space_shape)))
 
     def _in_group_view(self, value, chain, space_shape, shift) -> SSAValue:
         inner = chain[0].operand
@@ -108,7 +108,10 @@ class TileEvaluator:
         shape = graph.shape_of(op.results[0])
         operands = [self.value(v, shape, shift) for v in op.operands]
         tile_shape = self.space.tile_shape(shape)
-        result_type = tile_type(_broadcast_tiles(operands, tile_shape), op.results[0].type.element_type)
+        element = op.results[0].type.element_type
+        if is_low_precision(element) and not isinstance(op, graph.CastOp):
+            element = f32  # fused arithmetic stays in f32 until a store or an explicit cast rounds it
+        result_type = tile_type(_broadcast_tiles(operands, tile_shape), element)
         return self.em.value(type(op)(operands=operands, result_types=[result_type], attributes=dict(op.attributes)))
 
     def concat(self, op: graph.ConcatOp, shift) -> SSAValue:
@@ -172,7 +175,7 @@ class TileEvaluator:
         return self.binary(graph.AddOp, weighted, self.value(op.bias, shape))
 
     def unary(self, cls, x: SSAValue) -> SSAValue:
-        return self.em.value(cls(operands=[x], result_types=[x.type]))
+        return self.em.value(cls(operands=[x], result_types=[tile_type(x.type.get_shape())]))
 
     def binary(self, cls, a: SSAValue, b: SSAValue) -> SSAValue:
         shape = _broadcast_tiles([a, b], None)

@@ -18,7 +18,8 @@ from xdsl.ir import Block, Region, SSAValue
 from llmc.dialects import graph, kernel, tile
 from llmc.errors import UnsupportedOpError
 from llmc.passes.fusion.views import StridedView, apply_views, view_chain
-from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, load, pow2_at_least, store, store_view, tile_type
+from llmc.passes.lowering.emit import (Emitter, Operand2D, as_2d, load, narrowed, pow2_at_least, store, store_view,
+                                      tile_type)
 from llmc.passes.lowering.evaluate import TileEvaluator, TileSpace
 
 STAGES_ATTR = "llmc.pipeline_stages"
@@ -181,7 +182,8 @@ def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) ->
         l_new = ev.binary(graph.AddOp, ev.binary(graph.MulOp, l_i, alpha), ev.reduce(p, "sum", bn))
         v_tile = load(em, v_buf, v, v_base, j, zero, (bn, bdv))
         rescaled = ev.binary(graph.MulOp, acc, alpha)
-        return [m_new, l_new, em.value(tile.DotOp(operands=[p, v_tile, rescaled], result_types=[acc.type]))]
+        p_operand = narrowed(em, p, v_tile.type.element_type)  # 16-bit P @ V, as FlashAttention does
+        return [m_new, l_new, em.value(tile.DotOp(operands=[p_operand, v_tile, rescaled], result_types=[acc.type]))]
 
     init = [em.full(-1e30, (bm, 1)), em.full(0.0, (bm, 1)), em.full(0.0, (bm, bdv))]
     _, l_final, acc = low.loop(upper, bn, init, kv_step, stages)
