@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from llmc.dialects import graph, kernel
+from llmc.dtypes import element_bytes
 from llmc.passes.lowering.emit import as_2d, pow2_at_least
 from llmc.target import Target
 
@@ -61,10 +62,14 @@ def op_flops(op) -> int:
     return 0
 
 
+def _bytes(value) -> int:
+    return _numel(value) * element_bytes(value.type.element_type)
+
+
 def kernel_cost(kop: kernel.KernelOp) -> Cost:
     flops = sum(op_flops(op) for op in kop.body.block.ops)
-    moved = sum(_numel(v) for v in kop.inputs) + sum(_numel(v) for v in kop.outputs)
-    return Cost(flops, 4 * moved)
+    moved = sum(_bytes(v) for v in kop.inputs) + sum(_bytes(v) for v in kop.outputs)
+    return Cost(flops, moved)
 
 
 def anchor_of(kop: kernel.KernelOp):
@@ -79,7 +84,8 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
     anchor = anchor_of(kop)
     if kind == "matmul":
         shape = graph.shape_of(anchor.results[0])
-        return matmul_tiles(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target)
+        operand_bytes = element_bytes(anchor.operands[0].type.element_type)
+        return matmul_tiles(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target, operand_bytes)
     if kind == "attention":
         return attention_tiles(graph.shape_of(anchor.query), graph.shape_of(anchor.key)[2], target)
     if kind == "row":
@@ -87,8 +93,9 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
     return pointwise_tiles(as_2d(graph.shape_of(kop.outputs[0])), target)
 
 
-def matmul_tiles(m: int, n: int, k: int, target: Target) -> TileDecision:
-    """Minimise the bytes re-read from memory, with padding waste, within the scratch budget."""
+def matmul_tiles(m: int, n: int, k: int, target: Target, operand_bytes: int = 4) -> TileDecision:
+    """Minimise the bytes re-read from memory, with padding waste, within the scratch budget
+    (staged operand tiles at their element size plus the f32 accumulator)."""
     best = None
     for bm in _candidates(m, (16, 32, 64, 128)):
         for bn in _candidates(n, (16, 32, 64, 128)):
@@ -96,7 +103,7 @@ def matmul_tiles(m: int, n: int, k: int, target: Target) -> TileDecision:
                 stages = min(target.default_stages, math.ceil(k / bk))
                 # GPU stages are shared-memory copies; CPU stages are cache prefetches of one panel pair.
                 staged = stages if target.kind == "gpu" else 1
-                if (bm * bk + bk * bn) * 4 * staged + bm * bn * 4 > target.scratch_bytes:
+                if (bm * bk + bk * bn) * operand_bytes * staged + bm * bn * 4 > target.scratch_bytes:
                     continue
                 waste = (math.ceil(m / bm) * bm * math.ceil(n / bn) * bn) / (m * n)
                 traffic = m * n * k * (1 / bn + 1 / bm) * waste

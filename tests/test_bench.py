@@ -13,3 +13,20 @@ def test_bench_reports_medians_ratios_and_peak_fractions():
     assert result.max_abs_error < 1e-4 and result.llmc_warm_s is not None
     text = result.format()
     assert "x eager" in text and "%peak" in text and "llmc warm (cached) compile" in text
+
+
+def test_the_gpu_benchmark_script_runs_its_cases_in_smoke_mode():
+    """benchmarks/gpu.py on tiny shapes under Triton's interpreter: the script a GPU run uses, end to end."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--dtypes", "bf16", "--only", "GEMM", "attention"],
+                          capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "llmc-explicit" in done.stdout and "smoke run" in done.stdout
+    errors = [float(e) for e in re.findall(r"max abs error vs eager on the CPU (\S+)", done.stdout)]
+    assert len(errors) == 4 and max(errors) < 0.5  # a few bf16 ulps of outputs of magnitude ~10
