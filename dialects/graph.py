@@ -1,10 +1,10 @@
 """The `graph` dialect: tensor-level ops at the granularity an LLM engineer thinks in.
 
-Value semantics, static shapes, float data (f32, bf16, f16) and i1 masks: an op
-computes in f32 and rounds its result to the result's element type, as eager
-PyTorch does per op; `graph.cast` is such a rounding on its own. Weights are referenced by
-name (`graph.weight "attn.c_attn.weight"`), never printed inline. Every op may
-carry `loc`, the model source line it came from. The same pointwise ops are used
+Value semantics, static shapes, float data (f32, bf16, f16) and i1 masks: an
+op computes in f32 and rounds its result to the result's element type, as
+eager PyTorch does per op; `graph.cast` is such a rounding on its own. Weights
+are referenced by name (`graph.weight "attn.c_attn.weight"`), never printed
+inline. Every op may carry `loc`, the model source line it came from. The same pointwise ops are used
 on tiles inside `tile.kernel` bodies: their semantics (numpy broadcasting) do not
 depend on whether the operand is a whole tensor or one tile of it.
 """

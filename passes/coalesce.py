@@ -29,6 +29,7 @@ from xdsl.ir import BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from llmc.dialects import graph, tile
+from llmc.dtypes import element_bytes
 from llmc.target import Target, get_target
 
 STREAM_ATTR = "llmc.stream"
@@ -58,11 +59,13 @@ def streams(access: tile.StoreOp, vec: int, target: Target) -> bool:
     count = 1
     for extent in access.buffer.type.get_shape():
         count *= extent
-    return target.kind == "cpu" and vec > 1 and count * 4 > target.llc_bytes
+    size = count * element_bytes(access.buffer.type.element_type)
+    return target.kind == "cpu" and vec > 1 and size > target.llc_bytes
 
 
-def access_layout(shape: tuple[int, int], strides: tuple[int, int], block: tuple[int, int], target: Target) -> tuple[tuple[int, int], int]:
-    """(order, vector width) for a block access of a 2-D strided view."""
+def access_layout(shape: tuple[int, int], strides: tuple[int, int], block: tuple[int, int], target: Target,
+                  item_bytes: int = 4) -> tuple[tuple[int, int], int]:
+    """(order, vector width in elements of `item_bytes`) for a block access of a 2-D strided view."""
     if strides[1] == 1 and block[1] > 1:
         fast = 1
     elif strides[0] == 1 and block[0] > 1:
@@ -73,7 +76,7 @@ def access_layout(shape: tuple[int, int], strides: tuple[int, int], block: tuple
     if strides[fast] != 1:
         return order, 1
     pitch = strides[1 - fast] if shape[1 - fast] > 1 and block[1 - fast] > 1 else 0
-    vec = target.vector_bytes // 4
+    vec = max(1, target.vector_bytes // item_bytes)
     while vec > 1 and (block[fast] % vec or shape[fast] % vec or pitch % vec):
         vec //= 2
     return order, vec
@@ -92,7 +95,8 @@ class CoalescePass(ModulePass):
                 continue
             typ = access.result.type if isinstance(access, tile.LoadOp) else access.value.type
             order, vec = access_layout(
-                tuple(access.shape.get_values()), tuple(access.strides.get_values()), tuple(typ.get_shape()), target
+                tuple(access.shape.get_values()), tuple(access.strides.get_values()), tuple(typ.get_shape()), target,
+                element_bytes(access.buffer.type.element_type),
             )
             start = access.col if order[0] == 1 else access.row
             vec = max(1, min(vec, divisibility(access.base), divisibility(start)))

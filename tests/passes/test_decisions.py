@@ -33,6 +33,9 @@ def test_access_layout_vectorises_only_unit_stride():
     assert access_layout((64, 64), (1, 64), (16, 16), cpu) == ((0, 1), 8)
     assert access_layout((64, 64), (128, 2), (16, 16), cpu)[1] == 1
     assert access_layout((64, 6), (6, 1), (16, 8), cpu)[1] == 2
+    gpu = get_target("gpu")  # 16-byte accesses: 4 f32 or 8 bf16 elements
+    assert access_layout((64, 64), (64, 1), (16, 16), gpu)[1] == 4
+    assert access_layout((64, 64), (64, 1), (16, 16), gpu, item_bytes=2)[1] == 8
 
 
 def test_matmul_tiles_fit_scratch_and_do_not_exceed_the_problem():
