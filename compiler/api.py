@@ -117,7 +117,8 @@ def compile(
         compiled.program = compile_c(module, imported.weights, chosen, build or BuildOptions.from_environment())
         seconds["build"] = time.perf_counter() - begin
     elif backend == "triton":
-        compiled.fallback = _fallback_factory(fallback, model, example_inputs, build)
+        output_dtypes = [torch_dtype(t.element_type) for t in imported.output_types]
+        compiled.fallback = _fallback_factory(fallback, model, example_inputs, build, output_dtypes)
         try:
             compiled.program = _build_triton(module, imported, build, seconds)
         except LlmcError as error:
@@ -135,7 +136,7 @@ def _build_triton(module, imported, build, seconds):
     return program
 
 
-def _fallback_factory(fallback, model, example_inputs, build):
+def _fallback_factory(fallback, model, example_inputs, build, output_dtypes):
     if fallback == "eager":
         def run_eager(*inputs):
             with torch.no_grad():
@@ -149,14 +150,11 @@ def _fallback_factory(fallback, model, example_inputs, build):
             def widen(tensors):
                 return tuple(x.float() if x.is_floating_point() else x for x in tensors)
 
-            with torch.no_grad():
-                example = model(*example_inputs)
-            dtypes = [o.dtype for o in (example if isinstance(example, tuple) else (example,))]
             wide = copy.deepcopy(model).float()
             library = compile(wide, widen(example_inputs), target="cpu", build=build, emit=lambda *_: None).program.library
 
             def run_c(*inputs):
-                return tuple(o.to(d) for o, d in zip(library(*widen(inputs)), dtypes))
+                return tuple(o.to(d) for o, d in zip(library(*widen(inputs)), output_dtypes))
 
             return run_c
         return build_c

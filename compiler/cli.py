@@ -132,9 +132,9 @@ def compare_with_eager(compiled, model, inputs) -> int:
     elapsed = time.perf_counter() - begin
     expected = expected if isinstance(expected, tuple) else (expected,)
     got = got if isinstance(got, tuple) else (got,)
-    worst = max(float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected))
-    ok = all(float((g.float() - e.float()).abs().max()) <= tolerance(e.dtype) * max(1.0, float(e.float().abs().max()))
-             for g, e in zip(got, expected))
+    errors = [float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected)]
+    worst = max(errors)
+    ok = all(error <= tolerance(e.dtype) * max(1.0, float(e.float().abs().max())) for error, e in zip(errors, expected))
     where = {"c": "the C library", "triton": "the Triton kernels"}.get(compiled.backend, "the reference interpreter")
     print(f"ran the compiled model in {where} ({elapsed * 1e3:.1f} ms, first call): "
           f"max abs error vs PyTorch eager {worst:.3g} over {len(got)} output(s): {'OK' if ok else 'MISMATCH'}")

@@ -74,7 +74,6 @@ def round_to(values: np.ndarray, element: Attribute) -> np.ndarray:
 
 
 STORAGE = {f32: np.float32, f16: np.float16, bf16: np.uint16, i1: np.bool_}
-NAN_BITS = {np.float32: np.uint32(0xFFFFFFFF), np.float16: np.uint16(0xFFFF), np.uint16: np.uint16(0xFFFF)}
 
 
 def storage_dtype(element: Attribute) -> type:

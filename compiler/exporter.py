@@ -50,10 +50,6 @@ class ImportedModel:
         return next(op for op in self.module.ops if isinstance(op, func.FuncOp))
 
     @property
-    def input_types(self) -> list[builtin.TensorType]:
-        return list(self.forward.function_type.inputs.data)
-
-    @property
     def output_types(self) -> list[builtin.TensorType]:
         return list(self.forward.function_type.outputs.data)
 

@@ -125,8 +125,16 @@ _BINARY = {
     aten.ge.Tensor: graph.GeOp,
 }
 
+def _unary(cls):
+    def handler(ctx: ImportContext, node, x):
+        x = ctx.value(x)
+        return ctx.result(cls(x, result_types=[ctx.tensor(_shape(x))]))
+
+    return handler
+
+
 for _target, _cls in _UNARY.items():
-    OP_HANDLERS[_target] = lambda ctx, node, x, _cls=_cls: ctx.result(_cls(ctx.value(x), result_types=[ctx.tensor(_shape(ctx.value(x)))]))
+    OP_HANDLERS[_target] = _unary(_cls)
 
 
 def _binary(cls):

@@ -35,6 +35,21 @@ SMALL = {
 }
 
 
+# A linear + GELU + linear + residual graph: the IR-text input of the pass tests.
+MLP = """
+func.func @forward(%x: tensor<1x24x32xf32>) -> tensor<1x24x32xf32> {
+  %w1 = graph.weight "fc.weight" : tensor<48x32xf32>
+  %b1 = graph.weight "fc.bias" : tensor<48xf32>
+  %w2 = graph.weight "proj.weight" : tensor<32x48xf32>
+  %h = graph.linear %x, %w1, %b1 : (tensor<1x24x32xf32>, tensor<48x32xf32>, tensor<48xf32>) -> tensor<1x24x48xf32>
+  %g = graph.gelu %h {approximate = "tanh"} : tensor<1x24x48xf32> -> tensor<1x24x48xf32>
+  %o = graph.linear %g, %w2 : (tensor<1x24x48xf32>, tensor<32x48xf32>) -> tensor<1x24x32xf32>
+  %r = graph.add %o, %x : (tensor<1x24x32xf32>, tensor<1x24x32xf32>) -> tensor<1x24x32xf32>
+  func.return %r : tensor<1x24x32xf32>
+}
+"""
+
+
 def small_example(name: str, **overrides):
     module = importlib.import_module(name)
     return module.build(**{**SMALL[name], **overrides})
@@ -86,6 +101,14 @@ def exported():
         return model, inputs, export_model(model, inputs)
 
     return make
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """Neither a GPU nor Triton's interpreter: the Triton backend cannot run here."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
 
 
 @pytest.fixture(autouse=True, scope="session")

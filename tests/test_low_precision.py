@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, filecheck, run_ir, run_passes, small_example
+from conftest import MLP, SMALL, filecheck, run_ir, run_passes, small_example
 
 import llmc
 from llmc.dtypes import bf16_bits, bf16_values, round_to
@@ -76,18 +76,7 @@ def test_casts_are_graph_casts_and_bad_casts_are_refused():
         export_model(ToInt(), (torch.randn(4, 4),))
 
 
-MLP_BF16 = """
-func.func @forward(%x: tensor<1x24x32xbf16>) -> tensor<1x24x32xbf16> {
-  %w1 = graph.weight "fc.weight" : tensor<48x32xbf16>
-  %b1 = graph.weight "fc.bias" : tensor<48xbf16>
-  %w2 = graph.weight "proj.weight" : tensor<32x48xbf16>
-  %h = graph.linear %x, %w1, %b1 : (tensor<1x24x32xbf16>, tensor<48x32xbf16>, tensor<48xbf16>) -> tensor<1x24x48xbf16>
-  %g = graph.gelu %h {approximate = "tanh"} : tensor<1x24x48xbf16> -> tensor<1x24x48xbf16>
-  %o = graph.linear %g, %w2 : (tensor<1x24x48xbf16>, tensor<32x48xbf16>) -> tensor<1x24x32xbf16>
-  %r = graph.add %o, %x : (tensor<1x24x32xbf16>, tensor<1x24x32xbf16>) -> tensor<1x24x32xbf16>
-  func.return %r : tensor<1x24x32xbf16>
-}
-"""
+MLP_BF16 = MLP.replace("xf32>", "xbf16>")
 
 
 def bf16_weights():
@@ -120,7 +109,7 @@ def test_lower_tile_keeps_16_bit_dot_operands_and_computes_epilogues_in_f32():
 
 def test_plan_memory_sizes_16_bit_buffers_at_two_bytes_an_element():
     sizes = {}
-    for text, dtype in ((MLP_BF16, "bf16"), (MLP_BF16.replace("xbf16>", "xf32>"), "f32")):
+    for text, dtype in ((MLP_BF16, "bf16"), (MLP, "f32")):
         module = run_passes(parse_ir(text), "fuse,lower-tile,plan-memory")
         func = next(op for op in module.walk() if op.name == "func.func")
         sizes[dtype] = func.attributes["llmc.arena_bytes"].value.data
@@ -206,10 +195,7 @@ def test_the_c_backend_refuses_16_bit_graphs_naming_the_kernel():
         llmc.compile(model, inputs, target="cpu", emit=lambda _: None)
 
 
-def test_the_c_fallback_runs_a_16_bit_model_in_float32(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
+def test_the_c_fallback_runs_a_16_bit_model_in_float32(no_gpu):
     model, inputs = as_dtype("gpt2_block", torch.bfloat16)
     with pytest.warns(UserWarning, match="falling back"):
         compiled = llmc.compile(model, inputs, target="triton", fallback="c", emit=lambda _: None)

@@ -14,7 +14,7 @@ from xdsl.dialects.builtin import i1
 from xdsl.ir import SSAValue
 
 from llmc.backends.c.exprs import BINARY, GELU, POWERS, UNARY, float_literal
-from llmc.backends import shape2
+from llmc.backends import constant_exponent, shape2
 from llmc.backends.c.plan import INLINE, OPERAND
 from llmc.dialects import graph, tile
 from llmc.errors import UnsupportedOpError
@@ -63,10 +63,8 @@ class Nest:
             return self.iota(op)
         if isinstance(op, graph.ConstantOp):
             return f"vsplat({float_literal(op.value.value.data)})"
-        if isinstance(op, graph.PowOp) and isinstance(op.rhs.owner, graph.ConstantOp):
-            exponent = op.rhs.owner.value.value.data
-            if exponent in POWERS:
-                return POWERS[exponent].format(self.vector(op.lhs))
+        if constant_exponent(op) in POWERS:
+            return POWERS[constant_exponent(op)].format(self.vector(op.lhs))
         if isinstance(op, graph.GeluOp):
             return GELU[op.approximate.data].format(self.vector(op.operand))
         if isinstance(op, graph.DivOp) and shape2(op.rhs)[1] == 1:

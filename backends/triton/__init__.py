@@ -88,6 +88,14 @@ def render_triton(module: ModuleOp) -> tuple[str, list[str]]:
     return "\n\n\n".join([HEADER.strip(), *kernels, host]) + "\n", weight_names
 
 
+def import_generated(path: Path, module_name: str):
+    """Import a generated kernel module from its file (Triton's JIT reads the kernels' source from it)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    return generated
+
+
 def compile_triton(module: ModuleOp, weights: Mapping[str, np.ndarray], cache_dir: Path) -> TritonProgram:
     try:
         import triton
@@ -113,9 +121,7 @@ def compile_triton(module: ModuleOp, weights: Mapping[str, np.ndarray], cache_di
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(source)
         os.replace(partial, path)
-    spec = importlib.util.spec_from_file_location(f"llmc_triton_{digest}", path)
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
+    generated = import_generated(path, f"llmc_triton_{digest}")
     generated.KERNEL_IR.update({op.sym_name.data: print_ir(op) for op in module.ops if isinstance(op, tile.KernelOp)})
     tensors = [torch.from_numpy(np.ascontiguousarray(weights[name])).to(device=device, dtype=torch_dtype(element))
                for name, element in weight_names]

@@ -14,7 +14,6 @@ an asynchronous copy and does not pipeline the loop.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from xdsl.dialects.builtin import ModuleOp, bf16, f16, f32, i1
 
-from llmc.backends.triton import render_triton
+from llmc.backends.triton import import_generated, render_triton
 from llmc.backends.triton.render import launch_options, python_name
 from llmc.dialects import tile
 from llmc.errors import BuildError
@@ -62,9 +61,7 @@ def compile_for_gpu(module: ModuleOp, arch: int = 90) -> list[KernelBinary]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "llmc_aot_kernels.py"
         path.write_text(source)
-        spec = importlib.util.spec_from_file_location("llmc_aot_kernels", path)
-        generated = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(generated)
+        generated = import_generated(path, "llmc_aot_kernels")
         binaries = []
         for kernel in (op for op in module.ops if isinstance(op, tile.KernelOp)):
             name = kernel.sym_name.data

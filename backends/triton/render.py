@@ -21,7 +21,7 @@ from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import FloatAttr, ModuleOp, bf16, f16, f32, i1
 from xdsl.ir import Operation, SSAValue
 
-from llmc.backends import CMPI_SYMBOLS, shape2
+from llmc.backends import CMPI_SYMBOLS, constant_exponent, shape2
 from llmc.dialects import graph, tile
 from llmc.dtypes import element_bytes, is_low_precision, torch_dtype
 from llmc.errors import MalformedIRError, UnsupportedOpError
@@ -183,10 +183,8 @@ class TritonKernelRenderer:
             return literal(op.value.value.data)
         if isinstance(op, graph.CastOp):
             return f"{self.name(op.operand)}.to({tl_type(op.result.type.element_type)})"
-        if isinstance(op, graph.PowOp) and isinstance(op.rhs.owner, graph.ConstantOp):
-            exponent = op.rhs.owner.value.value.data
-            if exponent in POWERS:
-                return POWERS[exponent].format(self.operand(op.lhs))
+        if constant_exponent(op) in POWERS:
+            return POWERS[constant_exponent(op)].format(self.operand(op.lhs))
         if isinstance(op, graph.PowOp):
             return f"tl.exp({self.operand(op.rhs)} * tl.log({self.operand(op.lhs)}))"
         if isinstance(op, graph.GeluOp):

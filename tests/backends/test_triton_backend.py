@@ -3,7 +3,6 @@
 import re
 
 import pytest
-import torch
 from conftest import SMALL, assert_close, eager, small_example
 
 import llmc
@@ -51,10 +50,7 @@ def test_the_passes_show_up_in_the_triton_code(interpreted):
     assert_close(outputs(compiled(*inputs)), eager(model, inputs), tol=1e-4)
 
 
-def test_without_a_gpu_or_the_interpreter_the_error_says_what_to_do(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
+def test_without_a_gpu_or_the_interpreter_the_error_says_what_to_do(no_gpu):
     model, inputs = small_example("gpt2_block")
     with pytest.raises(LlmcError, match="TRITON_INTERPRET=1"):
         llmc.compile(model, inputs, target="triton", emit=lambda _: None)
@@ -83,10 +79,7 @@ def test_fallback_runs_when_asked_for(fallback, interpreted, monkeypatch):
     assert_close(outputs(got), eager(model, inputs), tol=1e-4)
 
 
-def test_missing_gpu_with_a_fallback_builds_the_fallback(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
+def test_missing_gpu_with_a_fallback_builds_the_fallback(no_gpu):
     model, inputs = small_example("gpt2_block")
     with pytest.warns(UserWarning, match="falling back"):
         compiled = llmc.compile(model, inputs, target="triton", fallback="c", emit=lambda _: None)

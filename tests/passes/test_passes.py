@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, eager, filecheck, run_ir, run_passes
+from conftest import MLP, assert_close, eager, filecheck, run_ir, run_passes
 
 from llmc.exporter import export_model
 from llmc.ir_text import parse_ir, print_ir
@@ -26,18 +26,6 @@ func.func @forward(%q: tensor<1x2x16x8xf32>, %k: tensor<1x2x16x8xf32>, %v: tenso
 }
 """
 
-MLP = """
-func.func @forward(%x: tensor<1x24x32xf32>) -> tensor<1x24x32xf32> {
-  %w1 = graph.weight "fc.weight" : tensor<48x32xf32>
-  %b1 = graph.weight "fc.bias" : tensor<48xf32>
-  %w2 = graph.weight "proj.weight" : tensor<32x48xf32>
-  %h = graph.linear %x, %w1, %b1 : (tensor<1x24x32xf32>, tensor<48x32xf32>, tensor<48xf32>) -> tensor<1x24x48xf32>
-  %g = graph.gelu %h {approximate = "tanh"} : tensor<1x24x48xf32> -> tensor<1x24x48xf32>
-  %o = graph.linear %g, %w2 : (tensor<1x24x48xf32>, tensor<32x48xf32>) -> tensor<1x24x32xf32>
-  %r = graph.add %o, %x : (tensor<1x24x32xf32>, tensor<1x24x32xf32>) -> tensor<1x24x32xf32>
-  func.return %r : tensor<1x24x32xf32>
-}
-"""
 
 
 def random_args(module, rng):
