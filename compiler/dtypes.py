@@ -1,28 +1,41 @@
 """Element types: what llmc accepts, how many bytes they take, how values round to them.
 
-Graph and tile values of a 16-bit float type hold values that type can
-represent; the numpy interpreters compute in float32 and round a result to its
-element type (round to nearest even), which is what eager PyTorch does per op.
-Buffers of bfloat16 are stored by the tile interpreter as their uint16 bit
-patterns, so arena aliasing is byte-exact.
+Floats (f32, bf16, f16), integers (i64, i32: token ids, positions, indices)
+and i1 (bool masks). Graph and tile values of a 16-bit float type hold values
+that type can represent; the numpy interpreters compute floats in float32 and
+round a result to its element type (round to nearest even), which is what
+eager PyTorch does per op. Integers compute in int64 (an i32 result wraps to
+32 bits, as torch's does); a float converted to an integer truncates toward
+zero. Buffers of bfloat16 are stored by the tile interpreter as their uint16
+bit patterns, so arena aliasing is byte-exact.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from xdsl.dialects.builtin import bf16, f16, f32, i1
+from xdsl.dialects.builtin import bf16, f16, f32, i1, i32, i64
 from xdsl.ir import Attribute
 
 FLOAT_ELEMENTS = {torch.float32: f32, torch.bfloat16: bf16, torch.float16: f16}
-TORCH_DTYPES = {f32: torch.float32, bf16: torch.bfloat16, f16: torch.float16, i1: torch.bool}
-BYTES = {f32: 4, bf16: 2, f16: 2, i1: 1}
+INTEGER_ELEMENTS = {torch.int64: i64, torch.int32: i32}
+ELEMENTS = {**FLOAT_ELEMENTS, **INTEGER_ELEMENTS, torch.bool: i1}
+TORCH_DTYPES = {element: dtype for dtype, element in ELEMENTS.items()}
+BYTES = {f32: 4, bf16: 2, f16: 2, i1: 1, i64: 8, i32: 4}
 LOW_PRECISION = (bf16, f16)
 
 
 def element_of(dtype: torch.dtype) -> Attribute | None:
     """The IR element type of a torch dtype llmc accepts, else None."""
-    return FLOAT_ELEMENTS.get(dtype) or (i1 if dtype == torch.bool else None)
+    return ELEMENTS.get(dtype)
+
+
+def is_float(element: Attribute) -> bool:
+    return element in (f32, bf16, f16)
+
+
+def is_integer(element: Attribute) -> bool:
+    return element in (i64, i32)
 
 
 def element_bytes(element: Attribute) -> int:
@@ -45,7 +58,8 @@ def element_name(element: Attribute) -> str:
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor as the interpreters' numpy form: float32 values (16-bit floats widen exactly), bool masks."""
+    """A tensor as the interpreters' numpy form: float32 values (16-bit floats widen exactly), integers
+    and bool masks as they are."""
     tensor = tensor.detach().cpu()
     if tensor.dtype in (torch.bfloat16, torch.float16):
         tensor = tensor.float()
@@ -65,7 +79,14 @@ def bf16_values(bits: np.ndarray) -> np.ndarray:
 
 
 def round_to(values: np.ndarray, element: Attribute) -> np.ndarray:
-    """float32 values rounded to `element` and widened back to float32."""
+    """Values computed for a result of type `element` in its interpreter form: floats rounded to
+    `element` and widened back to float32, integers as int64 (i32 wrapped), masks as bool."""
+    if element == i1:
+        return np.asarray(values).astype(np.bool_)
+    if element == i64:
+        return _to_int64(values)
+    if element == i32:
+        return _to_int64(values).astype(np.int32).astype(np.int64)
     if element == bf16:
         return bf16_values(bf16_bits(values))
     if element == f16:
@@ -73,7 +94,14 @@ def round_to(values: np.ndarray, element: Attribute) -> np.ndarray:
     return values
 
 
-STORAGE = {f32: np.float32, f16: np.float16, bf16: np.uint16, i1: np.bool_}
+def _to_int64(values) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        values = np.trunc(values)  # torch's float -> integer conversion truncates toward zero
+    return values.astype(np.int64)
+
+
+STORAGE = {f32: np.float32, f16: np.float16, bf16: np.uint16, i1: np.bool_, i64: np.int64, i32: np.int32}
 
 
 def storage_dtype(element: Attribute) -> type:
@@ -82,11 +110,13 @@ def storage_dtype(element: Attribute) -> type:
 
 
 def decode(stored: np.ndarray) -> np.ndarray:
-    """Stored buffer contents → float32 values (bool masks stay bool)."""
+    """Stored buffer contents → interpreter values: float32, int64, or bool masks."""
     if stored.dtype == np.uint16:
         return bf16_values(stored)
     if stored.dtype == np.float16:
         return stored.astype(np.float32)
+    if stored.dtype == np.int32:
+        return stored.astype(np.int64)
     return stored
 
 
@@ -94,4 +124,6 @@ def encode(values: np.ndarray, stored: np.dtype) -> np.ndarray:
     """float32 values → the contents of a buffer stored as `stored`, rounded to nearest even."""
     if stored == np.uint16:
         return bf16_bits(values)
+    if np.dtype(stored).kind == "i":
+        return _to_int64(values).astype(stored)
     return np.asarray(values).astype(stored)

@@ -1,29 +1,44 @@
 """PyTorch → `graph` dialect.
 
-`export_model` runs `torch.export` and torch's own decompositions, keeping the ops
-the graph dialect has at LLM granularity (linear, layer_norm, gelu, softmax, sdpa,
-matmul); `import_graph_module` then walks the ATen FX graph node by node. The
-torch.compile backend hands its Dynamo graph to the same path. Parameters and
-buffers become `graph.weight` ops that name them; their values travel beside the
-IR in `ImportedModel.weights`.
+`export_model` runs `torch.export` (and torch's own decompositions, only when
+the graph has an op the importer does not know as exported); the torch.compile
+backend hands its functionalized ATen graph to the same `import_graph_module`.
+
+The importer first folds every node that does not depend on a runtime input
+(`folding.py`): masks built from `arange`/`triu`, RoPE tables, positions of a
+static shape are evaluated once by torch and enter the IR as a causal mask, a
+splat constant or a named constant buffer. Parameters become `graph.weight`
+ops that name them; their values travel beside the IR in
+`ImportedModel.weights`.
+
+State is explicit: a buffer the model mutates (a running sum, a KV cache) and
+a user input it mutates are function arguments bound to the caller's tensors,
+and their new values are function results that the caller writes back
+(`ImportedModel.writebacks`), so a compiled model updates the same storage
+eager would, call after call.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.export.graph_signature import InputKind, OutputKind
 from xdsl.dialects import builtin, func
 from xdsl.ir import Block, Region, SSAValue
 
+import llmc.exporter_views  # noqa: F401 - registers the view and indexing handlers
 from llmc.dialects import graph
-from llmc.dtypes import FLOAT_ELEMENTS, element_of, to_numpy
-from llmc.errors import UnsupportedOpError, with_loc
+from llmc.dtypes import element_of, to_numpy
+from llmc.errors import LlmcError, UnsupportedOpError, with_loc
 from llmc.exporter_ops import OP_HANDLERS, ImportContext
+from llmc.folding import fold_constants
 
 KEPT_OPS = (
     torch.ops.aten.linear.default,
@@ -34,16 +49,32 @@ KEPT_OPS = (
     torch.ops.aten.softmax.int,
     torch.ops.aten.matmul.default,
 )
+WRAPPERS = ("wrap_with_set_grad_enabled", "wrap_with_autocast")  # higher-order ops that only scope a submodule
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a function argument comes from, or where a result is written back to: a user input
+    (`index` into the flattened inputs) or a buffer of the model (`name`)."""
+
+    kind: str  # "input" or "buffer"
+    index: int = -1
+    name: str = ""
 
 
 @dataclass
 class ImportedModel:
-    """A `graph`-dialect module plus the values of the weights it names (float32 arrays; a 16-bit
-    weight widened exactly, its IR type says how backends store it)."""
+    """A `graph`-dialect module plus the values of the weights it names (float32 arrays for float
+    weights, a 16-bit weight widened exactly; integers and masks as they are)."""
 
     module: builtin.ModuleOp
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     input_names: list[str] = field(default_factory=list)
+    arguments: list[Source] = field(default_factory=list)  # one per function argument
+    user_outputs: list[int] = field(default_factory=list)  # function results the model returns, in order
+    writebacks: list[tuple[int, Source]] = field(default_factory=list)  # (function result, mutated tensor)
+    in_spec: object = None  # pytree specs of the model's inputs and outputs (export path)
+    out_spec: object = None
 
     @property
     def forward(self) -> func.FuncOp:
@@ -53,6 +84,10 @@ class ImportedModel:
     def output_types(self) -> list[builtin.TensorType]:
         return list(self.forward.function_type.outputs.data)
 
+    @property
+    def input_types(self) -> list[builtin.TensorType]:
+        return list(self.forward.function_type.inputs.data)
+
 
 def decomposition_table() -> dict:
     table = torch.export.default_decompositions()
@@ -61,109 +96,237 @@ def decomposition_table() -> dict:
     return table
 
 
-def export_model(model: torch.nn.Module, example_inputs: tuple) -> ImportedModel:
-    """torch.export the model on its example inputs and import the result.
+def split_inputs(example_inputs) -> tuple[tuple, dict]:
+    """Example inputs as (args, kwargs): a tuple of tensors, or a dict of keyword arguments."""
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    return tuple(example_inputs), {}
 
-    Decomposition (most of export's time) runs only when the graph has an op the
-    importer does not know as it stands."""
+
+def _export(model: torch.nn.Module, example_inputs):
+    if "transformers" in sys.modules:  # HF models return a DynamicCache: let export flatten it
+        try:
+            from transformers.integrations.executorch import register_dynamic_cache_export_support
+
+            register_dynamic_cache_export_support()
+        except Exception:  # an older or newer transformers without it: export reports what it cannot take
+            pass
+    try:
+        args, kwargs = split_inputs(example_inputs)
+        return torch.export.export(model.eval(), args, kwargs)
+    except LlmcError:
+        raise
+    except Exception as error:
+        raise UnsupportedOpError(_export_failure(error)) from None
+
+
+def _export_failure(error: Exception) -> str:
+    """torch.export's complaint, with the model line it names, without torch's traceback."""
+    text = str(error).strip().splitlines()
+    first = next((line for line in text if line.strip()), type(error).__name__)
+    frames = re.findall(r'File "([^"]+)", line (\d+)', "".join(traceback.format_tb(error.__traceback__)))
+    user = [f"{Path(f).name}:{line}" for f, line in frames if "/torch/" not in f and "/llmc/" not in f and "compiler/" not in f]
+    where = f" (at {user[-1]})" if user else ""
+    return f"torch.export could not trace the model{where}: {type(error).__name__}: {first[:400]}"
+
+
+def export_model(model: torch.nn.Module, example_inputs) -> ImportedModel:
+    """torch.export the model on its example inputs (a tuple, or a dict of keyword arguments)
+    and import the result."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(model.eval(), tuple(example_inputs))
-        targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
-        if not targets <= OP_HANDLERS.keys():
+        program = _export(model, example_inputs)
+        if not _targets(program.graph_module) <= OP_HANDLERS.keys():
             program = program.run_decompositions(decomposition_table())
+        inline_wrappers(program.graph_module)
     signature = program.graph_signature
-    weight_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    mutated = {spec.target for spec in signature.output_specs
+               if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.USER_INPUT_MUTATION)}
     state = {**dict(program.named_parameters()), **dict(program.named_buffers())}
-    constants = {name: program.constants[target] for name, target in signature.inputs_to_lifted_tensor_constants.items()}
-    weights = {node: state[target] for node, target in weight_names.items()}
-    weights.update(constants)
-    names = {node: target for node, target in weight_names.items()}
-    names.update({node: node for node in constants})
-    return import_graph_module(program.graph_module, weights, names)
+    weights, constants, names, sources = {}, {}, {}, {}
+    user_index = 0
+    for spec in signature.input_specs:
+        node_name = spec.arg.name
+        if spec.kind == InputKind.PARAMETER:
+            weights[node_name], names[node_name] = state[spec.target], spec.target
+        elif spec.kind == InputKind.BUFFER and spec.target not in mutated:
+            constants[node_name] = state[spec.target]
+        elif spec.kind == InputKind.CONSTANT_TENSOR:
+            constants[node_name] = program.constants[spec.target]
+        elif spec.kind == InputKind.BUFFER:
+            sources[node_name] = Source("buffer", name=spec.target)
+        elif spec.kind == InputKind.USER_INPUT:
+            sources[node_name] = Source("input", index=user_index)
+            user_index += 1
+        else:
+            raise UnsupportedOpError(f"llmc cannot take the model input '{node_name}' ({spec.kind.name})")
+    imported = import_graph_module(program.graph_module, weights, names, constants, sources)
+    _classify_outputs(imported, signature, sources)
+    imported.in_spec, imported.out_spec = program.call_spec.in_spec, program.call_spec.out_spec
+    return imported
+
+
+def _targets(gm: torch.fx.GraphModule) -> set:
+    """The ops a graph calls, looking inside the submodules of scoping wrappers."""
+    found = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "") not in WRAPPERS:
+            found.add(node.target)
+        elif node.op == "get_attr" and isinstance(getattr(gm, node.target, None), torch.fx.GraphModule):
+            found |= _targets(getattr(gm, node.target))
+    return found
+
+
+def _classify_outputs(imported: ImportedModel, signature, sources: dict[str, Source]) -> None:
+    """torch.export lists mutated buffers and inputs first among the graph's outputs."""
+    by_target = {s.name: s for s in sources.values() if s.kind == "buffer"}
+    inputs_by_name = {name: s for name, s in sources.items() if s.kind == "input"}
+    imported.user_outputs, imported.writebacks = [], []
+    for index, spec in enumerate(signature.output_specs):
+        if spec.kind == OutputKind.USER_OUTPUT:
+            imported.user_outputs.append(index)
+        elif spec.kind == OutputKind.BUFFER_MUTATION:
+            imported.writebacks.append((index, by_target[spec.target]))
+        elif spec.kind == OutputKind.USER_INPUT_MUTATION:
+            imported.writebacks.append((index, inputs_by_name[spec.target]))
+        else:
+            raise UnsupportedOpError(f"llmc cannot return the model output '{spec.arg}' ({spec.kind.name})")
+
+
+def inline_wrappers(gm: torch.fx.GraphModule) -> None:
+    """Replace higher-order ops that only scope a submodule (no_grad / autocast regions, which have
+    no effect on an inference graph) by the submodule's nodes."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or getattr(node.target, "__name__", "") not in WRAPPERS:
+            continue
+        position = next(i for i, a in enumerate(node.args)
+                        if isinstance(a, torch.fx.Node) and a.op == "get_attr"
+                        and isinstance(getattr(gm, a.target, None), torch.fx.GraphModule))
+        sub = getattr(gm, node.args[position].target)
+        env = dict(zip([n for n in sub.graph.nodes if n.op == "placeholder"], node.args[position + 1 :]))
+        outputs = []
+        with gm.graph.inserting_before(node):
+            for inner in sub.graph.nodes:
+                if inner.op == "output":
+                    outputs = torch.fx.map_arg(inner.args[0], lambda a: env[a])
+                elif inner.op != "placeholder":
+                    env[inner] = gm.graph.node_copy(inner, lambda a: env[a])
+        for user in list(node.users):
+            user.replace_all_uses_with(outputs[user.args[1]])
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
 
 
 def source_loc(node: torch.fx.Node) -> str | None:
-    """'file.py:LINE' of the innermost model frame in the node's stack trace."""
+    """'file.py:LINE' of the innermost frame of the model's code (torch's own frames skipped; a
+    Hugging Face model's line is in its modeling file)."""
     trace = node.meta.get("stack_trace") or ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
-    frames = [(f, line) for f, line in frames if "/torch/" not in f and "site-packages" not in f]
+    frames = [(f, line) for f, line in frames if "/torch/" not in f and not f.startswith("<")]
     if not frames:
         return None
     path, line = frames[-1]
     return f"{Path(path).name}:{line}"
 
 
-def _tensor_type(value: torch.Tensor, what: str) -> builtin.TensorType:
-    element = element_of(value.dtype)
-    if element is None:
-        raise UnsupportedOpError(
-            f"{what} has dtype {value.dtype}; llmc supports float32, bfloat16 and float16 tensors and bool masks")
-    return graph.tensor(tuple(value.shape), element)
-
-
-def _is_causal_buffer(value: torch.Tensor) -> bool:
-    """A buffer that is exactly tril(ones) over its last two dims (nanoGPT's `bias`)."""
-    if value.dim() < 2 or any(d != 1 for d in value.shape[:-2]) or element_of(value.dtype) is None:
-        return False
-    square = value.reshape(value.shape[-2:]).float()
-    return bool(torch.equal(square, torch.tril(torch.ones_like(square))))
-
-
 def import_graph_module(
-    gm: torch.fx.GraphModule, weights: dict[str, torch.Tensor], weight_names: dict[str, str]
+    gm: torch.fx.GraphModule,
+    weights: dict[str, torch.Tensor],
+    weight_names: dict[str, str],
+    constants: dict[str, torch.Tensor] | None = None,
+    sources: dict[str, Source] | None = None,
 ) -> ImportedModel:
-    """Import an ATen-level FX graph; placeholders in `weights` become graph.weight ops."""
-    block = Block()
-    ctx = ImportContext(block)
-    imported = ImportedModel(builtin.ModuleOp([]))
-    arg_types = []
+    """Import an ATen-level FX graph. Placeholders in `weights` become graph.weight ops, those in
+    `constants` fold; the rest are function arguments (`sources` says what each is bound to,
+    by default the placeholder's position). `aten.copy_` into a placeholder is a write-back."""
+    constants = dict(constants or {})
     for node in gm.graph.nodes:
+        if node.op == "get_attr" and isinstance(getattr(gm, node.target, None), torch.Tensor):
+            constants[node.name] = getattr(gm, node.target)
+    folded = fold_constants(gm, constants)
+    block = Block()
+    imported = ImportedModel(builtin.ModuleOp([]))
+    ctx = ImportContext(block, folded=folded, weights=imported.weights)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    sources = sources or {n.name: Source("input", index=i) for i, n in enumerate(placeholders)}
+    writebacks: list[tuple[SSAValue, Source]] = []
+    for node in gm.graph.nodes:
+        if node in folded:
+            continue
         if node.op == "placeholder":
-            _import_placeholder(node, ctx, imported, weights, weight_names, arg_types)
+            _import_placeholder(node, ctx, imported, weights, weight_names, sources)
+        elif node.op == "call_function" and node.target is torch.ops.aten.copy_.default:
+            writebacks.append(_import_copy(node, ctx, sources))
         elif node.op == "call_function":
             _import_call(node, ctx)
-        elif node.op == "get_attr":
-            value = getattr(gm, node.target)
-            _import_weight(node, str(node.target), value, ctx, imported)
         elif node.op == "output":
             results = [ctx.value(v) for v in torch.utils._pytree.tree_leaves(node.args[0])]
-            block.add_op(func.ReturnOp(*results))
-            ftype = builtin.FunctionType.from_lists(arg_types, [r.type for r in results])
-            imported.module.body.block.add_op(func.FuncOp("forward", ftype, Region(block)))
+            _finish(block, imported, results, writebacks)
     imported.module.verify()
     return imported
 
 
-def _import_placeholder(node, ctx, imported, weights, weight_names, arg_types) -> None:
+def _finish(block: Block, imported: ImportedModel, results: list[SSAValue], writebacks) -> None:
+    imported.user_outputs = list(range(len(results)))
+    imported.writebacks = [(len(results) + i, target) for i, (_, target) in enumerate(writebacks)]
+    values = results + [v for v, _ in writebacks]
+    block.add_op(func.ReturnOp(*values))
+    _drop_dead(block, imported)
+    ftype = builtin.FunctionType.from_lists([a.type for a in block.args], [r.type for r in values])
+    imported.module.body.block.add_op(func.FuncOp("forward", ftype, Region(block)))
+
+
+def _drop_dead(block: Block, imported: ImportedModel) -> None:
+    """Ops whose results nobody reads (folding leftovers, unused weights), and their weight values."""
+    for op in reversed(list(block.ops)):
+        if isinstance(op, graph.GraphOp) and all(not r.uses for r in op.results):
+            block.erase_op(op)
+    named = {op.weight_name.data for op in block.ops if isinstance(op, graph.WeightOp)}
+    for name in [n for n in imported.weights if n not in named]:
+        del imported.weights[name]
+
+
+def _import_copy(node: torch.fx.Node, ctx: ImportContext, sources: dict[str, Source]) -> tuple[SSAValue, Source]:
+    target, value = node.args[0], node.args[1]
+    if not isinstance(target, torch.fx.Node) or target.op != "placeholder" or target.name not in sources:
+        raise UnsupportedOpError(with_loc("llmc cannot import an in-place copy into an intermediate tensor",
+                                          source_loc(node)))
+    ctx.loc = source_loc(node)
+    new = ctx.cast(ctx.value(value), ctx.values[target].type.element_type)
+    new = ctx.broadcast_to(new, graph.shape_of(ctx.values[target]))
+    ctx.values[node] = new
+    return new, sources[target.name]
+
+
+def _tensor_type(value: torch.Tensor, what: str) -> builtin.TensorType:
+    element = element_of(value.dtype)
+    if element is None:
+        raise UnsupportedOpError(
+            f"{what} has dtype {value.dtype}; llmc supports float32, bfloat16, float16, int64, int32 and bool tensors")
+    return graph.tensor(tuple(value.shape), element)
+
+
+def _import_placeholder(node, ctx, imported, weights, weight_names, sources) -> None:
     if node.name in weights:
-        _import_weight(node, weight_names[node.name], weights[node.name], ctx, imported)
+        ctx.values[node] = ctx.weight(weight_names[node.name], weights[node.name])
         return
     value = node.meta.get("val")
+    name = display_name(node)
     if not isinstance(value, torch.Tensor):
-        raise UnsupportedOpError(f"input '{node.name}' is not a tensor ({type(value).__name__}); pass tensors only")
-    typ = _tensor_type(value, f"input '{node.name}'")
+        raise UnsupportedOpError(f"input '{name}' is not a tensor ({type(value).__name__}); pass tensors only")
+    typ = _tensor_type(value, f"input '{name}'")
     arg = ctx.block.insert_arg(typ, len(ctx.block.args))
-    arg.name_hint = node.name
-    arg_types.append(typ)
-    imported.input_names.append(node.name)
+    arg.name_hint = re.sub(r"\W", "_", name)
+    imported.input_names.append(name)
+    imported.arguments.append(sources[node.name])
     ctx.values[node] = arg
 
 
-def _import_weight(node, name: str, value: torch.Tensor, ctx: ImportContext, imported: ImportedModel) -> None:
-    value = value.detach()
-    if _is_causal_buffer(value):
-        op = graph.CausalMaskOp(result_types=[graph.tensor(tuple(value.shape), builtin.i1)])
-        ctx.add(op, source_loc(node))
-        ctx.values[node] = op.result
-        ctx.causal_masks.add(op.result)
-        return
-    typ = _tensor_type(value, f"weight '{name}'")
-    op = graph.WeightOp(name, typ)
-    ctx.add(op, None)
-    op.result.name_hint = re.sub(r"\W", "_", name)
-    ctx.values[node] = op.result
-    imported.weights[name] = to_numpy(value)
+def display_name(node: torch.fx.Node) -> str:
+    """An input's name as the model spells it (Dynamo's `l_input_ids_` is `input_ids`)."""
+    return node.meta.get("llmc_name") or node.name
 
 
 def _import_call(node: torch.fx.Node, ctx: ImportContext) -> None:
@@ -175,10 +338,18 @@ def _import_call(node: torch.fx.Node, ctx: ImportContext) -> None:
             + "; rewrite it with supported ops or let torch.compile fall back to eager"
         )
     ctx.loc = loc
+    ctx.node = node
     value = node.meta.get("val")
     element = element_of(value.dtype) if isinstance(value, torch.Tensor) else None
-    ctx.element = element if element in FLOAT_ELEMENTS.values() else builtin.f32
-    result = handler(ctx, node, *node.args, **node.kwargs)
+    ctx.element = element or builtin.f32
+    try:
+        result = handler(ctx, node, *node.args, **node.kwargs)
+    except LlmcError:
+        raise
+    except Exception as error:  # a handler meeting a form of the op it does not take
+        raise UnsupportedOpError(with_loc(f"llmc cannot import '{node.target}' (FX node '{node.name}') with "
+                                          f"these arguments: {type(error).__name__}: {error}", loc)) from None
     ctx.values[node] = result
     if isinstance(result, SSAValue):
         result.name_hint = node.name
+

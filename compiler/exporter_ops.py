@@ -2,33 +2,53 @@
 
 Each handler receives the import context and the node's own arguments, and
 returns the SSA value (or list of values, for multi-result ops) it produced.
+torch's type promotion is made explicit here: the operands of an arithmetic
+op are cast to the type torch computes it in, so graph ops never mix element
+types. This file holds the context and the arithmetic, contraction and
+reduction handlers; views and indexing are in `exporter_views.py`.
 """
 
 from __future__ import annotations
 
 import math
-import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-from xdsl.dialects.builtin import FloatAttr, StringAttr, TensorType, UnitAttr, f32, i1
+from xdsl.dialects.builtin import FloatAttr, StringAttr, TensorType, UnitAttr, f32, i1, i64
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from llmc.dialects import graph
-from llmc.dtypes import LOW_PRECISION, element_of
+from llmc.dtypes import element_of, is_float, to_numpy
 from llmc.errors import UnsupportedOpError, with_loc
+from llmc.folding import Causal, Splat, classify
 
 aten = torch.ops.aten
+
+
+def source_loc(node: torch.fx.Node) -> str | None:
+    """'file.py:LINE' of the innermost frame of the model's code (torch's own frames skipped; a
+    Hugging Face model's line is in its modeling file)."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    frames = [(f, line) for f, line in frames if "/torch/" not in f and not f.startswith("<")]
+    if not frames:
+        return None
+    path, line = frames[-1]
+    return f"{Path(path).name}:{line}"
 
 
 @dataclass
 class ImportContext:
     block: Block
+    folded: dict = field(default_factory=dict)  # FX node -> its compile-time value
+    weights: dict = field(default_factory=dict)  # weight name -> value, filled as weights are named
     values: dict = field(default_factory=dict)
     loc: str | None = None
-    causal_masks: set = field(default_factory=set)
-    element: Attribute = f32  # the float element type of the node being imported (its FX meta)
+    node: torch.fx.Node | None = None
+    element: Attribute = f32  # the element type of the node being imported (its FX meta)
 
     def add(self, op: Operation, loc: str | None = "current") -> Operation:
         loc = self.loc if loc == "current" else loc
@@ -37,23 +57,105 @@ class ImportContext:
         self.block.add_op(op)
         return op
 
-    def value(self, arg) -> SSAValue:
-        """An SSA value for an FX argument: a node's value or a scalar constant."""
+    def value(self, arg, element: Attribute | None = None) -> SSAValue:
+        """An SSA value for an FX argument: a node's value, a folded constant, or a scalar."""
         if isinstance(arg, torch.fx.Node):
+            if arg not in self.values:
+                if arg not in self.folded:
+                    raise self.unsupported(f"the value of FX node '{arg.name}' ({arg.op} {arg.target})")
+                self.values[arg] = self.materialise(arg)
             return self.values[arg]
         if isinstance(arg, bool | int | float):
-            return self.add(graph.ConstantOp(float(arg))).result
+            return self.scalar(arg, element or scalar_element(arg))
         raise self.unsupported(f"argument {arg!r} of type {type(arg).__name__}")
+
+    def scalar(self, value, element: Attribute = f32) -> SSAValue:
+        return self.add(graph.ConstantOp(value, graph.tensor((), element))).result
 
     def unsupported(self, what: str) -> UnsupportedOpError:
         return UnsupportedOpError(with_loc(f"llmc cannot import {what}", self.loc))
 
-    def tensor(self, shape) -> TensorType:
-        """The type of a float result of the node being imported."""
-        return graph.tensor(tuple(shape), self.element)
+    def tensor(self, shape, element: Attribute | None = None) -> TensorType:
+        """The type of a result of the node being imported."""
+        return graph.tensor(tuple(shape), element or self.element)
 
     def result(self, op: Operation) -> SSAValue:
         return self.add(op).results[0]
+
+    def cast(self, value: SSAValue, element: Attribute) -> SSAValue:
+        if value.type.element_type == element:
+            return value
+        return self.result(graph.CastOp(operands=[value], result_types=[graph.tensor(graph.shape_of(value), element)]))
+
+    def broadcast_to(self, value: SSAValue, shape) -> SSAValue:
+        shape = tuple(shape)
+        if graph.shape_of(value) == shape:
+            return value
+        return self.result(graph.ExpandOp(operands=[value], result_types=[graph.tensor(shape, value.type.element_type)]))
+
+    def weight(self, name: str, tensor: torch.Tensor, loc: str | None = None) -> SSAValue:
+        element = element_of(tensor.dtype)
+        if element is None:
+            raise UnsupportedOpError(f"weight '{name}' has dtype {tensor.dtype}, which llmc does not support")
+        op = graph.WeightOp(name, graph.tensor(tuple(tensor.shape), element), loc)
+        self.add(op, None)
+        op.result.name_hint = re.sub(r"\W", "_", name)
+        self.weights[name] = to_numpy(tensor)
+        return op.result
+
+    def materialise(self, node: torch.fx.Node) -> SSAValue:
+        """A folded value as IR: splat, causal mask, or a named constant buffer."""
+        value = self.folded[node]
+        if not isinstance(value, torch.Tensor):
+            return self.value(value)
+        saved, self.loc = self.loc, source_loc(node)
+        try:
+            return self.constant(value, node.name)
+        finally:
+            self.loc = saved
+
+    def constant(self, value: torch.Tensor, name: str) -> SSAValue:
+        element = element_of(value.dtype)
+        if element is None:
+            raise self.unsupported(f"a {value.dtype} constant ('{name}')")
+        full = tuple(value.shape)
+        kind = classify(value)
+        if isinstance(kind, Splat):
+            return self.result(graph.ConstantOp(kind.value, graph.tensor(full, element)))
+        if isinstance(kind, Causal):
+            mask = self.result(graph.CausalMaskOp(result_types=[graph.tensor(full, i1)]))
+            if kind.negated:
+                return self.result(graph.NotOp(mask))
+            if kind.additive is not None:
+                zero, masked = self.scalar(0.0, element), self.scalar(kind.additive, element)
+                return self.result(graph.WhereOp(operands=[mask, zero, masked], result_types=[graph.tensor(full, element)]))
+            return mask
+        stored = self.weight(f"const.{name}", kind.compact, self.loc)
+        return self.broadcast_to(stored, full)
+
+
+def scalar_element(value) -> Attribute:
+    if isinstance(value, bool):
+        return i1
+    return i64 if isinstance(value, int) else f32
+
+
+def meta(arg):
+    """What torch's type promotion sees of an argument: a meta tensor of its shape and dtype, or the scalar."""
+    if isinstance(arg, torch.fx.Node):
+        value = arg.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            return torch.empty(value.shape, dtype=value.dtype, device="meta")
+    return arg
+
+
+def promoted(*args) -> Attribute:
+    """The element type torch computes an op on these arguments in."""
+    dtype = torch.result_type(meta(args[0]), meta(args[1])) if len(args) == 2 else meta(args[0]).dtype
+    element = element_of(dtype)
+    if element is None:
+        raise UnsupportedOpError(f"llmc does not compute in {dtype}")
+    return element
 
 
 Handler = Callable[..., SSAValue | list[SSAValue]]
@@ -69,19 +171,34 @@ def handles(*targets) -> Callable[[Handler], Handler]:
     return register
 
 
-def _shape(v: SSAValue) -> tuple[int, ...]:
+def shape(v: SSAValue) -> tuple[int, ...]:
     return graph.shape_of(v)
 
 
-def _dim(d: int, rank: int) -> int:
+def norm_dim(d: int, rank: int) -> int:
     return d % rank if rank else 0
 
 
-def _last_dim_only(ctx: ImportContext, what: str, dims, rank: int) -> int:
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    if len(dims) != 1 or _dim(dims[0], rank) != rank - 1:
-        raise ctx.unsupported(f"{what} over dims {dims}: only the last dim is supported")
-    return rank - 1
+# ----------------------------------------------------------------- view helpers
+
+
+def reshape(ctx: ImportContext, x: SSAValue, new_shape) -> SSAValue:
+    new_shape = list(new_shape)
+    if -1 in new_shape:
+        known = math.prod(d for d in new_shape if d != -1)
+        new_shape[new_shape.index(-1)] = math.prod(shape(x)) // known if known else 0
+    if tuple(new_shape) == shape(x):
+        return x
+    return ctx.result(graph.ReshapeOp(operands=[x], result_types=[graph.tensor(new_shape, x.type.element_type)]))
+
+
+def permute(ctx: ImportContext, x: SSAValue, perm) -> SSAValue:
+    full = shape(x)
+    perm = [norm_dim(p, len(full)) for p in perm]
+    if perm == sorted(perm):
+        return x
+    out = graph.tensor([full[p] for p in perm], x.type.element_type)
+    return ctx.result(graph.PermuteOp(operands=[x], result_types=[out], attributes={"perm": graph.dense(perm)}))
 
 
 # ----------------------------------------------------------------- pointwise
@@ -100,17 +217,36 @@ _UNARY = {
     aten.sin.default: graph.SinOp,
     aten.cos.default: graph.CosOp,
     aten.abs.default: graph.AbsOp,
+    aten.bitwise_not.default: graph.NotOp,
+    aten.logical_not.default: graph.NotOp,
 }
 
 _BINARY = {
     aten.add.Tensor: graph.AddOp,
+    aten.add.Scalar: graph.AddOp,
     aten.sub.Tensor: graph.SubOp,
+    aten.sub.Scalar: graph.SubOp,
     aten.mul.Tensor: graph.MulOp,
+    aten.mul.Scalar: graph.MulOp,
     aten.div.Tensor: graph.DivOp,
+    aten.div.Scalar: graph.DivOp,
     aten.pow.Tensor_Scalar: graph.PowOp,
     aten.pow.Tensor_Tensor: graph.PowOp,
     aten.maximum.default: graph.MaximumOp,
     aten.minimum.default: graph.MinimumOp,
+    aten.floor_divide.default: graph.FloorDivOp,
+    aten.remainder.Tensor: graph.RemOp,
+    aten.remainder.Scalar: graph.RemOp,
+    aten.bitwise_and.Tensor: graph.AndOp,
+    aten.bitwise_and.Scalar: graph.AndOp,
+    aten.__and__.Tensor: graph.AndOp,
+    aten.logical_and.default: graph.AndOp,
+    aten.bitwise_or.Tensor: graph.OrOp,
+    aten.bitwise_or.Scalar: graph.OrOp,
+    aten.__or__.Tensor: graph.OrOp,
+    aten.logical_or.default: graph.OrOp,
+    aten.bitwise_xor.Tensor: graph.XorOp,
+    aten.logical_xor.default: graph.XorOp,
     aten.eq.Scalar: graph.EqOp,
     aten.eq.Tensor: graph.EqOp,
     aten.ne.Scalar: graph.NeOp,
@@ -124,11 +260,13 @@ _BINARY = {
     aten.ge.Scalar: graph.GeOp,
     aten.ge.Tensor: graph.GeOp,
 }
+LOGICAL = (aten.logical_and.default, aten.logical_or.default, aten.logical_xor.default, aten.logical_not.default)
+
 
 def _unary(cls):
     def handler(ctx: ImportContext, node, x):
-        x = ctx.value(x)
-        return ctx.result(cls(x, result_types=[ctx.tensor(_shape(x))]))
+        x = ctx.cast(ctx.value(x), ctx.element)
+        return ctx.result(cls(x, result_types=[ctx.tensor(shape(x))]))
 
     return handler
 
@@ -139,15 +277,18 @@ for _target, _cls in _UNARY.items():
 
 def _binary(cls):
     def handler(ctx: ImportContext, node, lhs, rhs, alpha=1):
-        if alpha != 1:
-            rhs_value = ctx.result(graph.MulOp(ctx.value(rhs), ctx.value(alpha)))
+        if issubclass(cls, graph.CompareOp):
+            compute = promoted(lhs, rhs)
         else:
-            rhs_value = ctx.value(rhs)
-        lhs_value = ctx.value(lhs)
+            compute = i1 if node.target in LOGICAL else ctx.element
+        lhs_value = ctx.cast(ctx.value(lhs, compute), compute)
+        rhs_value = ctx.cast(ctx.value(rhs, compute), compute)
+        if alpha != 1:
+            rhs_value = ctx.result(graph.MulOp(rhs_value, ctx.scalar(alpha, compute)))
         if issubclass(cls, graph.CompareOp):
             return ctx.result(cls(lhs_value, rhs_value))
-        shape = graph.broadcast_shapes(_shape(lhs_value), _shape(rhs_value))
-        return ctx.result(cls(operands=[lhs_value, rhs_value], result_types=[ctx.tensor(shape)]))
+        out = graph.broadcast_shapes(shape(lhs_value), shape(rhs_value))
+        return ctx.result(cls(operands=[lhs_value, rhs_value], result_types=[ctx.tensor(out, compute)]))
 
     return handler
 
@@ -156,85 +297,141 @@ for _target, _cls in _BINARY.items():
     OP_HANDLERS[_target] = _binary(_cls)
 
 
+@handles(aten.rsub.Scalar, aten.rsub.Tensor)
+def _rsub(ctx, node, x, other, alpha=1):
+    return _binary(graph.SubOp)(ctx, node, other, x if alpha == 1 else _scaled(ctx, x, alpha))
+
+
+def _scaled(ctx, x, alpha):
+    x = ctx.value(x)
+    return ctx.result(graph.MulOp(x, ctx.scalar(alpha, x.type.element_type)))
+
+
 @handles(aten.gelu.default)
 def _gelu(ctx, node, x, approximate="none"):
-    x = ctx.value(x)
+    x = ctx.cast(ctx.value(x), ctx.element)
     return ctx.result(graph.GeluOp(operands=[x], result_types=[x.type], attributes={"approximate": StringAttr(approximate)}))
 
 
-@handles(aten.where.self)
+@handles(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
 def _where(ctx, node, cond, a, b):
-    operands = [ctx.value(cond), ctx.value(a), ctx.value(b)]
-    shape = graph.broadcast_shapes(*(_shape(v) for v in operands))
-    return ctx.result(graph.WhereOp(operands=operands, result_types=[ctx.tensor(shape)]))
+    cond = ctx.cast(ctx.value(cond), i1)
+    a, b = (ctx.cast(ctx.value(v, ctx.element), ctx.element) for v in (a, b))
+    out = graph.broadcast_shapes(shape(cond), shape(a), shape(b))
+    return ctx.result(graph.WhereOp(operands=[cond, a, b], result_types=[ctx.tensor(out)]))
 
 
-@handles(aten.masked_fill.Scalar)
+@handles(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
 def _masked_fill(ctx, node, x, mask, value):
     return _where(ctx, node, mask, value, x)
 
 
+@handles(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default)
+def _clamp(ctx, node, x, low=None, high=None):
+    if node.target is aten.clamp_max.default:
+        low, high = None, low
+    x = ctx.cast(ctx.value(x), ctx.element)
+    if low is not None:
+        x = ctx.result(graph.MaximumOp(x, ctx.value(low, ctx.element)))
+    if high is not None:
+        x = ctx.result(graph.MinimumOp(x, ctx.value(high, ctx.element)))
+    return x
+
+
 @handles(aten.scalar_tensor.default)
 def _scalar_tensor(ctx, node, value, **_):
-    return ctx.result(graph.ConstantOp(float(value)))
+    return ctx.scalar(value, ctx.element)
 
 
-@handles(aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default, aten.lift_fresh_copy.default)
+@handles(aten.full.default)
+def _full(ctx, node, size, value, **_):
+    return ctx.result(graph.ConstantOp(value, ctx.tensor(size)))
+
+
+@handles(aten.arange.default, aten.arange.start, aten.arange.start_step, aten.zeros.default, aten.ones.default,
+         aten.empty.memory_format, aten.triu.default, aten.tril.default, aten.new_ones.default,
+         aten.new_zeros.default, aten.new_full.default, aten.new_empty.default, aten.ones_like.default,
+         aten.zeros_like.default, aten.full_like.default, aten.empty_like.default)
+def _compile_time_only(ctx, node, *_, **__):
+    # These fold whenever their inputs are known at compile time; reaching here means they are not.
+    raise ctx.unsupported(f"'{node.target}' on a tensor computed at run time (llmc evaluates it at compile time only)")
+
+
+@handles(aten.clone.default, aten.alias.default, aten.detach.default, aten.detach_.default,
+         aten.contiguous.default, aten.lift_fresh_copy.default)
 def _identity(ctx, node, x, **_):
     return ctx.value(x)
 
 
-@handles(aten._assert_tensor_metadata.default)
+@handles(aten.dropout.default)
+def _dropout(ctx, node, x, p=0.5, train=False):
+    if train and p:
+        raise ctx.unsupported("dropout in training mode (compile the model in eval mode)")
+    return ctx.value(x)
+
+
+@handles(aten._assert_tensor_metadata.default, aten._assert_scalar.default)
 def _metadata_assertion(ctx, node, *_, **__):
-    return None  # export's check that a cast's input has the dtype it had when traced: true by construction
+    return None  # export's check that a value has the type it had when traced: true by construction
 
 
-@handles(aten._to_copy.default, aten.to.dtype)
-def _to_copy(ctx, node, x, dtype=None, *_, **__):
-    x = ctx.value(x)
-    if dtype is None or element_of(dtype) == x.type.element_type:
-        return x
-    if element_of(dtype) not in (f32, *LOW_PRECISION):
-        raise ctx.unsupported(f"a cast to {dtype}; llmc computes in float32, bfloat16 and float16")
-    return ctx.result(graph.CastOp(operands=[x], result_types=[graph.tensor(_shape(x), element_of(dtype))]))
+@handles(aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten.type_as.default)
+def _to_copy(ctx, node, x, *_, **__):
+    return ctx.cast(ctx.value(x), ctx.element)
 
 
 # ----------------------------------------------------------------- contractions
 
 
+def _float_operands(ctx, *values):
+    for v in values:
+        if not is_float(v.type.element_type):
+            raise ctx.unsupported(f"a matrix product of {v.type.element_type} tensors; llmc multiplies floats")
+    return values
+
+
 @handles(aten.linear.default)
 def _linear(ctx, node, x, weight, bias=None):
     operands = [ctx.value(x), ctx.value(weight)] + ([ctx.value(bias)] if bias is not None else [])
-    shape = (*_shape(operands[0])[:-1], _shape(operands[1])[0])
-    return ctx.result(graph.LinearOp(operands=[operands[0], operands[1], operands[2:]], result_types=[ctx.tensor(shape)]))
+    _float_operands(ctx, *operands)
+    out = (*shape(operands[0])[:-1], shape(operands[1])[0])
+    return ctx.result(graph.LinearOp(operands=[operands[0], operands[1], operands[2:]], result_types=[ctx.tensor(out)]))
 
 
 @handles(aten.matmul.default, aten.bmm.default, aten.mm.default)
 def _matmul(ctx, node, a, b):
-    a, b = ctx.value(a), ctx.value(b)
-    sa, sb = _shape(a), _shape(b)
-    if len(sa) < 2 or len(sb) < 2:
-        raise ctx.unsupported(f"matmul of a rank-1 operand ({sa} @ {sb}); reshape it to rank 2")
-    batch = graph.broadcast_shapes(sa[:-2], sb[:-2])
-    return ctx.result(graph.MatmulOp(operands=[a, b], result_types=[ctx.tensor((*batch, sa[-2], sb[-1]))]))
+    a, b = _float_operands(ctx, ctx.value(a), ctx.value(b))
+    sa, sb = shape(a), shape(b)
+    if len(sa) == 1:
+        a = reshape(ctx, a, (1, sa[0]))
+    if len(sb) == 1:
+        b = reshape(ctx, b, (sb[0], 1))
+    ra, rb = shape(a), shape(b)
+    batch = graph.broadcast_shapes(ra[:-2], rb[:-2])
+    product = ctx.result(graph.MatmulOp(operands=[a, b], result_types=[ctx.tensor((*batch, ra[-2], rb[-1]))]))
+    out = (*batch, *sa[-2:-1], *sb[-1:]) if len(sb) > 1 else (*batch, *sa[-2:-1])
+    return reshape(ctx, product, out if len(sa) > 1 else (*batch, rb[-1]))
 
 
-@handles(aten.addmm.default)
+@handles(aten.addmm.default, aten.baddbmm.default)
 def _addmm(ctx, node, bias, a, b, beta=1, alpha=1):
-    if beta != 1 or alpha != 1:
-        raise ctx.unsupported("addmm with beta or alpha other than 1")
     product = _matmul(ctx, node, a, b)
-    return ctx.result(graph.AddOp(product, ctx.value(bias)))
+    if alpha != 1:
+        product = ctx.result(graph.MulOp(product, ctx.scalar(alpha, ctx.element)))
+    if beta == 0:
+        return product
+    bias = ctx.value(bias)
+    if beta != 1:
+        bias = ctx.result(graph.MulOp(bias, ctx.scalar(beta, ctx.element)))
+    return ctx.result(graph.AddOp(product, bias))
 
 
 @handles(aten.scaled_dot_product_attention.default)
 def _sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    if attn_mask is not None:
-        raise ctx.unsupported("scaled_dot_product_attention with an explicit attn_mask; use is_causal")
     if dropout_p:
         raise ctx.unsupported("scaled_dot_product_attention with dropout (export the model in eval mode)")
     q, k, v = ctx.value(q), ctx.value(k), ctx.value(v)
-    sq, sk, sv = _shape(q), _shape(k), _shape(v)
+    sq, sk, sv = shape(q), shape(k), shape(v)
     if len(sq) != 4:
         raise ctx.unsupported(f"attention on rank-{len(sq)} tensors; llmc expects [batch, heads, seq, dim]")
     if sq[1] != sk[1] and not enable_gqa:
@@ -245,180 +442,89 @@ def _sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     attrs = {"scale": FloatAttr(scale, f32)}
     if is_causal:
         attrs["causal"] = UnitAttr()
-    return ctx.result(
-        graph.AttentionOp(operands=[q, k, v], result_types=[ctx.tensor((*sq[:3], sv[3]))], attributes=attrs)
-    )
+    operands = [q, k, v]
+    if attn_mask is not None:
+        mask = ctx.value(attn_mask)
+        operands.append(mask if mask.type.element_type == i1 else ctx.cast(mask, f32))
+    return ctx.result(graph.AttentionOp(operands=operands, result_types=[ctx.tensor((*sq[:3], sv[3]))], attributes=attrs))
 
 
 # ----------------------------------------------------------------- reductions
 
 
-@handles(aten.softmax.int, aten._softmax.default)
-def _softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
-    x = ctx.value(x)
-    dim = _last_dim_only(ctx, "softmax", dim, len(_shape(x)))
-    return ctx.result(graph.SoftmaxOp(operands=[x], result_types=[ctx.tensor(_shape(x))], attributes={"dim": graph.int_attr(dim)}))
+def to_last(ctx, x: SSAValue, dims: list[int]) -> tuple[SSAValue, list[int]]:
+    """x with `dims` moved to the end and merged into one; returns the permutation used."""
+    rank = len(shape(x))
+    dims = sorted({norm_dim(d, rank) for d in dims})
+    kept = [d for d in range(rank) if d not in dims]
+    x = permute(ctx, x, kept + dims)
+    merged = (*(shape(x)[: len(kept)]), math.prod(shape(x)[len(kept):]))
+    return reshape(ctx, x, merged), kept
 
 
-@handles(aten.layer_norm.default)
-def _layer_norm(ctx, node, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=False):
-    x = ctx.value(x)
-    if len(normalized_shape) != 1:
-        raise ctx.unsupported(f"layer_norm over {list(normalized_shape)}: only the last dim is supported")
-    (n,) = normalized_shape
-    w = ctx.value(weight) if weight is not None else ctx.result(graph.ConstantOp(1.0, graph.tensor((n,))))
-    b = ctx.value(bias) if bias is not None else ctx.result(graph.ConstantOp(0.0, graph.tensor((n,))))
-    return ctx.result(graph.LayerNormOp(operands=[x, w, b], result_types=[x.type], attributes={"eps": FloatAttr(eps, f32)}))
+def _reduced_shape(full: tuple[int, ...], dims: list[int], keepdim: bool) -> tuple[int, ...]:
+    return tuple(1 if i in dims else d for i, d in enumerate(full) if keepdim or i not in dims)
 
 
 def _reduce(cls):
     def handler(ctx, node, x, dims=None, keepdim=False, dtype=None):
         x = ctx.value(x)
-        shape = _shape(x)
-        dim = _last_dim_only(ctx, cls.name, dims if dims is not None else list(range(len(shape))), len(shape))
-        out = shape[:dim] + ((1,) if keepdim else ())
-        attrs = {"dim": graph.int_attr(dim)}
-        if keepdim:
-            attrs["keepdim"] = UnitAttr()
-        return ctx.result(cls(operands=[x], result_types=[ctx.tensor(out)], attributes=attrs))
+        if cls is not graph.ArgmaxOp and cls is not graph.ReduceMaxOp:
+            x = ctx.cast(x, ctx.element)
+        full = shape(x)
+        if not full:
+            return x if cls is not graph.ArgmaxOp else ctx.scalar(0, i64)
+        dims = list(range(len(full))) if dims is None else [dims] if isinstance(dims, int) else list(dims)
+        dims = sorted({norm_dim(d, len(full)) for d in dims}) or list(range(len(full)))
+        merged, _ = to_last(ctx, x, dims)
+        last = len(shape(merged)) - 1
+        element = i64 if cls is graph.ArgmaxOp else x.type.element_type
+        out = ctx.result(cls(operands=[merged], result_types=[graph.tensor(shape(merged)[:-1], element)],
+                             attributes={"dim": graph.int_attr(last)}))
+        return reshape(ctx, out, _reduced_shape(full, dims, keepdim))
 
     return handler
 
 
 OP_HANDLERS[aten.mean.dim] = _reduce(graph.ReduceMeanOp)
+OP_HANDLERS[aten.mean.default] = _reduce(graph.ReduceMeanOp)
 OP_HANDLERS[aten.sum.dim_IntList] = _reduce(graph.ReduceSumOp)
+OP_HANDLERS[aten.sum.default] = _reduce(graph.ReduceSumOp)
 OP_HANDLERS[aten.amax.default] = _reduce(graph.ReduceMaxOp)
+OP_HANDLERS[aten.argmax.default] = _reduce(graph.ArgmaxOp)
 
 
-# ----------------------------------------------------------------- views
+@handles(aten.softmax.int, aten._softmax.default)
+def _softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
+    x = ctx.cast(ctx.value(x), ctx.element)
+    rank = len(shape(x))
+    dim = norm_dim(dim, rank)
+    order = [d for d in range(rank) if d != dim] + [dim]
+    moved = permute(ctx, x, order)
+    out = ctx.result(graph.SoftmaxOp(operands=[moved], result_types=[moved.type], attributes={"dim": graph.int_attr(rank - 1)}))
+    return permute(ctx, out, [order.index(d) for d in range(rank)])
 
 
-def reshape(ctx: ImportContext, x: SSAValue, shape) -> SSAValue:
-    shape = list(shape)
-    if -1 in shape:
-        known = math.prod(d for d in shape if d != -1)
-        shape[shape.index(-1)] = math.prod(_shape(x)) // known
-    if tuple(shape) == _shape(x):
+@handles(aten.cumsum.default)
+def _cumsum(ctx, node, x, dim, dtype=None):
+    x = ctx.cast(ctx.value(x), ctx.element)
+    rank = len(shape(x))
+    if rank == 0:
         return x
-    return ctx.result(graph.ReshapeOp(operands=[x], result_types=[graph.tensor(shape, x.type.element_type)]))
+    dim = norm_dim(dim, rank)
+    order = [d for d in range(rank) if d != dim] + [dim]
+    moved = permute(ctx, x, order)
+    out = ctx.result(graph.CumsumOp(operands=[moved], result_types=[moved.type], attributes={"dim": graph.int_attr(rank - 1)}))
+    return permute(ctx, out, [order.index(d) for d in range(rank)])
 
 
-def permute(ctx: ImportContext, x: SSAValue, perm) -> SSAValue:
-    shape = _shape(x)
-    perm = [_dim(p, len(shape)) for p in perm]
-    if perm == sorted(perm):
-        return x
-    out = graph.tensor([shape[p] for p in perm], x.type.element_type)
-    return ctx.result(graph.PermuteOp(operands=[x], result_types=[out], attributes={"perm": graph.dense(perm)}))
-
-
-def slice_(ctx: ImportContext, x: SSAValue, dim: int, start, end, step: int = 1) -> SSAValue:
-    shape = list(_shape(x))
-    dim = _dim(dim, len(shape))
-    start, end, _ = slice(start, end).indices(shape[dim])
-    if (start, end, step) == (0, shape[dim], 1):
-        return x
-    shape[dim] = len(range(start, end, step))
-    if x in ctx.causal_masks and start == 0 and step == 1 and dim >= len(shape) - 2:
-        # a top-left corner of a lower-triangular mask is lower-triangular
-        op = ctx.add(graph.CausalMaskOp(result_types=[graph.tensor(shape, i1)]))
-        ctx.causal_masks.add(op.result)
-        return op.result
-    attrs = {k: graph.int_attr(v) for k, v in (("dim", dim), ("start", start), ("end", end), ("step", step))}
-    return ctx.result(graph.SliceOp(operands=[x], result_types=[graph.tensor(shape, x.type.element_type)], attributes=attrs))
-
-
-@handles(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
-def _view(ctx, node, x, shape):
-    return reshape(ctx, ctx.value(x), shape)
-
-
-@handles(aten.unsqueeze.default)
-def _unsqueeze(ctx, node, x, dim):
+@handles(aten.layer_norm.default)
+def _layer_norm(ctx, node, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=False):
     x = ctx.value(x)
-    shape = list(_shape(x))
-    shape.insert(_dim(dim, len(shape) + 1), 1)
-    return reshape(ctx, x, shape)
-
-
-@handles(aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default)
-def _squeeze(ctx, node, x, dims=None):
-    x = ctx.value(x)
-    shape = _shape(x)
-    dims = range(len(shape)) if dims is None else ([dims] if isinstance(dims, int) else dims)
-    drop = {_dim(d, len(shape)) for d in dims if shape[_dim(d, len(shape))] == 1}
-    return reshape(ctx, x, [s for i, s in enumerate(shape) if i not in drop])
-
-
-@handles(aten.permute.default)
-def _permute(ctx, node, x, perm):
-    return permute(ctx, ctx.value(x), perm)
-
-
-@handles(aten.transpose.int)
-def _transpose(ctx, node, x, d0, d1):
-    x = ctx.value(x)
-    perm = list(range(len(_shape(x))))
-    d0, d1 = _dim(d0, len(perm)), _dim(d1, len(perm))
-    perm[d0], perm[d1] = perm[d1], perm[d0]
-    return permute(ctx, x, perm)
-
-
-@handles(aten.t.default)
-def _t(ctx, node, x):
-    return _transpose(ctx, node, x, 0, 1)
-
-
-@handles(aten.expand.default)
-def _expand(ctx, node, x, sizes, implicit=False):
-    x = ctx.value(x)
-    shape = _shape(x)
-    lead = len(sizes) - len(shape)
-    sizes = [shape[i - lead] if s == -1 else s for i, s in enumerate(sizes)]
-    if tuple(sizes) == shape:
-        return x
-    return ctx.result(graph.ExpandOp(operands=[x], result_types=[graph.tensor(sizes, x.type.element_type)]))
-
-
-@handles(aten.slice.Tensor)
-def _slice(ctx, node, x, dim=0, start=None, end=None, step=1):
-    return slice_(ctx, ctx.value(x), dim, start, end, step)
-
-
-@handles(aten.select.int)
-def _select(ctx, node, x, dim, index):
-    x = ctx.value(x)
-    shape = list(_shape(x))
-    dim = _dim(dim, len(shape))
-    index %= shape[dim]
-    picked = slice_(ctx, x, dim, index, index + 1)
-    return reshape(ctx, picked, shape[:dim] + shape[dim + 1 :])
-
-
-@handles(aten.split_with_sizes.default, aten.split.Tensor)
-def _split(ctx, node, x, sizes, dim=0):
-    x = ctx.value(x)
-    extent = _shape(x)[_dim(dim, len(_shape(x)))]
-    if isinstance(sizes, int):
-        sizes = [min(sizes, extent - s) for s in range(0, extent, sizes)]
-    parts, start = [], 0
-    for size in sizes:
-        parts.append(slice_(ctx, x, dim, start, start + size))
-        start += size
-    return parts
-
-
-@handles(operator.getitem)
-def _getitem(ctx, node, parts, index):
-    return ctx.values[parts][index]
-
-
-@handles(aten.cat.default)
-def _cat(ctx, node, tensors, dim=0):
-    inputs = [ctx.value(t) for t in tensors if math.prod(_shape(ctx.value(t))) > 0]
-    if len(inputs) == 1:
-        return inputs[0]
-    shape = list(_shape(inputs[0]))
-    dim = _dim(dim, len(shape))
-    shape[dim] = sum(_shape(v)[dim] for v in inputs)
-    return ctx.result(graph.ConcatOp(operands=[inputs], result_types=[ctx.tensor(shape)], attributes={"dim": graph.int_attr(dim)}))
+    full = shape(x)
+    n = math.prod(normalized_shape)
+    merged = reshape(ctx, x, (*full[: len(full) - len(normalized_shape)], n))
+    w = reshape(ctx, ctx.value(weight), (n,)) if weight is not None else ctx.result(graph.ConstantOp(1.0, graph.tensor((n,))))
+    b = reshape(ctx, ctx.value(bias), (n,)) if bias is not None else ctx.result(graph.ConstantOp(0.0, graph.tensor((n,))))
+    out = ctx.result(graph.LayerNormOp(operands=[merged, w, b], result_types=[merged.type], attributes={"eps": FloatAttr(eps, f32)}))
+    return reshape(ctx, out, full)

@@ -44,4 +44,4 @@ def interpret(
 
 def _as_input(x) -> np.ndarray:
     x = np.asarray(x)
-    return np.ascontiguousarray(x if x.dtype == np.bool_ else x.astype(np.float32))
+    return np.ascontiguousarray(x if x.dtype.kind in "bi" else x.astype(np.float32))

@@ -1,8 +1,11 @@
 """The `graph` dialect: tensor-level ops at the granularity an LLM engineer thinks in.
 
-Value semantics, static shapes, float data (f32, bf16, f16) and i1 masks: an
-op computes in f32 and rounds its result to the result's element type, as
-eager PyTorch does per op; `graph.cast` is such a rounding on its own. Weights
+Value semantics, static shapes, float data (f32, bf16, f16), integers (i64,
+i32: token ids, positions, indices) and i1 masks. A float op computes in f32
+and rounds its result to the result's element type, as eager PyTorch does per
+op; `graph.cast` is such a rounding (or an integer/bool conversion) on its
+own. The importer makes torch's type promotion explicit, so the operands of
+an arithmetic op share one element type. Weights
 are referenced by name (`graph.weight "attn.c_attn.weight"`), never printed
 inline. Every op may carry `loc`, the model source line it came from. The same pointwise ops are used
 on tiles inside `tile.kernel` bodies: their semantics (numpy broadcasting) do not
@@ -17,6 +20,8 @@ from typing import ClassVar
 
 from xdsl.dialects.builtin import (
     DenseArrayBase,
+    bf16,
+    f16,
     FloatAttr,
     IntegerAttr,
     StringAttr,
@@ -24,8 +29,10 @@ from xdsl.dialects.builtin import (
     UnitAttr,
     f32,
     i1,
+    i32,
     i64,
 )
+from xdsl.irdl import base
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
@@ -40,6 +47,9 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
+
+
+FLOAT_TYPES_16 = (bf16, f16)
 
 
 def shape_of(value: SSAValue | Attribute) -> tuple[int, ...]:
@@ -97,18 +107,26 @@ class WeightOp(GraphOp):
 
 @irdl_op_definition
 class ConstantOp(GraphOp):
-    """A tensor filled with one scalar (scalars of the model become 0-d constants)."""
+    """A tensor filled with one scalar (scalars of the model become 0-d constants); integer and
+    bool constants carry an integer value, so large integers stay exact."""
 
     name = "graph.constant"
-    value = attr_def(FloatAttr)
+    value = attr_def(base(FloatAttr) | base(IntegerAttr))
     result = result_def(TensorType)
     traits = traits_def(Pure())
     assembly_format = "$value attr-dict `:` type($result)"
 
-    def __init__(self, value: float, typ: TensorType | None = None):
-        super().__init__(
-            result_types=[typ or tensor(())], attributes={"value": FloatAttr(value, f32)}
-        )
+    def __init__(self, value: float | int, typ: TensorType | None = None):
+        typ = typ or tensor(())
+        if typ.element_type in (f32, *FLOAT_TYPES_16):
+            attr = FloatAttr(float(value), f32)
+        else:
+            attr = IntegerAttr(int(value), i64)
+        super().__init__(result_types=[typ], attributes={"value": attr})
+
+    @property
+    def number(self) -> float | int:
+        return self.value.value.data
 
 
 @irdl_op_definition
@@ -193,6 +211,7 @@ SiluOp = _unary("silu", "x * sigmoid(x)")
 SinOp = _unary("sin", "sine")
 CosOp = _unary("cos", "cosine")
 AbsOp = _unary("abs", "|x|")
+NotOp = _unary("not", "logical not of an i1 mask, bitwise not of an integer")
 
 
 @irdl_op_definition
@@ -214,6 +233,11 @@ LtOp = _binary("lt", "lhs < rhs as an i1 mask", CompareOp)
 LeOp = _binary("le", "lhs <= rhs as an i1 mask", CompareOp)
 GtOp = _binary("gt", "lhs > rhs as an i1 mask", CompareOp)
 GeOp = _binary("ge", "lhs >= rhs as an i1 mask", CompareOp)
+AndOp = _binary("and", "logical and of i1 masks, bitwise and of integers")
+OrOp = _binary("or", "logical or of i1 masks, bitwise or of integers")
+XorOp = _binary("xor", "logical xor of i1 masks, bitwise xor of integers")
+FloorDivOp = _binary("floordiv", "integer division rounding toward -inf (torch's floor_divide)")
+RemOp = _binary("rem", "remainder with the sign of the divisor (torch's remainder)")
 
 
 @irdl_op_definition
@@ -299,17 +323,21 @@ class LinearOp(GraphOp):
 
 @irdl_op_definition
 class AttentionOp(GraphOp):
-    """softmax(q @ k^T * scale [causal]) @ v over [B, H, T, D]; k/v may have H/g heads (GQA)."""
+    """softmax(q @ k^T * scale [causal] [+ mask]) @ v over [B, H, T, D]; k/v may have H/g heads (GQA).
+
+    `causal` keeps key j for query i where j <= i. `mask` broadcasts to [B, H, Tq, Tk]: an i1 mask
+    keeps the keys where it is true, a float mask is added to the scaled scores."""
 
     name = "graph.attention"
     query = operand_def(TensorType)
     key = operand_def(TensorType)
     value = operand_def(TensorType)
+    mask = opt_operand_def(TensorType)
     result = result_def(TensorType)
     scale = attr_def(FloatAttr)
     causal = opt_attr_def(UnitAttr)
     traits = traits_def(Pure())
-    assembly_format = "$query `,` $key `,` $value attr-dict `:` functional-type(operands, results)"
+    assembly_format = "$query `,` $key `,` $value (`,` $mask^)? attr-dict `:` functional-type(operands, results)"
 
     def verify_(self):
         q, k, v = shape_of(self.query), shape_of(self.key), shape_of(self.value)
@@ -319,6 +347,34 @@ class AttentionOp(GraphOp):
             raise VerifyException("graph.attention: query heads must be a multiple of key heads")
         if shape_of(self.result) != (*q[:3], v[3]):
             raise VerifyException("graph.attention: wrong result shape")
+        if self.mask is not None:
+            scores = (q[0], q[1], q[2], k[2])
+            if len(shape_of(self.mask)) > 4 or broadcast_shapes(shape_of(self.mask), scores) != scores:
+                raise VerifyException(f"graph.attention: mask {shape_of(self.mask)} does not broadcast to {scores}")
+
+
+@irdl_op_definition
+class GatherOp(GraphOp):
+    """Rows of `source` picked by `index`: result[..., n, :] = source[..., index[n], :].
+
+    A negative index counts from the end (index + rows); one outside [-rows, rows) is a
+    run-time error, as in torch. Embedding lookups and every torch indexing op become this."""
+
+    name = "graph.gather"
+    source = operand_def(TensorType)
+    index = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$source `[` $index `]` attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        src, idx = shape_of(self.source), shape_of(self.index)
+        if len(src) < 2 or len(idx) != 1 or self.index.type.element_type not in (i64, i32):
+            raise VerifyException(f"graph.gather: needs a source of rank >= 2 and a 1-D integer index, got {src}, {idx}")
+        if shape_of(self.result) != (*src[:-2], idx[0], src[-1]):
+            raise VerifyException("graph.gather: wrong result shape")
+        if self.result.type.element_type != self.source.type.element_type:
+            raise VerifyException("graph.gather: the result has the source's element type")
 
 
 # ----------------------------------------------------------------- reductions
@@ -351,6 +407,23 @@ def _reduce(op_name: str, doc: str) -> type[ReduceOp]:
 ReduceSumOp = _reduce("reduce_sum", "sum over one dim")
 ReduceMaxOp = _reduce("reduce_max", "max over one dim")
 ReduceMeanOp = _reduce("reduce_mean", "mean over one dim")
+ArgmaxOp = _reduce("argmax", "index (i64) of the first maximum over one dim")
+
+
+@irdl_op_definition
+class CumsumOp(GraphOp):
+    """Inclusive prefix sum along one dim."""
+
+    name = "graph.cumsum"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    dim = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        if shape_of(self.operand) != shape_of(self.result):
+            raise VerifyException("graph.cumsum: operand and result shapes differ")
 
 
 @irdl_op_definition
@@ -473,11 +546,12 @@ class ConcatOp(GraphOp):
             raise VerifyException("graph.concat: wrong result shape")
 
 
-UNARY_OPS = (NegOp, ExpOp, LogOp, TanhOp, SqrtOp, RsqrtOp, SigmoidOp, ReluOp, SiluOp, SinOp, CosOp, AbsOp, CastOp)
-BINARY_OPS = (AddOp, SubOp, MulOp, DivOp, PowOp, MaximumOp, MinimumOp, EqOp, NeOp, LtOp, LeOp, GtOp, GeOp)
+UNARY_OPS = (NegOp, ExpOp, LogOp, TanhOp, SqrtOp, RsqrtOp, SigmoidOp, ReluOp, SiluOp, SinOp, CosOp, AbsOp, NotOp, CastOp)
+BINARY_OPS = (AddOp, SubOp, MulOp, DivOp, PowOp, MaximumOp, MinimumOp, EqOp, NeOp, LtOp, LeOp, GtOp, GeOp,
+              AndOp, OrOp, XorOp, FloorDivOp, RemOp)
 POINTWISE_OPS = (*UNARY_OPS, *BINARY_OPS, GeluOp, WhereOp)
-REDUCE_OPS = (ReduceSumOp, ReduceMaxOp, ReduceMeanOp)
-ROW_OPS = (*REDUCE_OPS, SoftmaxOp, LayerNormOp)
+REDUCE_OPS = (ReduceSumOp, ReduceMaxOp, ReduceMeanOp, ArgmaxOp)
+ROW_OPS = (*REDUCE_OPS, SoftmaxOp, LayerNormOp, CumsumOp)
 VIEW_OPS = (ReshapeOp, ExpandOp, PermuteOp, SliceOp)
 SOURCE_OPS = (WeightOp, ConstantOp, CausalMaskOp)
 
@@ -491,6 +565,7 @@ Graph = Dialect(
         MatmulOp,
         LinearOp,
         AttentionOp,
+        GatherOp,
         *ROW_OPS,
         *VIEW_OPS,
         ConcatOp,

@@ -1,6 +1,6 @@
 """numpy semantics of the `graph` dialect for xDSL's interpreter.
 
-Tensors are numpy arrays (float32 data, bool masks). Weights come from the
+Tensors are numpy arrays (float32 data, int64 integers, bool masks). Weights come from the
 mapping the functions object is built with, looked up by the name in the IR.
 A result of a 16-bit element type is rounded to it (`rounded`), so a bf16
 graph runs with eager's per-op rounding.
@@ -15,7 +15,7 @@ import torch
 from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, impl, register_impls
 
 from llmc.dialects import graph
-from llmc.dtypes import round_to
+from llmc.dtypes import is_float, round_to, storage_dtype
 from llmc.errors import InterpretError, with_loc
 
 F32 = np.float32
@@ -45,6 +45,7 @@ UNARY: dict[type, Callable[[np.ndarray], np.ndarray]] = {
     graph.SinOp: np.sin,
     graph.CosOp: np.cos,
     graph.AbsOp: np.abs,
+    graph.NotOp: lambda x: np.logical_not(x) if x.dtype == np.bool_ else np.invert(x),
     graph.CastOp: lambda x: x,  # the rounding is the result type's
 }
 
@@ -62,6 +63,11 @@ BINARY: dict[type, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     graph.LeOp: np.less_equal,
     graph.GtOp: np.greater,
     graph.GeOp: np.greater_equal,
+    graph.AndOp: np.bitwise_and,
+    graph.OrOp: np.bitwise_or,
+    graph.XorOp: np.bitwise_xor,
+    graph.FloorDivOp: np.floor_divide,
+    graph.RemOp: np.remainder,
 }
 
 
@@ -75,13 +81,23 @@ def causal_mask(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.tril(np.ones((rows, cols), dtype=bool)), shape).copy()
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """SDPA's semantics: a bool mask keeps keys where true, a float mask adds to the scores, and a
+    query row with every key masked out gives zeros."""
     groups = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1)
     scores = (q @ np.swapaxes(k, -1, -2)) * F32(scale)
     if causal:
         scores = np.where(causal_mask(scores.shape), scores, F32(-np.inf))
-    return (softmax(scores, -1) @ v).astype(F32)
+    if mask is not None:
+        scores = np.where(mask, scores, F32(-np.inf)) if mask.dtype == np.bool_ else scores + mask.astype(F32)
+    top = scores.max(axis=-1, keepdims=True)
+    live = np.isfinite(top)
+    weights = np.exp(scores - np.where(live, top, F32(0)))
+    total = weights.sum(axis=-1, keepdims=True)
+    probs = np.where(live, weights / np.where(live, total, F32(1)), F32(0))
+    return (probs @ v).astype(F32)
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -91,8 +107,12 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
 
 
 def rounded(op, value: np.ndarray) -> np.ndarray:
-    """A float result computed in f32, rounded to the op's result element type."""
-    return round_to(np.asarray(value, dtype=F32), op.results[0].type.element_type)
+    """A result in the op's result element type: floats computed in f32 and rounded to it,
+    integers as int64, masks as bool."""
+    element = op.results[0].type.element_type
+    if is_float(element):
+        value = np.asarray(value, dtype=F32)
+    return round_to(value, element)
 
 
 def _unary_impl(op_type: type, fn: Callable[[np.ndarray], np.ndarray]):
@@ -132,7 +152,8 @@ class GraphFunctions(InterpreterFunctions):
         locals()[f"run_{_op.name}"] = _unary_impl(_op, _fn)
     for _op, _fn in BINARY.items():
         locals()[f"run_{_op.name}"] = _binary_impl(_op, _fn)
-    for _op, _fn in ((graph.ReduceSumOp, np.sum), (graph.ReduceMaxOp, np.max), (graph.ReduceMeanOp, np.mean)):
+    for _op, _fn in ((graph.ReduceSumOp, np.sum), (graph.ReduceMaxOp, np.max), (graph.ReduceMeanOp, np.mean),
+                     (graph.ArgmaxOp, np.argmax)):
         locals()[f"run_{_op.name}"] = _reduce_impl(_op, _fn)
     del _op, _fn
 
@@ -148,7 +169,9 @@ class GraphFunctions(InterpreterFunctions):
 
     @impl(graph.ConstantOp)
     def run_constant(self, interpreter: Interpreter, op: graph.ConstantOp, args: PythonValues):
-        return (np.full(graph.shape_of(op.result), op.value.value.data, dtype=F32),)
+        element = op.result.type.element_type
+        dtype = np.dtype(F32 if is_float(element) else storage_dtype(element))
+        return (np.full(graph.shape_of(op.result), op.number, dtype=np.int64 if dtype.kind == "i" else dtype),)
 
     @impl(graph.CausalMaskOp)
     def run_causal_mask(self, interpreter: Interpreter, op: graph.CausalMaskOp, args: PythonValues):
@@ -175,7 +198,22 @@ class GraphFunctions(InterpreterFunctions):
 
     @impl(graph.AttentionOp)
     def run_attention(self, interpreter: Interpreter, op: graph.AttentionOp, args: PythonValues):
-        return (rounded(op, attention(*args, op.scale.value.data, op.causal is not None)),)
+        mask = args[3] if len(args) > 3 else None
+        return (rounded(op, attention(*args[:3], op.scale.value.data, op.causal is not None, mask)),)
+
+    @impl(graph.GatherOp)
+    def run_gather(self, interpreter: Interpreter, op: graph.GatherOp, args: PythonValues):
+        source, index = args
+        rows = source.shape[-2]
+        index = np.asarray(index, dtype=np.int64)
+        bad = (index < -rows) | (index >= rows)
+        if bad.any():
+            raise InterpretError(with_loc(f"index {int(index[bad][0])} is out of range for {rows} rows", op.loc_str))
+        return (np.take(source, np.where(index < 0, index + rows, index), axis=-2),)
+
+    @impl(graph.CumsumOp)
+    def run_cumsum(self, interpreter: Interpreter, op: graph.CumsumOp, args: PythonValues):
+        return (rounded(op, np.cumsum(args[0], axis=op.dim.value.data)),)
 
     @impl(graph.SoftmaxOp)
     def run_softmax(self, interpreter: Interpreter, op: graph.SoftmaxOp, args: PythonValues):
