@@ -442,11 +442,11 @@ def _sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     attrs = {"scale": FloatAttr(scale, f32)}
     if is_causal:
         attrs["causal"] = UnitAttr()
-    operands = [q, k, v]
+    mask = None
     if attn_mask is not None:
         mask = ctx.value(attn_mask)
-        operands.append(mask if mask.type.element_type == i1 else ctx.cast(mask, f32))
-    return ctx.result(graph.AttentionOp(operands=operands, result_types=[ctx.tensor((*sq[:3], sv[3]))], attributes=attrs))
+        mask = mask if mask.type.element_type == i1 else ctx.cast(mask, f32)
+    return ctx.result(graph.AttentionOp.make(q, k, v, mask, ctx.tensor((*sq[:3], sv[3])), attrs))
 
 
 # ----------------------------------------------------------------- reductions
@@ -479,8 +479,11 @@ def _reduce(cls):
         merged, _ = to_last(ctx, x, dims)
         last = len(shape(merged)) - 1
         element = i64 if cls is graph.ArgmaxOp else x.type.element_type
-        out = ctx.result(cls(operands=[merged], result_types=[graph.tensor(shape(merged)[:-1], element)],
-                             attributes={"dim": graph.int_attr(last)}))
+        # over the last dim alone, keepdim is an attribute (no view between the reduction and its users)
+        keep = keepdim and merged is x
+        attrs = {"dim": graph.int_attr(last), **({"keepdim": UnitAttr()} if keep else {})}
+        out_shape = shape(merged)[:-1] + ((1,) if keep else ())
+        out = ctx.result(cls(operands=[merged], result_types=[graph.tensor(out_shape, element)], attributes=attrs))
         return reshape(ctx, out, _reduced_shape(full, dims, keepdim))
 
     return handler

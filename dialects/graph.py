@@ -339,6 +339,12 @@ class AttentionOp(GraphOp):
     traits = traits_def(Pure())
     assembly_format = "$query `,` $key `,` $value (`,` $mask^)? attr-dict `:` functional-type(operands, results)"
 
+    @staticmethod
+    def make(query: SSAValue, key: SSAValue, value: SSAValue, mask: SSAValue | None, result_type: TensorType,
+             attributes: dict) -> AttentionOp:
+        operands = [query, key, value, [mask] if mask is not None else []]
+        return AttentionOp(operands=operands, result_types=[result_type], attributes=attributes)
+
     def verify_(self):
         q, k, v = shape_of(self.query), shape_of(self.key), shape_of(self.value)
         if len(q) != 4 or len(k) != 4 or k != v[:3] + (k[3],) or q[3] != k[3]:

@@ -5,7 +5,8 @@ its operands (the region is isolated from above) and yields the values it
 writes out. `kind` names the kernel template the tile lowering uses:
 `matmul` (matmul/linear with an epilogue), `row` (a reduction over the last dim
 with its pointwise prologue and epilogue), `attention` (one online-softmax
-flash-attention kernel), `pointwise` (pointwise ops and concats). The `tile`
+flash-attention kernel), `pointwise` (pointwise ops and concats), `gather` (rows picked by an index,
+with a pointwise epilogue). The `tile`
 pass records its decisions on the kernel as attributes (`tiles`, `stages`).
 """
 
@@ -26,7 +27,7 @@ from xdsl.irdl import (
 from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
-KERNEL_KINDS = ("matmul", "row", "attention", "pointwise")
+KERNEL_KINDS = ("matmul", "row", "attention", "pointwise", "gather")
 
 
 @irdl_op_definition

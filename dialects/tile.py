@@ -47,7 +47,7 @@ from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure, Symbol
 from xdsl.utils.exceptions import VerifyException
 
 PADDINGS = ("zero", "neg_inf")
-REDUCTIONS = ("sum", "max")
+REDUCTIONS = ("sum", "max", "argmax")
 
 
 def _check_view(op, shape: DenseArrayBase, strides: DenseArrayBase, tile: TensorType) -> None:
@@ -187,6 +187,50 @@ class StoreOp(IRDLOperation):
 
 
 @irdl_op_definition
+class GatherOp(IRDLOperation):
+    """A block whose rows are picked by an index tile: element (r, c) is view(rows[r], col + c).
+
+    `rows` is an integer [R x 1] tile; a negative row counts from the end (+ height), a row
+    outside [-height, height) is a run-time error the backend reports with the kernel's name.
+    Columns outside the view read zero."""
+
+    name = "tile.gather"
+    buffer = operand_def(MemRefType)
+    base = operand_def(IndexType)
+    rows = operand_def(TensorType)
+    col = operand_def(IndexType)
+    result = result_def(TensorType)
+    shape = attr_def(DenseArrayBase)
+    strides = attr_def(DenseArrayBase)
+    traits = traits_def(Pure())
+    assembly_format = (
+        "$buffer `[` $base `]` `[` $rows `,` $col `]` attr-dict `:` type($buffer) `,` type($rows) `->` type($result)"
+    )
+
+    def verify_(self):
+        _check_view(self, self.shape, self.strides, self.result.type)
+        rows = self.rows.type.get_shape()
+        if len(rows) != 2 or rows[1] != 1 or rows[0] != self.result.type.get_shape()[0]:
+            raise VerifyException("tile.gather: rows is an [R x 1] index tile for an R-row result")
+
+
+@irdl_op_definition
+class ScanOp(IRDLOperation):
+    """Inclusive prefix sum of a tile along `axis` (axis 1: along each row)."""
+
+    name = "tile.scan"
+    operand = operand_def(TensorType)
+    result = result_def(TensorType)
+    axis = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand) `->` type($result)"
+
+    def verify_(self):
+        if self.operand.type != self.result.type:
+            raise VerifyException("tile.scan: the result has the operand's type")
+
+
+@irdl_op_definition
 class DotOp(IRDLOperation):
     """acc + lhs @ rhs on tiles."""
 
@@ -210,7 +254,8 @@ class DotOp(IRDLOperation):
 
 @irdl_op_definition
 class ReduceOp(IRDLOperation):
-    """Reduce a tile along `axis` over its first `extent` elements (the rest is padding)."""
+    """Reduce a tile along `axis` over its first `extent` elements (the rest is padding); `argmax`
+    gives the (i64) position of the first maximum."""
 
     name = "tile.reduce"
     operand = operand_def(TensorType)
@@ -253,5 +298,6 @@ class IotaOp(IRDLOperation):
 
 Tile = Dialect(
     "tile",
-    [KernelOp, ReturnOp, LaunchOp, AllocOp, WeightOp, ProgramIdOp, TileCoordsOp, LoadOp, StoreOp, DotOp, ReduceOp, FullOp, IotaOp],
+    [KernelOp, ReturnOp, LaunchOp, AllocOp, WeightOp, ProgramIdOp, TileCoordsOp, LoadOp, StoreOp, GatherOp, ScanOp,
+     DotOp, ReduceOp, FullOp, IotaOp],
 )

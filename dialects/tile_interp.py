@@ -1,7 +1,8 @@
 """numpy semantics of the `tile` dialect: a launch runs every program of its grid.
 
 Buffers are numpy arrays in their element type's storage (bf16 as uint16 bit
-patterns); loads widen to float32 and stores round to the buffer's type.
+patterns); loads widen floats to float32 and integers to int64, stores round
+(or wrap) to the buffer's type.
 Intermediate buffers start as NaN so a read before any write (a
 memory-planning bug) poisons the results instead of passing silently.
 Allocations with an arena offset are views of one byte arena, exactly as the
@@ -50,6 +51,15 @@ def grouped_coords(pid: int, rows: int, cols: int, group: int) -> tuple[int, int
     return first_row + (pid % per_group) % size, (pid % per_group) // size
 
 
+def _padded(values: np.ndarray, valid: np.ndarray, pad: float) -> np.ndarray:
+    """Loaded values with the lanes outside the view set to the padding (false / 0 for masks and integers)."""
+    if values.dtype == np.bool_:
+        return np.where(valid, values, False)
+    if values.dtype.kind == "i":
+        return np.where(valid, values, 0).astype(np.int64)
+    return np.where(valid, values, F32(pad)).astype(F32)
+
+
 @register_impls
 class TileFunctions(InterpreterFunctions):
     def __init__(self, weights: Mapping[str, np.ndarray]):
@@ -89,7 +99,7 @@ class TileFunctions(InterpreterFunctions):
         if name not in self.weights:
             raise InterpretError(f"no value was given for weight '{name}'")
         value = np.asarray(self.weights[name])
-        return (np.ascontiguousarray(value if value.dtype == np.bool_ else value.astype(F32)),)
+        return (np.ascontiguousarray(value if value.dtype.kind in "bi" else value.astype(F32)),)
 
     @impl(tile.ProgramIdOp)
     def run_program_id(self, interpreter: Interpreter, op: tile.ProgramIdOp, args: PythonValues):
@@ -105,10 +115,29 @@ class TileFunctions(InterpreterFunctions):
         rows, cols = op.result.type.get_shape()
         flat, valid = block_indices(op, base, row, col, rows, cols)
         pad = -np.inf if op.padding is not None and op.padding.data == "neg_inf" else 0.0
-        values = decode(buffer.reshape(-1)[flat])
-        if values.dtype == np.bool_:
-            return (np.where(valid, values, False),)
-        return (np.where(valid, values, F32(pad)).astype(F32),)
+        return (_padded(decode(buffer.reshape(-1)[flat]), valid, pad),)
+
+    @impl(tile.GatherOp)
+    def run_gather(self, interpreter: Interpreter, op: tile.GatherOp, args: PythonValues):
+        buffer, base, rows, col = args
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        picked = np.asarray(rows, dtype=np.int64).reshape(-1)
+        bad = (picked < -height) | (picked >= height)
+        if bad.any():
+            kernel = op.parent_op()
+            while not isinstance(kernel, tile.KernelOp):
+                kernel = kernel.parent_op()
+            raise InterpretError(f"index {int(picked[bad][0])} is out of range for {height} rows "
+                                 f"(tile.gather in @{kernel.sym_name.data})")
+        r = np.where(picked < 0, picked + height, picked)[:, None]
+        c = col + np.arange(op.result.type.get_shape()[1])[None, :]
+        valid = (c >= 0) & (c < width) & np.ones_like(r, dtype=bool)
+        flat = np.where(valid, base + r * s0 + c * s1, 0)
+        return (_padded(decode(buffer.reshape(-1)[flat]), valid, 0.0),)
+
+    @impl(tile.ScanOp)
+    def run_scan(self, interpreter: Interpreter, op: tile.ScanOp, args: PythonValues):
+        return (np.cumsum(args[0], axis=op.axis.value.data).astype(args[0].dtype),)
 
     @impl(tile.StoreOp)
     def run_store(self, interpreter: Interpreter, op: tile.StoreOp, args: PythonValues):
@@ -130,8 +159,11 @@ class TileFunctions(InterpreterFunctions):
     def run_reduce(self, interpreter: Interpreter, op: tile.ReduceOp, args: PythonValues):
         axis, extent = op.axis.value.data, op.extent.value.data
         part = np.take(args[0], np.arange(extent), axis=axis)
+        if op.kind.data == "argmax":
+            return (np.argmax(part, axis=axis, keepdims=True).astype(np.int64),)
         fn = np.sum if op.kind.data == "sum" else np.max
-        return (fn(part, axis=axis, keepdims=True).astype(F32),)
+        result = fn(part, axis=axis, keepdims=True)
+        return (result.astype(F32) if result.dtype.kind == "f" else result,)
 
     @impl(tile.FullOp)
     def run_full(self, interpreter: Interpreter, op: tile.FullOp, args: PythonValues):

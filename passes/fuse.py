@@ -15,13 +15,13 @@ from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import GreedyRewritePatternApplier, PatternRewriteWalker
 from xdsl.transforms.dead_code_elimination import region_dce
 
-from llmc.passes.fusion.attention import AttentionWithoutRepeatKV, WrittenOutAttention
+from llmc.passes.fusion.attention import AttentionWithoutRepeatKV, SimplifiedAttentionMask, WrittenOutAttention
 from llmc.passes.fusion.kernels import KernelBuilder
 from llmc.passes.fusion.partition import partition
 
 
 def fuse_attention(module: builtin.ModuleOp) -> None:
-    patterns = GreedyRewritePatternApplier([WrittenOutAttention(), AttentionWithoutRepeatKV()])
+    patterns = GreedyRewritePatternApplier([WrittenOutAttention(), SimplifiedAttentionMask(), AttentionWithoutRepeatKV()])
     PatternRewriteWalker(patterns).rewrite_module(module)
     for op in module.walk():
         if isinstance(op, func.FuncOp):

@@ -4,24 +4,32 @@ Pattern (rank-4 [B, H, T, D] operands, every intermediate used once):
 
     s = matmul(q, permute(k, [0, 1, 3, 2]))       # QK^T
     s = s * c  |  s / c                            # optional scale (a constant)
-    s = where(eq(causal_mask, 0), -inf, s)         # optional causal masking
-    p = softmax(s, dim=-1)
+    s = where(m, s, -inf) | where(m, -inf, s)      # optional mask: bool, kept where true / false,
+      | s + f                                      #   or additive float (HF's finfo.min masks)
+    p = [cast] softmax(s, dim=-1)
     o = matmul(p, v)
 
-Both the written-out form and imported `graph.attention` ops then have their
-repeat_kv stripped (reshape(expand(reshape(kv)))), so GQA reads each K/V head
-once instead of materialising the repeats.
+Then every graph.attention (written out or from SDPA) has its mask simplified:
+a lower-triangular constant mask (`graph.causal_mask`, maybe as a 0 / -inf
+additive mask, maybe and-ed with a padding mask) becomes the `causal`
+attribute, so the kernel skips the tiles above the diagonal and reads no mask
+bytes for it (a row with every key masked gives zeros under a bool mask and a
+uniform average under an additive one, so an additive mask is never split or
+turned into a bool); and repeat_kv (reshape(expand(reshape(kv)))) is stripped, so GQA reads each K/V
+head once instead of materialising the repeats.
 """
 
 from __future__ import annotations
 
-import math
-
-from xdsl.dialects.builtin import FloatAttr, UnitAttr, f32
+from xdsl.dialects.builtin import FloatAttr, UnitAttr, f32, i1
 from xdsl.ir import Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
+from xdsl.rewriter import InsertPoint
 
 from llmc.dialects import graph
+from llmc.passes.fusion.views import view_chain
+
+MASKED = -1e30  # a score at or below this is a masked-out key (HF adds finfo.min)
 
 
 def _single_use_producer(value: SSAValue, op_type) -> Operation | None:
@@ -31,36 +39,53 @@ def _single_use_producer(value: SSAValue, op_type) -> Operation | None:
     return None
 
 
-def _scalar_constant(value: SSAValue) -> float | None:
-    owner = value.owner
-    if isinstance(owner, graph.ConstantOp) and graph.shape_of(value) in ((), (1,)):
-        return owner.value.value.data
+def scalar_constant(value: SSAValue) -> float | None:
+    root, chain = view_chain(value)
+    owner = root.owner
+    if isinstance(owner, graph.ConstantOp) and all(isinstance(v, graph.ExpandOp | graph.ReshapeOp) for v in chain):
+        return float(owner.number)
     return None
 
 
-def _strip_causal_mask(value: SSAValue) -> tuple[SSAValue, bool]:
-    """s under `where(mask == 0, -inf, s)` or `where(mask, s, -inf)`, and whether it was there."""
+def _is_masked_value(value: SSAValue) -> bool:
+    c = scalar_constant(value)
+    return c is not None and c <= MASKED
+
+
+def _strip_mask(value: SSAValue) -> tuple[SSAValue, SSAValue | None, bool]:
+    """(scores, mask, negated): scores under a masking op, the mask it applies, and whether a bool
+    mask keeps the keys where it is false."""
     where = _single_use_producer(value, graph.WhereOp)
-    if where is None:
-        return value, False
-    cond = where.cond.owner
-    if isinstance(cond, graph.EqOp) and _scalar_constant(cond.rhs) == 0.0 and isinstance(cond.lhs.owner, graph.CausalMaskOp):
-        if _scalar_constant(where.lhs) == -math.inf:
-            return where.rhs, True
-    if isinstance(cond, graph.CausalMaskOp) and _scalar_constant(where.rhs) == -math.inf:
-        return where.lhs, True
-    return value, False
+    if where is not None and where.cond.type.element_type == i1:
+        if _is_masked_value(where.rhs):
+            return where.lhs, where.cond, False
+        if _is_masked_value(where.lhs):
+            return where.rhs, where.cond, True
+    add = _single_use_producer(value, graph.AddOp)
+    if add is not None:
+        for scores, mask in ((add.lhs, add.rhs), (add.rhs, add.lhs)):
+            if graph.shape_of(scores) == graph.shape_of(add.result) and scalar_constant(mask) is None:
+                if _is_scores(scores):
+                    return scores, mask, False
+    return value, None, False
+
+
+def _is_scores(value: SSAValue) -> bool:
+    """Whether `value` is (a scaled) QK^T: the side of an addition that is not the mask."""
+    scores, _ = _strip_scale(value)
+    qk = scores.owner
+    return isinstance(qk, graph.MatmulOp) and _transposed_key(qk.rhs) is not None
 
 
 def _strip_scale(value: SSAValue) -> tuple[SSAValue, float]:
     mul = _single_use_producer(value, graph.MulOp)
     if mul is not None:
-        if (c := _scalar_constant(mul.rhs)) is not None:
+        if (c := scalar_constant(mul.rhs)) is not None:
             return mul.lhs, c
-        if (c := _scalar_constant(mul.lhs)) is not None:
+        if (c := scalar_constant(mul.lhs)) is not None:
             return mul.rhs, c
     div = _single_use_producer(value, graph.DivOp)
-    if div is not None and (c := _scalar_constant(div.rhs)) not in (None, 0.0):
+    if div is not None and (c := scalar_constant(div.rhs)) not in (None, 0.0):
         return div.lhs, 1.0 / c
     return value, 1.0
 
@@ -70,6 +95,16 @@ def _transposed_key(value: SSAValue) -> SSAValue | None:
     if isinstance(op, graph.PermuteOp) and tuple(op.perm.get_values()) == (0, 1, 3, 2):
         return op.operand
     return None
+
+
+def _probabilities(value: SSAValue) -> graph.SoftmaxOp | None:
+    cast = _single_use_producer(value, graph.CastOp)
+    if cast is not None:
+        value = cast.operand
+    softmax = _single_use_producer(value, graph.SoftmaxOp)
+    if softmax is None or softmax.dim.value.data != len(graph.shape_of(softmax.operand)) - 1:
+        return None
+    return softmax
 
 
 def strip_repeat_kv(value: SSAValue) -> SSAValue:
@@ -94,24 +129,89 @@ def strip_repeat_kv(value: SSAValue) -> SSAValue:
 class WrittenOutAttention(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: graph.MatmulOp, rewriter: PatternRewriter):
-        softmax = _single_use_producer(op.lhs, graph.SoftmaxOp)
+        softmax = _probabilities(op.lhs)
         if softmax is None or len(graph.shape_of(op.result)) != 4:
             return
-        scores, causal = _strip_causal_mask(softmax.operand)
+        scores, mask, negated = _strip_mask(softmax.operand)
         scores, scale = _strip_scale(scores)
         qk = _single_use_producer(scores, graph.MatmulOp)
         if qk is None or (key := _transposed_key(qk.rhs)) is None:
             return
         q, v = qk.lhs, op.rhs
-        if len(graph.shape_of(q)) != 4 or (causal and graph.shape_of(q)[2] != graph.shape_of(key)[2]):
+        if len(graph.shape_of(q)) != 4 or q.type.element_type != v.type.element_type:
             return
+        if mask is not None:
+            if negated:
+                mask = _inserted(rewriter, op, graph.NotOp(mask))
+            mask = mask if mask.type.element_type == i1 else _as_f32(rewriter, op, mask)
         attrs = {"scale": FloatAttr(scale, f32)}
-        if causal:
-            attrs["causal"] = UnitAttr()
         if op.loc is not None:
             attrs["loc"] = op.loc
-        fused = graph.AttentionOp(operands=[q, key, v], result_types=[op.result.type], attributes=attrs)
-        rewriter.replace(op, fused)
+        rewriter.replace_op(op, graph.AttentionOp.make(q, key, v, mask, op.result.type, attrs))
+
+
+def _inserted(rewriter: PatternRewriter, before: Operation, new: Operation) -> SSAValue:
+    if "loc" in before.attributes:
+        new.attributes["loc"] = before.attributes["loc"]
+    rewriter.insert_op(new, InsertPoint.before(before))
+    return new.results[0]
+
+
+def _as_f32(rewriter: PatternRewriter, before: Operation, mask: SSAValue) -> SSAValue:
+    if mask.type.element_type == f32:
+        return mask
+    return _inserted(rewriter, before, graph.CastOp(operands=[mask], result_types=[graph.tensor(graph.shape_of(mask), f32)]))
+
+
+# ----------------------------------------------------------------- mask simplification
+
+
+def is_causal(value: SSAValue, scores: tuple[int, ...]) -> bool:
+    """A top-left lower-triangular mask over [Tq, Tk] (a graph.causal_mask seen through broadcasts)."""
+    root, chain = view_chain(value)
+    if not isinstance(root.owner, graph.CausalMaskOp) or any(not isinstance(v, graph.ExpandOp | graph.ReshapeOp) for v in chain):
+        return False
+    mask = graph.shape_of(root)
+    return len(mask) >= 2 and mask[-2:] == scores[-2:]
+
+
+def _causal_additive(value: SSAValue, scores) -> bool:
+    """where(causal_mask, 0, masked): a causal mask written as an additive float mask."""
+    root, chain = view_chain(value)
+    where = root.owner
+    if not isinstance(where, graph.WhereOp) or any(not isinstance(v, graph.ExpandOp | graph.ReshapeOp) for v in chain):
+        return False
+    return is_causal(where.cond, scores) and scalar_constant(where.lhs) == 0.0 and _is_masked_value(where.rhs)
+
+
+def simplify_mask(mask: SSAValue, scores: tuple[int, ...]) -> tuple[SSAValue | None, bool]:
+    """(remaining mask or None, whether the causal attribute carries the rest)."""
+    if is_causal(mask, scores) or _causal_additive(mask, scores):
+        return None, True
+    keep_all = 1.0 if mask.type.element_type == i1 else 0.0
+    if scalar_constant(mask) == keep_all:
+        return None, False
+    op = mask.owner
+    if isinstance(op, graph.AndOp):
+        for causal, other in ((op.lhs, op.rhs), (op.rhs, op.lhs)):
+            if is_causal(causal, scores):
+                return other, True
+    return mask, False
+
+
+class SimplifiedAttentionMask(RewritePattern):
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: graph.AttentionOp, rewriter: PatternRewriter):
+        if op.mask is None:
+            return
+        scores = (*graph.shape_of(op.query)[:3], graph.shape_of(op.key)[2])
+        mask, causal = simplify_mask(op.mask, scores)
+        if mask is op.mask:
+            return
+        attrs = dict(op.attributes)
+        if causal:
+            attrs["causal"] = UnitAttr()
+        rewriter.replace_op(op, graph.AttentionOp.make(op.query, op.key, op.value, mask, op.result.type, attrs))
 
 
 class AttentionWithoutRepeatKV(RewritePattern):
@@ -122,4 +222,5 @@ class AttentionWithoutRepeatKV(RewritePattern):
             return
         if graph.shape_of(key)[1] != graph.shape_of(value)[1]:
             return
-        rewriter.replace(op, graph.AttentionOp(operands=[op.query, key, value], result_types=[op.result.type], attributes=dict(op.attributes)))
+        rewriter.replace_op(op, graph.AttentionOp.make(op.query, key, value, op.mask, op.result.type, dict(op.attributes)))
+

@@ -19,7 +19,7 @@ from xdsl.ir import Block, Operation, Region, SSAValue
 
 from llmc.dialects import graph, kernel
 from llmc.passes.fusion.partition import Group, Partition
-from llmc.passes.fusion.views import apply_views, view_chain
+from llmc.passes.fusion.views import apply_views, store_view, view_chain
 
 CLONED_SOURCES = (graph.ConstantOp, graph.CausalMaskOp)
 INVERTIBLE_VIEWS = (graph.PermuteOp, graph.ReshapeOp)
@@ -61,7 +61,9 @@ class KernelBuilder:
         out = Output(root, views)
         owner = root.owner
         group = self.partition.group_of.get(owner) if isinstance(owner, Operation) else None
-        if group is not None and all(isinstance(v, INVERTIBLE_VIEWS) for v in views):
+        storable = all(isinstance(v, INVERTIBLE_VIEWS) for v in views) and (
+            not views or store_view(graph.shape_of(root), views, graph.shape_of(views[-1].result)) is not None)
+        if group is not None and storable:
             plan = self.plans[group.gid]
         else:
             plan = next((p for p in self.copies if out in p.outputs), None) or self._copy_plan(root)

@@ -2,7 +2,9 @@
 
 Heuristic, in the spirit of Inductor's scheduler but over whole LLM ops:
 1. Anchors open groups: matmul/linear (`matmul`), reductions, softmax and
-   layer_norm (`row`), attention (`attention`). Row anchors and concats first
+   layer_norm (`row`), attention (`attention`), gathers (`gather`: its
+   source and index are read from other kernels, so a gather group never
+   absorbs the producers of its index). Row anchors and concats first
    pull in the single-use pointwise ops that feed them (prologues: x.pow(2)
    before mean, -x before the concat of rotate_half).
 2. Walking the program in order, a pointwise op joins the group of a direct
@@ -39,7 +41,7 @@ class Group:
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         if self.kind == "row":
             return shape in (self.shape, self.shape[:-1] + (1,), self.shape[:-1])
-        return self.kind in ("matmul", "pointwise") and shape == self.shape
+        return self.kind in ("matmul", "pointwise", "gather") and shape == self.shape
 
 
 @dataclass
@@ -63,6 +65,8 @@ def anchor_kind(op: Operation) -> str | None:
         return "row"
     if isinstance(op, graph.AttentionOp):
         return "attention"
+    if isinstance(op, graph.GatherOp):
+        return "gather"
     return None
 
 
@@ -162,7 +166,7 @@ class Partitioner:
             if self.would_cycle(op, target) or self.reads_through_view(op, target):
                 continue
             for other in candidates:
-                if other is not target and other.kind == "pointwise" and other.shape == target.shape:
+                if other is not target and other.kind == "pointwise" and target.kind != "gather" and other.shape == target.shape:
                     self.try_merge(target, other)
             self.assign(op, target)
             return True

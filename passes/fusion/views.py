@@ -69,3 +69,20 @@ def _apply(t: torch.Tensor, op: Operation) -> torch.Tensor | None:
     index = [slice(None)] * t.dim()
     index[op.dim.value.data] = slice(op.start.value.data, op.end.value.data, op.step.value.data)
     return t[tuple(index)]
+
+
+def store_view(value_shape: tuple[int, ...], views, out_shape: tuple[int, ...]) -> StridedView | None:
+    """How a value of `value_shape` lands in a contiguous buffer of `views(value)` (permutes and
+    reshapes undone on the buffer), or None where that is not one strided view of it."""
+    t = torch.empty(out_shape, device="meta")
+    try:
+        for op in reversed(views):
+            if isinstance(op, graph.PermuteOp):
+                perm = op.perm.get_values()
+                t = t.permute([perm.index(i) for i in range(len(perm))])
+            else:
+                t = t.view(graph.shape_of(op.operand))
+        t = t.view(value_shape) if tuple(t.shape) != value_shape else t
+    except RuntimeError:
+        return None
+    return StridedView(tuple(t.shape), tuple(t.stride()), t.storage_offset())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from xdsl.dialects import arith
-from xdsl.dialects.builtin import FloatAttr, IndexType, IntegerAttr, StringAttr, TensorType, f32
+from xdsl.dialects.builtin import FloatAttr, IndexType, IntegerAttr, StringAttr, TensorType, f32, i32, i64
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 
 from llmc.dialects import graph, tile
@@ -80,8 +80,8 @@ class Emitter:
     def full(self, value: float, shape: Sequence[int]) -> SSAValue:
         return self.value(tile.FullOp(result_types=[tile_type(shape)], attributes={"value": FloatAttr(value, f32)}))
 
-    def scalar(self, value: float) -> SSAValue:
-        return self.value(graph.ConstantOp(value))
+    def scalar(self, value: float | int, element: Attribute = f32) -> SSAValue:
+        return self.value(graph.ConstantOp(value, graph.tensor((), element)))
 
     def unflatten(self, linear: SSAValue, dims: Sequence[int]) -> list[SSAValue]:
         """Multi-index of a row-major linear index over `dims`."""
@@ -133,11 +133,19 @@ def load(em: Emitter, buffer: SSAValue, operand: Operand2D, base: SSAValue, row:
     return em.value(op)
 
 
+def compute_element(element: Attribute) -> Attribute:
+    """What tile arithmetic on values of `element` computes in: f32 for floats, i64 for integers."""
+    if is_low_precision(element):
+        return f32
+    return i64 if element == i32 else element
+
+
 def widened(em: Emitter, value: SSAValue) -> SSAValue:
-    """A 16-bit float tile as f32 (exact), which is what tile arithmetic computes in."""
-    if not is_low_precision(value.type.element_type):
+    """A 16-bit float tile as f32, an i32 tile as i64 (both exact): what tile arithmetic computes in."""
+    element = compute_element(value.type.element_type)
+    if element == value.type.element_type:
         return value
-    cast = graph.CastOp(operands=[value], result_types=[tile_type(value.type.get_shape())])
+    cast = graph.CastOp(operands=[value], result_types=[tile_type(value.type.get_shape(), element)])
     return em.value(cast)
 
 
@@ -151,16 +159,3 @@ def narrowed(em: Emitter, value: SSAValue, element: Attribute) -> SSAValue:
 def store(em: Emitter, value: SSAValue, buffer: SSAValue, operand: Operand2D, base: SSAValue,
           row: SSAValue, col: SSAValue) -> None:
     em.add(tile.StoreOp(operands=[value, buffer, base, row, col], attributes=operand.view_attrs()))
-
-
-def store_view(value_shape: tuple[int, ...], views: Sequence[Operation], out_shape: tuple[int, ...]) -> StridedView:
-    """How a value of `value_shape` lands in a contiguous buffer of `views(value)`."""
-    t = torch.empty(out_shape, device="meta")
-    for op in reversed(views):
-        if isinstance(op, graph.PermuteOp):
-            perm = op.perm.get_values()
-            t = t.permute([perm.index(i) for i in range(len(perm))])
-        else:
-            t = t.view(graph.shape_of(op.operand))
-    t = t.view(value_shape) if tuple(t.shape) != value_shape else t
-    return StridedView(tuple(t.shape), tuple(t.stride()), t.storage_offset())

@@ -4,8 +4,11 @@ The kernel's iteration space is split into [BR, BC] tiles over its last two
 dims; the program at `origin` evaluates every value it needs on its tile:
 buffers (through their view chains) become block loads, pointwise ops are
 cloned onto tiles, reductions over the last dim become `tile.reduce` with the
-true row length as extent, and a concat evaluates each input at a shifted
-origin and selects by position. Values are memoised per shift.
+true row length as extent, a concat evaluates each input at a shifted
+origin and selects by position, a gather loads its index column and then the
+rows it names (`tile.gather`), and a causal mask is two iotas compared.
+Values are memoised per shift. Arithmetic is f32 for floats and i64 for
+integers (`compute_element`); stores round to the buffer's type.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from xdsl.ir import Operation, SSAValue
 
 from llmc.dialects import graph, tile
 from llmc.dtypes import is_low_precision
+from llmc.passes.fusion.views import StridedView
 from llmc.errors import UnsupportedOpError, with_loc
 from llmc.passes.fusion.views import apply_views, view_chain
-from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, load, tile_type, widened
+from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, compute_element, load, tile_type, widened
 
 
 @dataclass
@@ -71,11 +75,15 @@ class TileEvaluator:
         root, chain = view_chain(value)
         if root in self.buffers:
             return self.leaf(root, chain, space_shape, shift)
+        if isinstance(root.owner, graph.ConstantOp):  # a splat, whatever views see it
+            return self.em.scalar(root.owner.number, compute_element(root.type.element_type))
+        if isinstance(root.owner, graph.CausalMaskOp):  # tril over the last two dims, which views keep
+            return self.causal_mask(space_shape, shift)
         op = value.owner
         if chain:
             return self._in_group_view(value, chain, space_shape, shift)
-        if isinstance(op, graph.ConstantOp):
-            return self.em.scalar(op.value.value.data)
+        if isinstance(op, graph.GatherOp):
+            return self.gather(op, space_shape, shift)
         if isinstance(op, graph.ConcatOp):
             return self.concat(op, shift)
         if isinstance(op, graph.POINTWISE_OPS):
@@ -109,8 +117,8 @@ class TileEvaluator:
         operands = [self.value(v, shape, shift) for v in op.operands]
         tile_shape = self.space.tile_shape(shape)
         element = op.results[0].type.element_type
-        if is_low_precision(element) and not isinstance(op, graph.CastOp):
-            element = f32  # fused arithmetic stays in f32 until a store or an explicit cast rounds it
+        if not (is_low_precision(element) and isinstance(op, graph.CastOp)):
+            element = compute_element(element)  # f32 / i64 until a store or an explicit cast rounds it
         result_type = tile_type(_broadcast_tiles(operands, tile_shape), element)
         return self.em.value(type(op)(operands=operands, result_types=[result_type], attributes=dict(op.attributes)))
 
@@ -133,9 +141,10 @@ class TileEvaluator:
             if result is None:
                 result = piece
             else:
-                bound = em.value(graph.ConstantOp(float(start)))
+                bound = em.scalar(start, i64)
                 inside = em.value(graph.GeOp(operands=[here, bound], result_types=[tile_type(index_shape, i1)]))
-                result = em.value(graph.WhereOp(operands=[inside, piece, result], result_types=[tile_type(block)]))
+                element = piece.type.element_type
+                result = em.value(graph.WhereOp(operands=[inside, piece, result], result_types=[tile_type(block, element)]))
             start += graph.shape_of(part)[op.dim.value.data]
         return result
 
@@ -144,8 +153,11 @@ class TileEvaluator:
             raise UnsupportedOpError(with_loc("a reduction feeding a concat in one kernel", _loc(op)))
         x = self.value(op.operands[0], graph.shape_of(op.operands[0]))
         extent = graph.shape_of(op.operands[0])[-1]
-        if isinstance(op, graph.ReduceSumOp | graph.ReduceMaxOp):
-            return self.reduce(x, "sum" if isinstance(op, graph.ReduceSumOp) else "max", extent)
+        if isinstance(op, graph.ReduceSumOp | graph.ReduceMaxOp | graph.ArgmaxOp):
+            kind = {graph.ReduceSumOp: "sum", graph.ReduceMaxOp: "max", graph.ArgmaxOp: "argmax"}[type(op)]
+            return self.reduce(x, kind, extent)
+        if isinstance(op, graph.CumsumOp):
+            return self.em.value(tile.ScanOp(operands=[x], result_types=[x.type], attributes={"axis": IntegerAttr(1, 64)}))
         if isinstance(op, graph.ReduceMeanOp):
             return self.mean(x, extent)
         if isinstance(op, graph.SoftmaxOp):
@@ -154,8 +166,9 @@ class TileEvaluator:
 
     def reduce(self, x: SSAValue, kind: str, extent: int) -> SSAValue:
         rows = x.type.get_shape()[0]
+        element = i64 if kind == "argmax" else x.type.element_type
         attrs = {"kind": StringAttr(kind), "axis": IntegerAttr(1, 64), "extent": IntegerAttr(extent, 64)}
-        return self.em.value(tile.ReduceOp(operands=[x], result_types=[tile_type((rows, 1))], attributes=attrs))
+        return self.em.value(tile.ReduceOp(operands=[x], result_types=[tile_type((rows, 1), element)], attributes=attrs))
 
     def mean(self, x: SSAValue, extent: int) -> SSAValue:
         return self.binary(graph.MulOp, self.reduce(x, "sum", extent), self.em.scalar(1.0 / extent))
@@ -175,11 +188,46 @@ class TileEvaluator:
         return self.binary(graph.AddOp, weighted, self.value(op.bias, shape))
 
     def unary(self, cls, x: SSAValue) -> SSAValue:
-        return self.em.value(cls(operands=[x], result_types=[tile_type(x.type.get_shape())]))
+        return self.em.value(cls(operands=[x], result_types=[x.type]))
 
     def binary(self, cls, a: SSAValue, b: SSAValue) -> SSAValue:
         shape = _broadcast_tiles([a, b], None)
-        return self.em.value(cls(operands=[a, b], result_types=[tile_type(shape)]))
+        element = i1 if issubclass(cls, graph.CompareOp) else a.type.element_type
+        return self.em.value(cls(operands=[a, b], result_types=[tile_type(shape, element)]))
+
+    def causal_mask(self, space_shape, shift) -> SSAValue:
+        """tril over the tile: row index >= column index."""
+        em, block = self.em, self.space.tile_shape(space_shape)
+        rows = em.value(tile.IotaOp(operands=[_shifted(em, self.space.row, shift[0])],
+                                    result_types=[tile_type((block[0], 1), i64)], attributes={"axis": IntegerAttr(0, 64)}))
+        cols = em.value(tile.IotaOp(operands=[_shifted(em, self.space.col, shift[1])],
+                                    result_types=[tile_type((1, block[1]), i64)], attributes={"axis": IntegerAttr(1, 64)}))
+        return self.binary(graph.LeOp, cols, rows)
+
+    def gather(self, op: graph.GatherOp, space_shape, shift) -> SSAValue:
+        """Load this tile's rows of the index (a column), then the source rows they name."""
+        if shift[0]:
+            raise UnsupportedOpError(with_loc("a gather feeding a concat along its rows in one kernel", _loc(op)))
+        source, source_chain = view_chain(op.source)
+        index, index_chain = view_chain(op.index)
+        if source not in self.buffers or index not in self.buffers:
+            raise UnsupportedOpError(with_loc("a gather whose source or index is computed in its own kernel", _loc(op)))
+        em, space = self.em, self.space
+        batch = space.shape2d[:-2]
+        target = space.normalize(space_shape)
+        block = space.tile_shape(space_shape)
+        src_view = apply_views(graph.shape_of(source), source_chain)
+        src = Operand2D.of(src_view.broadcast_to(batch + src_view.shape[-2:]), len(batch))
+        idx_view = apply_views(graph.shape_of(index), index_chain)
+        column = StridedView((idx_view.shape[0], 1), (idx_view.strides[0], 0), idx_view.offset)
+        idx = Operand2D.of(column.broadcast_to(batch + (target[-2], 1)), len(batch))
+        rows = widened(em, load(em, self.buffers[index], idx, idx.base(em, space.batch_index), space.row,
+                                em.index(0), (block[0], 1)))
+        col = _shifted(em, space.col, shift[1])
+        attrs = src.view_attrs()
+        picked = em.value(tile.GatherOp(operands=[self.buffers[source], src.base(em, space.batch_index), rows, col],
+                                        result_types=[tile_type(block, op.result.type.element_type)], attributes=attrs))
+        return widened(em, picked)
 
 
 def _broadcast_tiles(values: list[SSAValue], fallback) -> tuple[int, ...]:

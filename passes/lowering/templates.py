@@ -17,12 +17,13 @@ from xdsl.ir import Block, Region, SSAValue
 
 from llmc.dialects import graph, kernel, tile
 from llmc.errors import UnsupportedOpError
-from llmc.passes.fusion.views import StridedView, apply_views, view_chain
-from llmc.passes.lowering.emit import (Emitter, Operand2D, as_2d, load, narrowed, pow2_at_least, store, store_view,
-                                      tile_type)
+from llmc.passes.fusion.views import StridedView, apply_views, store_view, view_chain
+from llmc.passes.lowering.emit import (Emitter, Operand2D, as_2d, load, narrowed, pow2_at_least, store, tile_type,
+                                      widened)
 from llmc.passes.lowering.evaluate import TileEvaluator, TileSpace
 
 STAGES_ATTR = "llmc.pipeline_stages"
+LOWEST_F32 = -3.4028234663852886e38
 
 
 class KernelLowering:
@@ -159,6 +160,7 @@ def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) ->
     k_buf, k = _operand(op.key, low, (b, h_kv, tk, d))
     v_buf, v = _operand(op.value, low, (b, h_kv, tk, dv))
     k = k.transposed()
+    mask = _operand(op.mask, low, (b, h, tq, tk)) if op.mask is not None else None
     pid = em.program_id(0)
     batch, head = em.divi(pid, h), em.remi(pid, h)
     kv_head = em.divi(head, h // h_kv)
@@ -175,6 +177,8 @@ def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) ->
         kt = load(em, k_buf, k, k_base, zero, j, (bd, bn))
         scores = em.value(tile.DotOp(operands=[q_tile, kt, em.full(0.0, (bm, bn))], result_types=[tile_type((bm, bn))]))
         scores = _masked_scores(em, scores, j, m0, tk, scale, causal, (bm, bn))
+        if mask is not None:
+            scores = _apply_mask(em, scores, mask, [batch, head], m0, j, (bm, bn))
         ev = TileEvaluator(em, TileSpace((bm, bn), (bm, bn), [], zero, zero), {})
         m_new = ev.binary(graph.MaximumOp, m_i, ev.reduce(scores, "max", bn))
         p = ev.unary(graph.ExpOp, ev.binary(graph.SubOp, scores, m_new))
@@ -185,13 +189,27 @@ def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) ->
         p_operand = narrowed(em, p, v_tile.type.element_type)  # 16-bit P @ V, as FlashAttention does
         return [m_new, l_new, em.value(tile.DotOp(operands=[p_operand, v_tile, rescaled], result_types=[acc.type]))]
 
-    init = [em.full(-1e30, (bm, 1)), em.full(0.0, (bm, 1)), em.full(0.0, (bm, bdv))]
+    # the running max starts at the lowest finite float: a key an additive mask pushed to ~finfo.min still
+    # counts (eager gives a fully masked row a uniform average), one a bool mask made -inf never does
+    init = [em.full(LOWEST_F32, (bm, 1)), em.full(0.0, (bm, 1)), em.full(0.0, (bm, bdv))]
     _, l_final, acc = low.loop(upper, bn, init, kv_step, stages)
     space = TileSpace(graph.shape_of(op.result), (bm, bdv), [batch, head], m0, zero)
     evaluator = TileEvaluator(em, space, low.buffers)
-    evaluator.bindings[op.result] = evaluator.binary(graph.DivOp, acc, l_final)
+    # a row whose every key is masked has l = 0 and acc = 0: it gives zeros, as SDPA does (l >= 1 otherwise)
+    live = evaluator.binary(graph.MaximumOp, l_final, em.scalar(1e-30))
+    evaluator.bindings[op.result] = evaluator.binary(graph.DivOp, acc, live)
     low.store_outputs(evaluator)
     return [b * h, math.ceil(tq / bm)]
+
+
+def _apply_mask(em: Emitter, scores: SSAValue, mask: tuple[SSAValue, Operand2D], batch_index, m0, j, block) -> SSAValue:
+    """The scaled scores with the mask tile applied: a bool mask keeps keys where true, a float one adds."""
+    buffer, operand = mask
+    tile_value = widened(em, load(em, buffer, operand, operand.base(em, batch_index), m0, j, block))
+    if tile_value.type.element_type == i1:
+        neg_inf = em.scalar(-math.inf)
+        return em.value(graph.WhereOp(operands=[tile_value, scores, neg_inf], result_types=[scores.type]))
+    return em.value(graph.AddOp(operands=[scores, tile_value], result_types=[scores.type]))
 
 
 def _masked_scores(em: Emitter, scores, j, m0, tk: int, scale: float, causal: bool, block) -> SSAValue:
@@ -199,7 +217,7 @@ def _masked_scores(em: Emitter, scores, j, m0, tk: int, scale: float, causal: bo
     scores = em.value(graph.MulOp(operands=[scores, em.scalar(scale)], result_types=[scores.type]))
     neg_inf = em.scalar(-math.inf)
     cols = em.value(tile.IotaOp(operands=[j], result_types=[tile_type((1, block[1]), i64)], attributes={"axis": IntegerAttr(1, 64)}))
-    in_range = em.value(graph.LtOp(operands=[cols, em.scalar(float(tk))], result_types=[tile_type((1, block[1]), i1)]))
+    in_range = em.value(graph.LtOp(operands=[cols, em.scalar(tk, i64)], result_types=[tile_type((1, block[1]), i1)]))
     scores = em.value(graph.WhereOp(operands=[in_range, scores, neg_inf], result_types=[scores.type]))
     if not causal:
         return scores
