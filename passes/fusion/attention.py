@@ -142,18 +142,38 @@ class WrittenOutAttention(RewritePattern):
             return
         if mask is not None:
             if negated:
-                mask = _inserted(rewriter, op, graph.NotOp(mask))
+                mask = _negated(rewriter, op, mask)
             mask = mask if mask.type.element_type == i1 else _as_f32(rewriter, op, mask)
         attrs = {"scale": FloatAttr(scale, f32)}
         if op.loc is not None:
             attrs["loc"] = op.loc
-        rewriter.replace_op(op, graph.AttentionOp.make(q, key, v, mask, op.result.type, attrs))
+        rewriter.replace(op, graph.AttentionOp.make(q, key, v, mask, op.result.type, attrs))
+
+
+def negation_of(value: SSAValue) -> SSAValue | None:
+    """m where `value` is not(m) or m == 0 for an i1 mask m."""
+    op = value.owner
+    if isinstance(op, graph.NotOp) and op.operand.type.element_type == i1:
+        return op.operand
+    if isinstance(op, graph.EqOp) and op.lhs.type.element_type == i1 and scalar_constant(op.rhs) == 0.0:
+        return op.lhs
+    return None
+
+
+def _negated(rewriter: PatternRewriter, before: Operation, mask: SSAValue) -> SSAValue:
+    inner = negation_of(mask)
+    if inner is not None:
+        return inner
+    constant = scalar_constant(mask)
+    if constant is not None:
+        return _inserted(rewriter, before, graph.ConstantOp(not constant, mask.type))
+    return _inserted(rewriter, before, graph.NotOp(mask))
 
 
 def _inserted(rewriter: PatternRewriter, before: Operation, new: Operation) -> SSAValue:
     if "loc" in before.attributes:
         new.attributes["loc"] = before.attributes["loc"]
-    rewriter.insert_op(new, InsertPoint.before(before))
+    rewriter.insert(new, InsertPoint.before(before))
     return new.results[0]
 
 
@@ -211,7 +231,7 @@ class SimplifiedAttentionMask(RewritePattern):
         attrs = dict(op.attributes)
         if causal:
             attrs["causal"] = UnitAttr()
-        rewriter.replace_op(op, graph.AttentionOp.make(op.query, op.key, op.value, mask, op.result.type, attrs))
+        rewriter.replace(op, graph.AttentionOp.make(op.query, op.key, op.value, mask, op.result.type, attrs))
 
 
 class AttentionWithoutRepeatKV(RewritePattern):
@@ -222,5 +242,5 @@ class AttentionWithoutRepeatKV(RewritePattern):
             return
         if graph.shape_of(key)[1] != graph.shape_of(value)[1]:
             return
-        rewriter.replace_op(op, graph.AttentionOp.make(op.query, key, value, op.mask, op.result.type, dict(op.attributes)))
+        rewriter.replace(op, graph.AttentionOp.make(op.query, key, value, op.mask, op.result.type, dict(op.attributes)))
 

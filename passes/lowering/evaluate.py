@@ -119,7 +119,8 @@ class TileEvaluator:
         element = op.results[0].type.element_type
         if not (is_low_precision(element) and isinstance(op, graph.CastOp)):
             element = compute_element(element)  # f32 / i64 until a store or an explicit cast rounds it
-        result_type = tile_type(_broadcast_tiles(operands, tile_shape), element)
+        out = operands[0].type.get_shape() if isinstance(op, graph.UnaryOp) else _broadcast_tiles(operands, tile_shape)
+        result_type = tile_type(out, element)
         return self.em.value(type(op)(operands=operands, result_types=[result_type], attributes=dict(op.attributes)))
 
     def concat(self, op: graph.ConcatOp, shift) -> SSAValue:
