@@ -1,4 +1,10 @@
-"""The Python API: `llmc.compile(model, example_inputs, target=...)`."""
+"""The Python API: `llmc.compile(model, example_inputs, target=...)`.
+
+A `CompiledModel` is called like the model: the same positional and keyword
+inputs, the same output structure (a tensor, a tuple, or a Hugging Face
+`ModelOutput`). Buffers the model mutates are read from the model at each
+call and written back after it, so state lives where eager keeps it.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from xdsl.dialects.builtin import ModuleOp
 
 from llmc.dtypes import to_numpy, torch_dtype
 from llmc.errors import LlmcError
-from llmc.exporter import ImportedModel, export_model
+from llmc.exporter import ImportedModel, Source, export_model, split_inputs
 from llmc.interpret import interpret
 from llmc.pipeline import DumpOptions, PassRunner
 from llmc.registry import default_pipeline, parse_passes
@@ -38,6 +45,7 @@ class CompiledModel:
     program: object | None = None  # CProgram (backend "c") or TritonProgram (backend "triton")
     seconds: dict[str, float] = field(default_factory=dict)  # export / passes / build wall time
     fallback: Callable[[], Callable] | None = None  # builds what runs instead when the backend fails
+    model: torch.nn.Module | None = None  # the model whose mutated buffers the graph reads and writes
 
     def _fall_back(self, error: LlmcError):
         if self.fallback is None:
@@ -47,25 +55,67 @@ class CompiledModel:
         self.backend, self.program = "fallback", runner
         return runner
 
-    def __call__(self, *inputs: torch.Tensor):
-        if self.backend in ("triton", "fallback"):
-            try:
-                outputs = list(self.program(*inputs))
-            except LlmcError as error:
-                outputs = list(self._fall_back(error)(*inputs))
-        elif self.program is not None:
-            outputs = list(self.program.library(*inputs))
-        else:
-            results = interpret(self.module, [to_numpy(x) for x in inputs], self.imported.weights)
-            dtypes = [torch_dtype(t.element_type) for t in self.imported.output_types]
-            outputs = [torch.from_numpy(np.ascontiguousarray(o)).to(d) for o, d in zip(results, dtypes)]
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+    def __call__(self, *args, **kwargs):
+        if self.backend == "fallback":
+            return self.program(*args, **kwargs)
+        flat = self.flat_inputs(args, kwargs)
+        graph_inputs = [self._bound(source, flat) for source in self.imported.arguments]
+        try:
+            outputs = self.run_graph(graph_inputs)
+        except LlmcError as error:
+            if self.backend != "triton":
+                raise
+            return self._fall_back(error)(*args, **kwargs)
+        with torch.no_grad():
+            for index, target in self.imported.writebacks:
+                self._bound(target, flat).copy_(outputs[index])
+        user = [outputs[i] for i in self.imported.user_outputs]
+        if self.imported.out_spec is not None:
+            return tree_unflatten(user, self.imported.out_spec)
+        return user[0] if len(user) == 1 else tuple(user)
 
-    def profile(self, inputs: Sequence[torch.Tensor], repeats: int = 20) -> dict[str, float]:
-        """Measured microseconds per kernel (C backend only)."""
+    def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
+        """The tensors the compiled graph takes for these model inputs (state buffers included)."""
+        flat = self.flat_inputs(args, kwargs)
+        return [self._bound(source, flat) for source in self.imported.arguments]
+
+    def flat_inputs(self, args: tuple, kwargs: dict) -> list:
+        spec = self.imported.in_spec
+        if spec is None:
+            if kwargs:
+                raise LlmcError("this compiled graph takes positional inputs only")
+            return list(args)
+        if kwargs and spec.num_children == 2:
+            order = spec.children_specs[1].context
+            if set(kwargs) != set(order):
+                raise LlmcError(f"the model was compiled with keyword inputs {list(order)}, got {list(kwargs)}")
+            kwargs = {name: kwargs[name] for name in order}
+        flat, given = tree_flatten((tuple(args), kwargs))
+        if given != spec:
+            raise LlmcError(f"the model was compiled for inputs shaped like {spec}; got {given}")
+        return flat
+
+    def _bound(self, source: Source, flat: list) -> torch.Tensor:
+        if source.kind == "input":
+            return flat[source.index]
+        return self.model.get_buffer(source.name)
+
+    def run_graph(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run the compiled graph on its own inputs; returns every function result."""
+        if self.backend == "triton":
+            return list(self.program(*inputs))
+        if self.program is not None:
+            return list(self.program.library(*inputs))
+        results = interpret(self.module, [to_numpy(x) for x in inputs], self.imported.weights)
+        dtypes = [torch_dtype(t.element_type) for t in self.imported.output_types]
+        return [torch.from_numpy(np.ascontiguousarray(o)).to(d) for o, d in zip(results, dtypes)]
+
+    def profile(self, inputs, repeats: int = 20) -> dict[str, float]:
+        """Measured microseconds per kernel (C backend only), on the model's inputs."""
         if self.backend != "c":
             raise LlmcError(f"per-kernel timing is measured by the C backend; this model runs on '{self.backend}'")
-        return self.program.library.profile(tuple(inputs), repeats)
+        args, kwargs = split_inputs(inputs)
+        return self.program.library.profile(tuple(self.graph_inputs(*args, **kwargs)), repeats)
 
     def report(self, measured: dict[str, float] | None = None) -> str:
         kernels = self.runner.snapshots.get("tile") or self.runner.snapshots.get("fuse")
@@ -76,7 +126,7 @@ class CompiledModel:
 
 def compile(
     model: torch.nn.Module,
-    example_inputs: Sequence[torch.Tensor],
+    example_inputs,
     target: str = "cpu",
     passes: str | None = None,
     dumps: DumpOptions | None = None,
@@ -87,27 +137,39 @@ def compile(
 ) -> CompiledModel:
     """Export, run the pass pipeline (default: all passes for `target`) and build the backend.
 
-    `backend` defaults to "c" on CPU targets and "triton" on GPU targets (on a machine without a
-    GPU, Triton's interpreter runs the kernels when TRITON_INTERPRET=1); "interpret" runs the
-    IR in llmc's numpy interpreter (for debugging).
-    `build` is a `llmc.backends.c.build.BuildOptions` (compiler, flags, cache directory).
-    `fallback` ("c" or "eager") is what runs, with a warning, when the Triton backend cannot
-    build or run a kernel; without it such a failure is an error naming the kernel and its IR.
+    `example_inputs` is a tuple of positional inputs or a dict of keyword inputs (token ids,
+    attention masks: integer and bool tensors are fine). `backend` defaults to "c" on CPU
+    targets and "triton" on GPU targets (on a machine without a GPU, Triton's interpreter runs
+    the kernels when TRITON_INTERPRET=1); "interpret" runs the IR in llmc's numpy interpreter
+    (for debugging). `build` is a `llmc.backends.c.build.BuildOptions` (compiler, flags, cache
+    directory). `fallback` ("c" or "eager") is what runs, with a warning, when the Triton
+    backend cannot build or run a kernel; without it such a failure is an error naming the
+    kernel and its IR.
     """
     if fallback not in (None, "c", "eager"):
         raise LlmcError(f"unknown fallback '{fallback}'; choose c or eager")
+    begin = time.perf_counter()
+    imported = export_model(model, example_inputs)
+    export_seconds = time.perf_counter() - begin
+    compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
+                                _fallback_factory(fallback, model, example_inputs, build, imported))
+    compiled.seconds = {"export": export_seconds, **compiled.seconds}
+    compiled.model = model
+    return compiled
+
+
+def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str | None = None,
+                     dumps: DumpOptions | None = None, emit=print, backend: str | None = None, build=None,
+                     fallback: Callable[[], Callable] | None = None) -> CompiledModel:
+    """Run the pass pipeline on an imported graph and build its backend."""
     chosen = get_target(target)
     backend = backend or ("c" if chosen.kind == "cpu" else "triton")
     if backend not in BACKENDS:
         raise LlmcError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    seconds = {}
-    begin = time.perf_counter()
-    imported = export_model(model, tuple(example_inputs))
-    seconds["export"] = time.perf_counter() - begin
     runner = PassRunner(parse_passes(passes or default_pipeline(target)), dumps or DumpOptions(), emit)
     begin = time.perf_counter()
     module = runner.run(imported.module)
-    seconds["passes"] = time.perf_counter() - begin
+    seconds = {"passes": time.perf_counter() - begin}
     compiled = CompiledModel(module, imported, runner, target, backend, seconds=seconds)
     if backend == "c":
         from llmc.backends.c import compile_c
@@ -117,8 +179,7 @@ def compile(
         compiled.program = compile_c(module, imported.weights, chosen, build or BuildOptions.from_environment())
         seconds["build"] = time.perf_counter() - begin
     elif backend == "triton":
-        output_dtypes = [torch_dtype(t.element_type) for t in imported.output_types]
-        compiled.fallback = _fallback_factory(fallback, model, example_inputs, build, output_dtypes)
+        compiled.fallback = fallback
         try:
             compiled.program = _build_triton(module, imported, build, seconds)
         except LlmcError as error:
@@ -136,25 +197,27 @@ def _build_triton(module, imported, build, seconds):
     return program
 
 
-def _fallback_factory(fallback, model, example_inputs, build, output_dtypes):
+def _fallback_factory(fallback, model, example_inputs, build, imported: ImportedModel):
     if fallback == "eager":
-        def run_eager(*inputs):
+        def run_eager(*args, **kwargs):
             with torch.no_grad():
-                result = model(*inputs)
-            return result if isinstance(result, tuple) else (result,)
+                return model(*args, **kwargs)
 
         return lambda: run_eager
     if fallback == "c":
         def build_c():
             # the C backend computes in float32: a 16-bit model falls back as a float32 copy of itself
             def widen(tensors):
-                return tuple(x.float() if x.is_floating_point() else x for x in tensors)
+                return tree_map(lambda x: x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x,
+                                tensors)
 
             wide = copy.deepcopy(model).float()
-            library = compile(wide, widen(example_inputs), target="cpu", build=build, emit=lambda *_: None).program.library
+            compiled = compile(wide, widen(example_inputs), target="cpu", build=build, emit=lambda *_: None)
+            dtypes = [torch_dtype(imported.output_types[i].element_type) for i in imported.user_outputs]
 
-            def run_c(*inputs):
-                return tuple(o.to(d) for o, d in zip(library(*widen(inputs)), output_dtypes))
+            def run_c(*args, **kwargs):
+                flat, spec = tree_flatten(compiled(*widen(args), **widen(kwargs)))
+                return tree_unflatten([o.to(d) for o, d in zip(flat, dtypes)], spec)
 
             return run_c
         return build_c

@@ -9,12 +9,12 @@ Each op leaves a comment with its IR form and model source line.
 from __future__ import annotations
 
 from xdsl.dialects import arith, scf
-from xdsl.dialects.builtin import FloatAttr
+from xdsl.dialects.builtin import FloatAttr, f32, i1, i32, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from llmc.backends import CMPI_SYMBOLS, shape2
-from llmc.backends.c.exprs import INDEX_BINARY, c_comment, c_identifier, float_literal
-from llmc.backends.c.nest import Nest
+from llmc.backends.c.exprs import ACCESS, C_TYPES, INDEX_BINARY, SPLAT, WHERE, c_comment, c_identifier, float_literal, literal
+from llmc.backends.c.nest import Nest, element_key, kind_of
 from llmc.backends.c.plan import INLINE, KernelPlan, round_up
 from llmc.dialects import tile
 from llmc.passes.coalesce import STREAM_ATTR
@@ -22,8 +22,10 @@ from llmc.errors import UnsupportedOpError
 
 
 class KernelRenderer:
-    def __init__(self, kernel: tile.KernelOp, plan: KernelPlan, function_name: str, arg_notes: list[str]):
+    def __init__(self, kernel: tile.KernelOp, plan: KernelPlan, function_name: str, arg_notes: list[str],
+                 status_code: int = 1):
         self.kernel = kernel
+        self.status_code = status_code  # what the forward returns when this kernel meets a bad index
         self.kernel_name = kernel.sym_name.data
         self.plan = plan
         self.function_name = function_name
@@ -45,6 +47,7 @@ class KernelRenderer:
             tile.StoreOp: self.op_store,
             tile.DotOp: self.op_dot,
             tile.ReduceOp: self.op_reduce,
+            tile.ScanOp: self.op_scan,
             tile.FullOp: self.op_full,
             tile.ReturnOp: lambda op: None,
         }
@@ -107,8 +110,9 @@ class KernelRenderer:
         for index, note in enumerate(self.arg_notes):
             self.line(f" *   arg{index}: {c_comment(note)}")
         self.line(" */")
-        params = ", ".join(f"float *arg{i}" for i in range(len(block.args)))
-        self.open(f"static void {self.function_name}({params}, float *scratch_base)")
+        params = ", ".join(f"{c_type(arg.type.element_type)} *arg{i}" for i, arg in enumerate(block.args))
+        self.open(f"static void {self.function_name}({params}, float *scratch_base, int *status)")
+        self.line("(void)status;")
         self.line("/* runs on every thread of the forward's one parallel region; the programs are shared out */")
         self.line("float *scratch = scratch_base + (long)omp_get_thread_num() * LLMC_SCRATCH_FLOATS;")
         self.line("(void)scratch;")
@@ -307,20 +311,59 @@ class KernelRenderer:
     def reduce_init(self, op: tile.ReduceOp) -> None:
         if op.axis.value.data != 1:
             raise UnsupportedOpError(f"tile.reduce over axis {op.axis.value.data} in @{self.kernel_name}")
-        init = "0.0f" if op.kind.data == "sum" else "-INFINITY"
-        self.line(f"vf acc{self.name(op.result)[1:]} = vsplat({init});")
+        kind, acc = kind_of(op.operand), f"acc{self.name(op.result)[1:]}"
+        if kind not in ("vf", "vl"):
+            raise UnsupportedOpError(f"tile.reduce of a mask tile in @{self.kernel_name}")
+        if op.kind.data == "argmax":
+            if kind != "vf":
+                raise UnsupportedOpError(f"argmax of an integer tile in @{self.kernel_name}")
+            self.line(f"vf {acc} = vsplat(-INFINITY);")
+            self.line(f"vl at{acc} = vsplat_l(0);")
+            return
+        lowest = "-INFINITY" if kind == "vf" else "INT64_MIN"
+        init = lowest if op.kind.data == "max" else literal(0, kind)
+        self.line(f"{kind} {acc} = {SPLAT[kind].format(init)};")
 
     def reduce_step(self, op: tile.ReduceOp, nest: Nest) -> None:
         extent = op.extent.value.data
+        kind, acc, term = kind_of(op.operand), f"acc{self.name(op.result)[1:]}", nest.vector(op.operand)
+        live = f"vlanes_below({extent} - c)"
+        if op.kind.data == "argmax":  # per lane: the first maximum and where it was
+            self.line(f"const vi up{acc} = ({term} > {acc}) & {live};")
+            self.line(f"{acc} = vsel(up{acc}, {term}, {acc});")
+            self.line(f"at{acc} = vsel_l(up{acc}, viota_l(c), at{acc});")
+            return
         is_sum = op.kind.data == "sum"
-        init = "0.0f" if is_sum else "-INFINITY"
-        acc, term = f"acc{self.name(op.result)[1:]}", nest.vector(op.operand)
-        part = f"(c + LLMC_W <= {extent} ? {term} : vsel(vlanes_below({extent} - c), {term}, vsplat({init})))"
-        self.line(f"{acc} = {acc} + {part};" if is_sum else f"{acc} = vmax({acc}, {part});")
+        pad = literal(0, kind) if is_sum else ("-INFINITY" if kind == "vf" else "INT64_MIN")
+        select = WHERE[kind].format(live, term, SPLAT[kind].format(pad))
+        part = f"(c + LLMC_W <= {extent} ? {term} : {select})"
+        biggest = "vmax" if kind == "vf" else "vmax_l"
+        self.line(f"{acc} = {acc} + {part};" if is_sum else f"{acc} = {biggest}({acc}, {part});")
 
     def reduce_finish(self, op: tile.ReduceOp) -> None:
-        v = self.name(op.result)
-        self.line(f"{v}.p[r * {v}.ld] = {'vhsum' if op.kind.data == 'sum' else 'vhmax'}(acc{v[1:]});")
+        v, kind = self.name(op.result), kind_of(op.operand)
+        acc = f"acc{v[1:]}"
+        if op.kind.data == "argmax":
+            self.line(f"((int64_t *){v}.p)[r * {v}.ld] = llmc_argmax_lanes({acc}, at{acc});")
+            return
+        total = {"vf": ("vhsum", "vhmax"), "vl": ("vhsum_l", "vhmax_l")}[kind][op.kind.data != "sum"]
+        target = f"{v}.p[r * {v}.ld]" if kind == "vf" else f"((int64_t *){v}.p)[r * {v}.ld]"
+        self.line(f"{target} = {total}({acc});")
+
+    def op_scan(self, op: tile.ScanOp) -> None:
+        """Inclusive prefix sums along each row, lane by lane (cumsum over a small dim)."""
+        rows, cols = shape2(op.result)
+        v, kind = self.name(op.result), kind_of(op.result)
+        lane = "float" if kind == "vf" else "int64_t"
+        self.line(f"/* {self.describe(op)} */")
+        self.fresh(op.result)
+        self.open(f"for (long r = 0; r < {rows}; r++)")
+        self.line(f"{lane} running = 0;")
+        self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
+        term = Nest(self).vector(op.operand)
+        self.line(f"for (int j = 0; j < LLMC_W && c + j < {cols}; j++) (({lane} *){v}.p)[r * {v}.ld + c + j] = running += {term}[j];")
+        self.close()
+        self.close()
 
     def op_pointwise(self, op: Operation) -> None:
         value = op.results[0]
@@ -368,10 +411,23 @@ class KernelRenderer:
         self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
         value = Nest(self).vector(op.value)
         lanes = f"({cols} - c < LLMC_W ? {cols} - c : LLMC_W)"
-        stream = 1 if STREAM_ATTR in op.attributes else 0
-        self.line(f"llmc_store_vec({buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value}, {stream});")
+        key = element_key(op.buffer.type.element_type)
+        where = f"{buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value}"
+        if key == "f32":
+            stream = 1 if STREAM_ATTR in op.attributes else 0
+            self.line(f"llmc_store_vec({where}, {stream});")
+        else:
+            self.line(f"llmc_store_vec{ACCESS[key]}({where});")
         self.close()
         self.close()
+
+
+def c_type(element) -> str:
+    """The C type of a buffer element (bool as one byte, as torch stores it)."""
+    key = element_key(element)
+    if element not in (f32, i64, i32, i1):
+        raise UnsupportedOpError(f"the C backend has no buffers of {element}")
+    return C_TYPES[key]
 
 
 def _short(attr) -> str:

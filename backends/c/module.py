@@ -1,11 +1,13 @@
 """Render a lowered module as one C translation unit with a single exported entry point.
 
-    llmc_context *llmc_create(float *const *weights);        weights, arena, scratch
-    int  llmc_forward(llmc_context *, float *const *inputs, float *const *outputs);
+    llmc_context *llmc_create(void *const *weights);        weights, arena, scratch
+    int  llmc_forward(llmc_context *, void *const *inputs, void *const *outputs);
     void llmc_destroy(llmc_context *);
 
 One forward call runs every kernel; contexts are independent, so two models
-sharing one cached library never share state.
+sharing one cached library never share state. Buffers keep their element
+type (float, int64_t, int32_t, and bool as one byte); the forward returns 0,
+or the code of the kernel that met an index out of range.
 
 Weights enter as pointers (the caller keeps them alive); weight panels the
 `swizzle` pass marked with `pack` are repacked here, at compile time, and
@@ -24,10 +26,10 @@ from xdsl.dialects.builtin import ModuleOp, f32
 from xdsl.ir import BlockArgument
 
 from llmc.backends.c.exprs import c_comment
-from llmc.backends.c.kernel import KernelRenderer, function_name
+from llmc.backends.c.kernel import KernelRenderer, c_type, function_name
 from llmc.backends.c.plan import PackSpec, plan_kernel, round_up
 from llmc.dialects import tile
-from llmc.dtypes import element_name
+from llmc.dtypes import LOW_PRECISION, element_bytes, element_name
 from llmc.errors import MalformedIRError, UnsupportedOpError
 from llmc.ir_text import print_ir
 from llmc.passes.swizzle import weight_arguments
@@ -43,7 +45,8 @@ class WeightSlot:
     pack: PackSpec | None = None
 
     def materialise(self, weights: dict[str, np.ndarray]) -> np.ndarray:
-        array = np.ascontiguousarray(weights[self.name], dtype=np.float32)
+        value = np.asarray(weights[self.name])
+        array = np.ascontiguousarray(value, dtype=value.dtype if value.dtype.kind in "bi" else np.float32)
         return array if self.pack is None else pack_panels(array, self.pack)
 
 
@@ -54,6 +57,9 @@ class CSource:
     input_shapes: list[tuple[int, ...]]
     output_shapes: list[tuple[int, ...]]
     launches: list[str] = field(default_factory=list)  # kernel of each launch, in order
+    input_elements: list = field(default_factory=list)
+    output_elements: list = field(default_factory=list)
+    status_kernels: dict[int, str] = field(default_factory=dict)  # forward's status code -> kernel name
 
 
 def pack_panels(array: np.ndarray, spec: PackSpec) -> np.ndarray:
@@ -111,12 +117,12 @@ class ModuleRenderer:
         self.check_types()
         weight_args = weight_arguments(self.module)
         plans, bodies, scratch = {}, [], 0
-        for name, kernel in self.kernels.items():
+        for code, (name, kernel) in enumerate(self.kernels.items(), start=1):
             self.packs[name] = packed_arguments(kernel, weight_args, self.lanes)
             plans[name] = plan_kernel(kernel, self.lanes, self.packs[name])
             scratch = max(scratch, plans[name].scratch_floats)
             notes = self.arg_notes(kernel, self.packs[name])
-            bodies.append(KernelRenderer(kernel, plans[name], function_name(name), notes).render())
+            bodies.append(KernelRenderer(kernel, plans[name], function_name(name), notes, code).render())
         entry = self.render_entry()
         header = resources.files("llmc.backends.c").joinpath("runtime.h").read_text()
         args = self.func.body.block.args
@@ -137,13 +143,16 @@ class ModuleRenderer:
             [tuple(a.type.get_shape()) for a in args],
             [tuple(v.type.get_shape()) for v in returned],
             self.launch_order,
+            [a.type.element_type for a in args],
+            [v.type.element_type for v in returned],
+            {code: name for code, name in enumerate(self.kernels, start=1)},
         )
 
     def check_types(self) -> None:
         for op in self.module.walk():
             for value in (*op.operands, *op.results):
                 memref = getattr(value.type, "element_type", None)
-                if memref is not None and value.type.name == "memref" and memref != f32:
+                if memref is not None and value.type.name == "memref" and memref in LOW_PRECISION:
                     kernel = op if isinstance(op, tile.KernelOp) else op.parent_op()
                     where = f"kernel @{kernel.sym_name.data}" if isinstance(kernel, tile.KernelOp) else "the graph"
                     raise UnsupportedOpError(
@@ -197,12 +206,13 @@ class ModuleRenderer:
         )
 
     def alloc_pointer(self, op: tile.AllocOp, returned: list, extra: list[int]) -> str:
+        ctype = c_type(op.result.type.element_type)
         if op.result in returned:
-            return f"outputs[{returned.index(op.result)}]"
+            return f"(({ctype} *)outputs[{returned.index(op.result)}])"
         if op.offset is not None:
-            return f"(ctx->arena + {op.offset.value.data // 4})"
-        extra.append(int(np.prod(op.result.type.get_shape())))
-        return f"ctx->buffers[{len(extra) - 1}]"
+            return f"(({ctype} *)(ctx->arena + {op.offset.value.data}))"
+        extra.append(int(np.prod(op.result.type.get_shape())) * element_bytes(op.result.type.element_type))
+        return f"(({ctype} *)ctx->buffers[{len(extra) - 1}])"
 
     def launch_call(self, op: tile.LaunchOp, names: dict) -> str:
         callee = op.callee.root_reference.data
@@ -212,23 +222,26 @@ class ModuleRenderer:
         packs = self.packs[callee]
         pointers = []
         for index, buffer in enumerate(op.buffers):
+            ctype = c_type(buffer.type.element_type)
             if isinstance(buffer.owner, tile.WeightOp):
                 slot = self.weight_index(buffer.owner.weight_name.data, packs.get(index))
-                pointers.append(f"ctx->weights[{slot}]")
-            elif isinstance(buffer, BlockArgument) or buffer in names:
+                pointers.append(f"(({ctype} *)ctx->weights[{slot}])")
+            elif isinstance(buffer, BlockArgument):
+                pointers.append(f"(({ctype} *){names[buffer]})")
+            elif buffer in names:
                 pointers.append(names[buffer])
             else:
                 raise MalformedIRError(f"tile.launch @{callee}: argument {index} is not a buffer of the graph")
-        args = ", ".join([*pointers, "ctx->scratch"])
+        args = ", ".join([*pointers, "ctx->scratch", "&ctx->status"])
         return f"{function_name(callee)}({args}); /* {c_comment(callee)} */"
 
     def copy_outputs(self, returned: list, names: dict) -> list[str]:
         lines = []
         for index, value in enumerate(returned):
             source = names[value]
-            if source != f"outputs[{index}]":
-                count = int(np.prod(value.type.get_shape()))
-                lines.append(f"memcpy(outputs[{index}], {source}, {count} * sizeof(float));")
+            if f"outputs[{index}]" not in source:
+                size = int(np.prod(value.type.get_shape())) * element_bytes(value.type.element_type)
+                lines.append(f"memcpy(outputs[{index}], {source}, {size});")
         return lines
 
 
@@ -237,18 +250,20 @@ class ModuleRenderer:
 REGION_OPEN = ["#pragma omp parallel num_threads(ctx->threads)", "{"]
 
 ENTRY = """typedef struct {{
-    float *weights[{weights}];
-    float *arena, *scratch;
-    float *buffers[{extras}];
+    void *weights[{weights}];
+    char *arena;
+    float *scratch;
+    void *buffers[{extras}];
     int threads;
+    int status; /* 0, or the code of a kernel that met an index out of range */
 }} llmc_context;
 
-static const long llmc_buffer_floats[{extras}] = {{{extra_sizes}}};
+static const long llmc_buffer_bytes[{extras}] = {{{extra_sizes}}};
 
-static float *llmc_alloc(long floats) {{
-    size_t bytes = ((size_t)(floats > 0 ? floats : 1) * sizeof(float) + 63) / 64 * 64;
-    float *p = aligned_alloc(64, bytes);
-    if (p) memset(p, 0, bytes);
+static void *llmc_alloc(long bytes) {{
+    size_t size = ((size_t)(bytes > 0 ? bytes : 1) + 63) / 64 * 64;
+    void *p = aligned_alloc(64, size);
+    if (p) memset(p, 0, size);
     return p;
 }}
 
@@ -262,15 +277,15 @@ void llmc_destroy(llmc_context *ctx) {{
 
 /* Binds the weights (the caller keeps them alive) and allocates the arena and
  * per-thread scratch; NULL when out of memory. */
-llmc_context *llmc_create(float *const *weights) {{
+llmc_context *llmc_create(void *const *weights) {{
     llmc_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return NULL;
     for (int i = 0; i < {weight_count}; i++) ctx->weights[i] = weights[i];
     ctx->threads = omp_get_max_threads();
-    ctx->arena = llmc_alloc({arena} / 4);
-    ctx->scratch = llmc_alloc(LLMC_SCRATCH_FLOATS * ctx->threads);
+    ctx->arena = llmc_alloc({arena});
+    ctx->scratch = llmc_alloc(LLMC_SCRATCH_FLOATS * (long)sizeof(float) * ctx->threads);
     int ok = ctx->arena != NULL && ctx->scratch != NULL;
-    for (int i = 0; i < {extra_count}; i++) ok = ok && (ctx->buffers[i] = llmc_alloc(llmc_buffer_floats[i])) != NULL;
+    for (int i = 0; i < {extra_count}; i++) ok = ok && (ctx->buffers[i] = llmc_alloc(llmc_buffer_bytes[i])) != NULL;
     if (!ok) {{
         llmc_destroy(ctx);
         return NULL;
@@ -278,20 +293,23 @@ llmc_context *llmc_create(float *const *weights) {{
     return ctx;
 }}
 
-/* One forward pass: every kernel of the graph, in order. Not reentrant per context. */
-int llmc_forward(llmc_context *ctx, float *const *inputs, float *const *outputs) {{
+/* One forward pass: every kernel of the graph, in order. Not reentrant per context.
+ * Returns 0, -1 for a missing context, or the code of a kernel that read an index out of range. */
+int llmc_forward(llmc_context *ctx, void *const *inputs, void *const *outputs) {{
     if (!ctx) return -1;
     (void)inputs;
+    ctx->status = 0;
 {body}
-    return 0;
+    return ctx->status;
 }}
 
 /* The same, adding each launch's wall time to seconds[i] (launch order). */
-int llmc_forward_profiled(llmc_context *ctx, float *const *inputs, float *const *outputs, double *seconds) {{
+int llmc_forward_profiled(llmc_context *ctx, void *const *inputs, void *const *outputs, double *seconds) {{
     if (!ctx) return -1;
     (void)inputs;
+    ctx->status = 0;
 {timed_body}
-    return 0;
+    return ctx->status;
 }}"""
 
 

@@ -1,26 +1,41 @@
 """Vector expressions for one loop nest: the pointwise ops a consumer reads, in registers.
 
 A nest iterates a tile row `r` and a vector of columns starting at `c`. Each
-inline value becomes one `const vf` statement the first time the nest needs it;
-materialised values are read from their buffer. Values of one column broadcast
-(row statistics) are splatted, values of one row are read at row 0.
+inline value becomes one `const` vector statement the first time the nest
+needs it; materialised values are read from their buffer. Values of one
+column broadcast (row statistics) are splatted, values of one row are read at
+row 0. A value's vector kind follows its element type: `vf` for f32, `vl`
+for integers, `vi` for i1 masks (exprs.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from xdsl.dialects.builtin import i1
+from xdsl.dialects.builtin import i1, i32, i64
 from xdsl.ir import SSAValue
 
-from llmc.backends.c.exprs import BINARY, GELU, POWERS, UNARY, float_literal
 from llmc.backends import constant_exponent, shape2
+from llmc.backends.c.exprs import (ACCESS, BINARY, BINARY_INT, BINARY_MASK, CASTS, GELU, POWERS, SPLAT, UNARY,
+                                   UNARY_INT, UNARY_MASK, WHERE, literal)
 from llmc.backends.c.plan import INLINE, OPERAND
 from llmc.dialects import graph, tile
 from llmc.errors import UnsupportedOpError
 
 if TYPE_CHECKING:
     from llmc.backends.c.kernel import KernelRenderer
+
+UNARY_BY_KIND = {"vf": UNARY, "vl": UNARY_INT, "vi": UNARY_MASK}
+BINARY_BY_KIND = {"vf": BINARY, "vl": BINARY_INT, "vi": BINARY_MASK}
+
+
+def kind_of(value: SSAValue) -> str:
+    element = value.type.element_type
+    return "vi" if element == i1 else "vl" if element in (i64, i32) else "vf"
+
+
+def element_key(element) -> str:
+    return {i64: "i64", i32: "i32", i1: "i1"}.get(element, "f32")
 
 
 class Nest:
@@ -38,8 +53,7 @@ class Nest:
         else:
             expr, comment = self.compute(value.owner), self.renderer.describe(value.owner)
         var = f"x{self.renderer.name(value)[1:]}"
-        kind = "vi" if is_mask(value) else "vf"
-        self.renderer.line(f"const {kind} {var} = {expr}; /* {comment} */")
+        self.renderer.line(f"const {kind_of(value)} {var} = {expr}; /* {comment} */")
         self.memo[value] = var
         return var
 
@@ -47,6 +61,10 @@ class Nest:
         rows, cols = shape2(value)
         name, info = self.renderer.name(value), self.renderer.plan.values[value]
         r = "r" if rows > 1 else "0"
+        if kind_of(value) == "vl":
+            element = f"((const int64_t *){name}.p)[{r} * {name}.ld + c]"
+            return f"vsplat_l(((const int64_t *){name}.p)[{r} * {name}.ld])" if cols == 1 else \
+                f"*(const vl_u *)&{element}"
         if cols == 1:
             return f"vsplat({name}.p[{r} * {name}.ld])"
         if info.kind == OPERAND:
@@ -59,10 +77,30 @@ class Nest:
         """The vector expression of a pointwise op or an inline load at this nest's position."""
         if isinstance(op, tile.LoadOp):
             return self.load(op)
+        if isinstance(op, tile.GatherOp):
+            return self.gather(op)
         if isinstance(op, tile.IotaOp):
             return self.iota(op)
         if isinstance(op, graph.ConstantOp):
-            return f"vsplat({float_literal(op.value.value.data)})"
+            kind = kind_of(op.result)
+            return SPLAT[kind].format(literal(op.number, kind))
+        if isinstance(op, graph.CastOp):
+            return self.cast(op)
+        if isinstance(op, graph.WhereOp):
+            return WHERE[kind_of(op.result)].format(self.vector(op.cond), self.vector(op.lhs), self.vector(op.rhs))
+        kind = kind_of(op.operands[0])
+        if kind == "vf":
+            special = self.float_special(op)
+            if special is not None:
+                return special
+        template = (UNARY_BY_KIND[kind] if len(op.operands) == 1 else BINARY_BY_KIND[kind]).get(type(op))
+        if template is None:
+            raise UnsupportedOpError(
+                f"the C backend has no vector form of {op.name} on {op.operands[0].type.element_type} tiles "
+                f"in @{self.renderer.kernel_name}")
+        return template.format(*(self.vector(v) for v in op.operands))
+
+    def float_special(self, op) -> str | None:
         if constant_exponent(op) in POWERS:
             return POWERS[constant_exponent(op)].format(self.vector(op.lhs))
         if isinstance(op, graph.GeluOp):
@@ -70,33 +108,59 @@ class Nest:
         if isinstance(op, graph.DivOp) and shape2(op.rhs)[1] == 1:
             # one reciprocal per row (hoisted out of the column loop), then multiplies
             return f"{self.vector(op.lhs)} * (1.0f / {self.vector(op.rhs)})"
-        if isinstance(op, graph.WhereOp):
-            return f"vsel({self.vector(op.cond)}, {self.vector(op.lhs)}, {self.vector(op.rhs)})"
-        template = UNARY.get(type(op)) or BINARY.get(type(op))
-        if template is None:
-            raise UnsupportedOpError(
-                f"the C backend has no vector form of {op.name} in @{self.renderer.kernel_name}"
-            )
-        return template.format(*(self.vector(v) for v in op.operands))
+        return None
+
+    def cast(self, op: graph.CastOp) -> str:
+        source, target = kind_of(op.operand), kind_of(op.result)
+        value = self.vector(op.operand)
+        converted = value if source == target else CASTS[(source, target)].format(value)
+        if op.result.type.element_type == i32:  # an int32 result wraps to 32 bits
+            converted = f"__builtin_convertvector(__builtin_convertvector({converted}, vi), vl)"
+        return converted
 
     def load(self, op: tile.LoadOp) -> str:
         rows, cols = shape2(op.result)
         name = self.renderer.name
         (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
-        pad = "-INFINITY" if op.padding is not None and op.padding.data == "neg_inf" else "0.0f"
         row = f"{name(op.row)} + r" if rows > 1 else name(op.row)
         where = f"{name(op.buffer)} + {name(op.base)}, {row}"
+        key = element_key(op.buffer.type.element_type)
+        if key != "f32":
+            column = name(op.col) if cols == 1 else f"{name(op.col)} + c"
+            vector = f"llmc_load_vec{ACCESS[key]}({where}, {column}, {height}, {width}, {s0}, {s1})"
+            return self._splat_lane0(vector, kind_of(op.result)) if cols == 1 else vector
+        pad = "-INFINITY" if op.padding is not None and op.padding.data == "neg_inf" else "0.0f"
         view = f"{height}, {width}, {s0}, {s1}, {pad}"
         if cols == 1:
             return f"vsplat(llmc_load_scalar({where}, {name(op.col)}, {view}))"
         return f"llmc_load_vec({where}, {name(op.col)} + c, {view})"
 
+    @staticmethod
+    def _splat_lane0(vector: str, kind: str) -> str:
+        return SPLAT[kind].format(f"({vector})[0]")
+
+    def gather(self, op: tile.GatherOp) -> str:
+        """Row `rows[r]` of the view (wrapped when negative, checked against the height)."""
+        rows, cols = shape2(op.result)
+        name = self.renderer.name
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        index = self.vector(op.rows)
+        row = f"llmc_gather_row(({index})[0], {height}, status, {self.renderer.status_code})"
+        key = element_key(op.buffer.type.element_type)
+        column = name(op.col) if cols == 1 else f"{name(op.col)} + c"
+        where = f"{name(op.buffer)} + {name(op.base)}, {row}, {column}, {height}, {width}, {s0}, {s1}"
+        if key == "f32":
+            vector = f"llmc_load_vec({where}, 0.0f)"
+        else:
+            vector = f"llmc_load_vec{ACCESS[key]}({where})"
+        return self._splat_lane0(vector, kind_of(op.result)) if cols == 1 else vector
+
     def iota(self, op: tile.IotaOp) -> str:
         rows, cols = shape2(op.result)
         offset = self.renderer.name(op.offset)
         if op.axis.value.data == 1:
-            return f"viota({offset} + c)" if cols > 1 else f"vsplat((float){offset})"
-        return f"vsplat((float)({offset} + r))" if rows > 1 else f"vsplat((float){offset})"
+            return f"viota_l({offset} + c)" if cols > 1 else f"vsplat_l({offset})"
+        return f"vsplat_l({offset} + r)" if rows > 1 else f"vsplat_l({offset})"
 
 
 def is_mask(value: SSAValue) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xdsl.dialects import scf
-from xdsl.dialects.builtin import i1
+from xdsl.dialects.builtin import i1, i32, i64
 from xdsl.ir import Block, BlockArgument, Operation, SSAValue
 
 from llmc.backends import shape2
@@ -62,10 +62,11 @@ class TileValue:
     panel: int = 0  # column panel width of the descriptor; 0 = row-major
     rhs: bool = False  # read as a dot's B operand (its columns must be padded to whole panels)
     transposed: bool = False  # a B operand kept as rows of K (bt[n][k]) for the dot-product form
+    wide: bool = False  # int64 elements (two float slots each)
 
     @property
     def slot_floats(self) -> int:
-        return (self.cols if self.transposed else self.rows) * self.ld
+        return (self.cols if self.transposed else self.rows) * self.ld * (2 if self.wide else 1)
 
 
 
@@ -201,8 +202,10 @@ class Planner:
                 self.plan_load(op)
             elif isinstance(op, tile.DotOp):
                 self.plan_dot(op)
-            elif isinstance(op, tile.ReduceOp):
+            elif isinstance(op, tile.ReduceOp | tile.ScanOp):
                 self.new_buffer(op.result, op)
+            elif isinstance(op, tile.GatherOp):
+                self.plan_gather(op)
             elif isinstance(op, tile.FullOp):
                 self.plan_full(op)
             elif isinstance(op, POINTWISE):
@@ -210,7 +213,8 @@ class Planner:
 
     def new_buffer(self, value: SSAValue, op: Operation, alias: SSAValue | None = None) -> TileValue:
         rows, cols = shape2(value)
-        info = TileValue(BUFFER, rows, cols, ld=1 if cols == 1 else round_up(cols, self.plan.nr), alias=alias)
+        info = TileValue(BUFFER, rows, cols, ld=1 if cols == 1 else round_up(cols, self.plan.nr), alias=alias,
+                         wide=value.type.element_type in (i64, i32))
         self.plan.values[value] = info
         return info
 
@@ -230,7 +234,8 @@ class Planner:
 
     def plan_load(self, op: tile.LoadOp) -> None:
         rows, cols = shape2(op.result)
-        simple = all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.StoreOp)) for u in op.result.uses)
+        simple = all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.ScanOp, tile.StoreOp, tile.GatherOp))
+                     for u in op.result.uses)
         if simple:
             self.plan.values[op.result] = TileValue(INLINE, rows, cols)
             return
@@ -244,6 +249,11 @@ class Planner:
         if not info.panel and info.rhs and roles and all(index == 1 for _, index in roles) and s0 == 1 and s1 != 1 and small:
             info.transposed, info.ld = True, round_up(rows, self.plan.lanes)
         self.plan.values[op.result] = info
+
+    def plan_gather(self, op: tile.GatherOp) -> None:
+        if not all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.StoreOp)) for u in op.result.uses):
+            raise UnsupportedOpError(f"tile.gather in @{self.kernel.sym_name.data} feeds a dot; gathers are read inline")
+        self.plan.values[op.result] = TileValue(INLINE, *shape2(op.result))
 
     def plan_full(self, op: tile.FullOp) -> None:
         uses = list(op.result.uses)
@@ -263,10 +273,11 @@ class Planner:
         value = op.results[0]
         rows, cols = shape2(value)
         users = {u.operation for u in value.uses}
-        keep_inline = isinstance(op, (graph.ConstantOp, tile.IotaOp)) or value.type.element_type == i1 or (
+        # masks and integers are cheap to recompute and never live in (float) scratch
+        keep_inline = isinstance(op, (graph.ConstantOp, tile.IotaOp)) or value.type.element_type in (i1, i64, i32) or (
             len(users) <= 1
             and (cols > 1 or rows == 1)
-            and all(isinstance(u, (*POINTWISE, tile.ReduceOp, tile.StoreOp)) for u in users)
+            and all(isinstance(u, (*POINTWISE, tile.ReduceOp, tile.ScanOp, tile.StoreOp, tile.GatherOp)) for u in users)
             and all(u.parent_block() is op.parent_block() for u in users)
         )
         if keep_inline:

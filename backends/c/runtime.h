@@ -26,7 +26,8 @@ static inline int omp_get_max_threads(void) { return 1; }
 #endif
 
 typedef float vf __attribute__((vector_size(LLMC_W * 4)));
-typedef int32_t vi __attribute__((vector_size(LLMC_W * 4)));
+typedef int32_t vi __attribute__((vector_size(LLMC_W * 4))); /* masks: -1 (true) or 0 lanes */
+typedef int64_t vl __attribute__((vector_size(LLMC_W * 8))); /* integer tiles compute in int64 */
 typedef float vf_u __attribute__((vector_size(LLMC_W * 4), aligned(4)));
 
 /* A materialised tile: element (r, c) lives at p + r*ld + (c / P)*ps + c % P,
@@ -56,6 +57,7 @@ typedef struct {
 #define LLMC_STREAM_FENCE() ((void)0)
 #endif
 
+typedef int64_t vl_u __attribute__((vector_size(LLMC_W * 8), aligned(8)));
 static inline vf vload(const float *p) { return *(const vf_u *)p; }
 static inline void vstore(float *p, vf v) { *(vf_u *)p = v; }
 static inline vf vsplat(float s) { return (vf)LLMC_SPLAT(s); }
@@ -75,6 +77,64 @@ static inline vf viota(long start) {
     vf v;
     for (int j = 0; j < LLMC_W; j++) v[j] = (float)(start + j);
     return v;
+}
+static inline vl viota_l(long start) {
+    vl v;
+    for (int j = 0; j < LLMC_W; j++) v[j] = start + j;
+    return v;
+}
+static inline vl vsplat_l(int64_t s) { return (vl)LLMC_SPLAT(s); }
+static inline vi vsplat_b(int s) { return (vi)LLMC_SPLAT(s ? -1 : 0); }
+static inline vl vsel_l(vi m, vl a, vl b) {
+    vl wide = __builtin_convertvector(m, vl);
+    return (wide & a) | (~wide & b);
+}
+static inline vi vsel_b(vi m, vi a, vi b) { return (m & a) | (~m & b); }
+#define LLMC_MASK_L(x) __builtin_convertvector((x), vi) /* an int64 comparison as a mask */
+static inline vf vfloor(vf x) {
+    vf r;
+    for (int j = 0; j < LLMC_W; j++) r[j] = floorf(x[j]);
+    return r;
+}
+static inline vl vfloordiv_l(vl a, vl b) { /* rounds toward -inf, as torch's floor_divide */
+    vl r;
+    for (int j = 0; j < LLMC_W; j++) {
+        int64_t q = b[j] ? a[j] / b[j] : 0;
+        r[j] = (b[j] && (a[j] % b[j]) && ((a[j] < 0) != (b[j] < 0))) ? q - 1 : q;
+    }
+    return r;
+}
+static inline vl vrem_l(vl a, vl b) { /* the sign of the divisor, as torch's remainder */
+    vl r;
+    for (int j = 0; j < LLMC_W; j++) {
+        int64_t m = b[j] ? a[j] % b[j] : 0;
+        r[j] = (m && ((m < 0) != (b[j] < 0))) ? m + b[j] : m;
+    }
+    return r;
+}
+static inline vl vabs_l(vl x) { return vsel_l(LLMC_MASK_L(x < 0), -x, x); }
+static inline vl vmax_l(vl a, vl b) { return vsel_l(LLMC_MASK_L(a > b), a, b); }
+static inline vl vmin_l(vl a, vl b) { return vsel_l(LLMC_MASK_L(a < b), a, b); }
+static inline int64_t vhsum_l(vl v) {
+    int64_t s = 0;
+    for (int j = 0; j < LLMC_W; j++) s += v[j];
+    return s;
+}
+static inline int64_t vhmax_l(vl v) {
+    int64_t s = v[0];
+    for (int j = 1; j < LLMC_W; j++) s = v[j] > s ? v[j] : s;
+    return s;
+}
+/* argmax across lanes: the largest value, the smallest position among equals (torch's first maximum). */
+static inline int64_t llmc_argmax_lanes(vf best, vl at) {
+    float value = best[0];
+    int64_t where = at[0];
+    for (int j = 1; j < LLMC_W; j++)
+        if (best[j] > value || (best[j] == value && at[j] < where)) {
+            value = best[j];
+            where = at[j];
+        }
+    return where;
 }
 static inline vi vlanes_below(long n) { /* lanes j < n set */
     vi m;
@@ -149,6 +209,45 @@ static inline vf llmc_load_vec(const float *base, long r, long c, long height, l
         v[j] = (cj >= 0 && cj < width) ? row[cj * s1] : pad;
     }
     return v;
+}
+
+/* Loads and stores of integer and bool buffers: int64 / int32 buffers read as int64 lanes, bool
+ * (one byte per element, as torch.bool) as mask lanes; lanes outside the view read 0 / false. */
+#define LLMC_TYPED_ACCESS(suffix, ctype, vtype, from_lane, to_lane)                                   \
+    static inline vtype llmc_load_vec_##suffix(const ctype *base, long r, long c, long height,       \
+                                               long width, long s0, long s1) {                       \
+        vtype v;                                                                                      \
+        for (int j = 0; j < LLMC_W; j++) {                                                            \
+            long cj = c + j;                                                                          \
+            int inside = r >= 0 && r < height && cj >= 0 && cj < width;                               \
+            v[j] = inside ? from_lane(base[r * s0 + cj * s1]) : 0;                                    \
+        }                                                                                             \
+        return v;                                                                                     \
+    }                                                                                                 \
+    static inline void llmc_store_vec_##suffix(ctype *base, long r, long c, long height, long width, \
+                                               long s0, long s1, long lanes, vtype v) {              \
+        if (r < 0 || r >= height) return;                                                             \
+        for (int j = 0; j < lanes; j++) {                                                             \
+            long cj = c + j;                                                                          \
+            if (cj >= 0 && cj < width) base[r * s0 + cj * s1] = (ctype)to_lane(v[j]);                 \
+        }                                                                                             \
+    }
+#define LLMC_SAME(x) (x)
+#define LLMC_BOOL_IN(x) ((x) ? -1 : 0)
+#define LLMC_BOOL_OUT(x) ((x) != 0)
+LLMC_TYPED_ACCESS(l, int64_t, vl, LLMC_SAME, LLMC_SAME)
+LLMC_TYPED_ACCESS(i32, int32_t, vl, LLMC_SAME, LLMC_SAME)
+LLMC_TYPED_ACCESS(b, uint8_t, vi, LLMC_BOOL_IN, LLMC_BOOL_OUT)
+
+/* tile.gather's row: a negative index counts from the end; one out of range sets the forward's
+ * status to this kernel's code (reported by the caller) and reads row 0 instead. */
+static inline long llmc_gather_row(int64_t index, long height, int *status, int code) {
+    if (index < 0) index += height;
+    if (index < 0 || index >= height) {
+        __atomic_store_n(status, code, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return (long)index;
 }
 
 static inline void llmc_store_vec(float *base, long r, long c, long height, long width, long s0,

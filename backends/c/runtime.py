@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from llmc.backends.c.module import CSource
+from llmc.dtypes import torch_dtype
 from llmc.errors import BuildError, LlmcError
 
 
@@ -61,16 +62,19 @@ class CLibrary:
         if len(inputs) != len(self.source.input_shapes):
             raise LlmcError(f"the compiled graph takes {len(self.source.input_shapes)} inputs, got {len(inputs)}")
         arguments = []
-        for index, (tensor, shape) in enumerate(zip(inputs, self.source.input_shapes)):
+        for index, (tensor, shape, element) in enumerate(zip(inputs, self.source.input_shapes, self.source.input_elements)):
             if tuple(tensor.shape) != shape:
                 raise LlmcError(f"input {index} has shape {tuple(tensor.shape)}; the graph was compiled for {shape}")
-            if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+            dtype = torch_dtype(element)
+            if tensor.dtype != dtype or tensor.device.type != "cpu":
                 raise LlmcError(
-                    f"input {index} is a {tensor.dtype} tensor on {tensor.device}; the C backend takes float32 CPU tensors"
+                    f"input {index} is a {tensor.dtype} tensor on {tensor.device}; the graph was compiled for "
+                    f"{dtype} CPU tensors"
                 )
             arguments.append(tensor.detach().contiguous())
         if outputs is None:
-            outputs = [torch.empty(shape, dtype=torch.float32) for shape in self.source.output_shapes]
+            outputs = [torch.empty(shape, dtype=torch_dtype(element))
+                       for shape, element in zip(self.source.output_shapes, self.source.output_elements)]
         in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])
         out_ptrs = (ctypes.c_void_p * max(1, len(outputs)))(*[t.data_ptr() for t in outputs])
         # ctypes drops the GIL during the call; one context's arena must not serve two calls at once
@@ -80,8 +84,12 @@ class CLibrary:
                 if seconds is None
                 else self.lib.llmc_forward_profiled(self.context, in_ptrs, out_ptrs, seconds)
             )
-        if status != 0:
+        if status == -1:
             raise LlmcError("the compiled graph's context is not initialised")
+        if status:
+            kernel = self.source.status_kernels.get(status, "?")
+            raise LlmcError(f"an index is out of range in kernel @{kernel} (a gather or embedding lookup got an "
+                            "index outside its table, as eager would refuse it)")
         return tuple(outputs)
 
     def __del__(self):
