@@ -47,6 +47,30 @@ def dot_operand(x):
     return x
 
 
+@triton.jit
+def floor_div(a, b):
+    # torch's floor_divide: integer division rounding toward -inf (Triton's // truncates)
+    if a.dtype.is_floating():
+        return tl.floor(a / b)
+    q = a // b
+    return tl.where((a % b != 0) & ((a < 0) != (b < 0)), q - 1, q)
+
+
+@triton.jit
+def floor_rem(a, b):
+    # torch's remainder: the sign of the divisor (Triton's % takes the dividend's)
+    if a.dtype.is_floating():
+        return a - tl.floor(a / b) * b
+    r = a % b
+    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+
+
+def check_status(code, kernels):
+    if code:
+        raise IndexError(f"an index is out of range in kernel @{kernels.get(code, '?')} (a gather or embedding "
+                         "lookup got an index outside its table, as eager would refuse it)")
+
+
 def launch(kernel, name, grid, options, *args):
     try:
         kernel[grid](*args, **options)
@@ -74,6 +98,8 @@ class TritonProgram:
         moved = [x.detach().to(self.device).contiguous() for x in inputs]
         try:
             results = self.forward(moved, self.weights, self.device)
+        except IndexError as error:
+            raise LlmcError(str(error)) from None
         except RuntimeError as error:
             if "Triton kernel @" in str(error):
                 raise BuildError(str(error)) from error
@@ -83,7 +109,8 @@ class TritonProgram:
 
 
 def render_triton(module: ModuleOp) -> tuple[str, list[str]]:
-    kernels = [TritonKernelRenderer(op).render() for op in module.ops if isinstance(op, tile.KernelOp)]
+    ops = [op for op in module.ops if isinstance(op, tile.KernelOp)]
+    kernels = [TritonKernelRenderer(op, code).render() for code, op in enumerate(ops, start=1)]
     host, weight_names = render_host(module)
     return "\n\n\n".join([HEADER.strip(), *kernels, host]) + "\n", weight_names
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from xdsl.dialects import arith, func, scf
-from xdsl.dialects.builtin import FloatAttr, ModuleOp, bf16, f16, f32, i1
+from xdsl.dialects.builtin import FloatAttr, ModuleOp, bf16, f16, f32, i1, i32, i64
 from xdsl.ir import Operation, SSAValue
 
 from llmc.backends import CMPI_SYMBOLS, constant_exponent, shape2
@@ -48,6 +48,7 @@ UNARY = {
     graph.SinOp: "tl.sin({0})",
     graph.CosOp: "tl.cos({0})",
     graph.AbsOp: "tl.abs({0})",
+    graph.NotOp: "(~{0})",
 }
 BINARY = {
     graph.AddOp: "{0} + {1}",
@@ -62,6 +63,11 @@ BINARY = {
     graph.LeOp: "{0} <= {1}",
     graph.GtOp: "{0} > {1}",
     graph.GeOp: "{0} >= {1}",
+    graph.AndOp: "({0} & {1})",
+    graph.OrOp: "({0} | {1})",
+    graph.XorOp: "({0} ^ {1})",
+    graph.FloorDivOp: "floor_div({0}, {1})",
+    graph.RemOp: "floor_rem({0}, {1})",
 }
 POWERS = {2.0: "({0} * {0})", 3.0: "({0} * {0} * {0})", 1.0: "{0}", 0.5: "tl.sqrt({0})", -0.5: "tl.rsqrt({0})"}
 GELU = {
@@ -69,7 +75,8 @@ GELU = {
     "none": "(0.5 * {0} * (1.0 + tl.erf({0} * 0.7071067811865476)))",
 }
 DOT_MIN_ROWS = 16
-TL_TYPES = {f32: "tl.float32", bf16: "tl.bfloat16", f16: "tl.float16", i1: "tl.int1"}
+TL_TYPES = {f32: "tl.float32", bf16: "tl.bfloat16", f16: "tl.float16", i1: "tl.int1", i64: "tl.int64", i32: "tl.int32"}
+INT_LOWEST = -(2**63)
 WIDE_TILE = 128 * 128  # elements of a tile from which a kernel gets 8 warps rather than Triton's default 4
 
 
@@ -97,8 +104,9 @@ def comment(op: Operation) -> str:
 
 
 class TritonKernelRenderer:
-    def __init__(self, kernel: tile.KernelOp):
+    def __init__(self, kernel: tile.KernelOp, status_code: int = 1):
         self.kernel = kernel
+        self.status_code = status_code  # what a gather stores into `status` on an index out of range
         self.lines: list[str] = []
         self.depth = 1
         self.names: dict[SSAValue, str] = {}
@@ -120,7 +128,7 @@ class TritonKernelRenderer:
         grid = "x".join(map(str, self.kernel.grid.get_values()))
         header = [
             "@triton.jit",
-            f"def {python_name(name)}({', '.join(args)}):",
+            f"def {python_name(name)}({', '.join([*args, 'status'])}):",
             f'    """@{name}: {self.kernel.kind.data} kernel, grid {grid}."""',
         ]
         self.render_block(block)
@@ -156,6 +164,10 @@ class TritonKernelRenderer:
             self.dot(op)
         elif isinstance(op, tile.ReduceOp):
             self.reduce(op)
+        elif isinstance(op, tile.ScanOp):
+            self.scan(op)
+        elif isinstance(op, tile.GatherOp):
+            self.gather(op)
         elif isinstance(op, tile.FullOp):
             rows, cols = shape2(op.result)
             self.line(f"{self.name(op.result)} = tl.full(({rows}, {cols}), {literal(op.value.value.data)}, tl.float32){comment(op)}")
@@ -180,8 +192,13 @@ class TritonKernelRenderer:
 
     def pointwise(self, op: Operation) -> str:
         if isinstance(op, graph.ConstantOp):
-            return literal(op.value.value.data)
+            element = op.result.type.element_type
+            if element == i1:
+                return "True" if op.number else "False"
+            return str(int(op.number)) if element in (i64, i32) else literal(op.number)
         if isinstance(op, graph.CastOp):
+            if op.result.type.element_type == i1:  # nonzero is true, as torch's bool conversion
+                return f"({self.name(op.operand)} != 0)"
             return f"{self.name(op.operand)}.to({tl_type(op.result.type.element_type)})"
         if constant_exponent(op) in POWERS:
             return POWERS[constant_exponent(op)].format(self.operand(op.lhs))
@@ -221,6 +238,8 @@ class TritonKernelRenderer:
     def load(self, op: tile.LoadOp) -> None:
         rows, cols = shape2(op.result)
         pad = "float('-inf')" if op.padding is not None and op.padding.data == "neg_inf" else "0.0"
+        if op.result.type.element_type in (i1, i64, i32):
+            pad = "0"
         pointer, mask = self.block_pointers(op, rows, cols)
         self.line(f"{self.name(op.result)} = tl.load({pointer}, mask={mask}, other={pad}){comment(op)}")
 
@@ -252,19 +271,42 @@ class TritonKernelRenderer:
         cols = shape2(op.operand)[1]
         extent = op.extent.value.data
         value = self.name(op.operand)
-        fill = "0.0" if op.kind.data == "sum" else "float('-inf')"
+        integer = op.operand.type.element_type in (i64, i32)
+        lowest = str(INT_LOWEST) if integer else "float('-inf')"
+        fill = "0" if op.kind.data == "sum" else lowest
         if extent < cols:
             value = f"tl.where(tl.arange(0, {cols})[None, :] < {extent}, {value}, {fill})"
+        if op.kind.data == "argmax":
+            self.line(f"{self.name(op.result)} = tl.argmax({value}, axis=1, keep_dims=True).to(tl.int64){comment(op)}")
+            return
         fn = "tl.sum" if op.kind.data == "sum" else "tl.max"
         self.line(f"{self.name(op.result)} = {fn}({value}, axis=1, keep_dims=True){comment(op)}")
+
+    def scan(self, op: tile.ScanOp) -> None:
+        self.line(f"{self.name(op.result)} = tl.cumsum({self.name(op.operand)}, axis={op.axis.value.data}){comment(op)}")
+
+    def gather(self, op: tile.GatherOp) -> None:
+        """Rows named by an index tile: wrapped when negative, checked against the view's height."""
+        rows, cols = shape2(op.result)
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        v = self.name(op.result)
+        index = self.name(op.rows)
+        self.line(f"r_{v} = tl.where({index} < 0, {index} + {height}, {index})")
+        self.line(f"bad_{v} = (r_{v} < 0) | (r_{v} >= {height})")
+        self.line(f"tl.store(status + tl.zeros(({rows}, 1), tl.int32), {self.status_code}, mask=bad_{v})"
+                  "  # an index out of range: reported by the host")
+        self.line(f"r_{v} = tl.where(bad_{v}, 0, r_{v})")
+        self.line(f"c_{v} = ({self.name(op.col)} + tl.arange(0, {cols}))[None, :]")
+        pointer = f"{self.name(op.buffer)} + {self.name(op.base)} + r_{v} * {s0} + c_{v} * {s1}"
+        self.line(f"{v} = tl.load({pointer}, mask=(c_{v} >= 0) & (c_{v} < {width}), other=0){comment(op)}")
 
     def iota(self, op: tile.IotaOp) -> None:
         rows, cols = shape2(op.result)
         offset = self.name(op.offset)
         if op.axis.value.data == 1:
-            self.line(f"{self.name(op.result)} = ({offset} + tl.arange(0, {cols}))[None, :]{comment(op)}")
+            self.line(f"{self.name(op.result)} = ({offset} + tl.arange(0, {cols}).to(tl.int64))[None, :]{comment(op)}")
         else:
-            self.line(f"{self.name(op.result)} = ({offset} + tl.arange(0, {rows}))[:, None]{comment(op)}")
+            self.line(f"{self.name(op.result)} = ({offset} + tl.arange(0, {rows}).to(tl.int64))[:, None]{comment(op)}")
 
     def loop(self, op: scf.ForOp) -> None:
         body = op.body.block
@@ -317,7 +359,8 @@ def render_host(module: ModuleOp) -> tuple[str, list[tuple[str, object]]]:
     arena = funcs[0].attributes.get("llmc.arena_bytes")
     lines = ["def forward(inputs, weights, device):",
              '    """Runs every kernel in order; a kernel that fails to compile or launch is named with its IR."""',
-             f"    arena = torch.empty({max(arena.value.data if arena else 0, 1)}, dtype=torch.uint8, device=device)"]
+             f"    arena = torch.empty({max(arena.value.data if arena else 0, 1)}, dtype=torch.uint8, device=device)",
+             "    status = torch.zeros(1, dtype=torch.int32, device=device)"]
     names = {arg: f"inputs[{i}]" for i, arg in enumerate(block.args)}
     weight_names: list[str] = []
     kernels = {op.sym_name.data: op for op in module.ops if isinstance(op, tile.KernelOp)}
@@ -341,7 +384,10 @@ def render_host(module: ModuleOp) -> tuple[str, list[tuple[str, object]]]:
             grid = tuple(kernels[callee].grid.get_values())
             args = ", ".join(names[b] for b in op.buffers)
             options = launch_options(kernels[callee])
-            lines.append(f"    launch({python_name(callee)}, {callee!r}, {grid}, {options!r}, {args})")
+            lines.append(f"    launch({python_name(callee)}, {callee!r}, {grid}, {options!r}, {args}, status)")
+    if any(isinstance(op, tile.GatherOp) for k in kernels.values() for op in k.walk()):
+        codes = {code: name for code, name in enumerate(kernels, start=1)}
+        lines.append(f"    check_status(int(status.item()), {codes!r})")
     returned = [names[v] for v in block.last_op.operands]
     lines.append(f"    return ({', '.join(returned)},)")
     return "\n".join(lines), weight_names
