@@ -314,6 +314,8 @@ def _import_placeholder(node, ctx, imported, weights, weight_names, sources) -> 
         return
     value = node.meta.get("val")
     name = display_name(node)
+    if isinstance(value, bool | int | float):
+        return  # a size or scalar the graph was specialised for: its uses already hold the value
     if not isinstance(value, torch.Tensor):
         raise UnsupportedOpError(f"input '{name}' is not a tensor ({type(value).__name__}); pass tensors only")
     typ = _tensor_type(value, f"input '{name}'")

@@ -449,6 +449,23 @@ def _sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     return ctx.result(graph.AttentionOp.make(q, k, v, mask, ctx.tensor((*sq[:3], sv[3])), attrs))
 
 
+@handles(aten._scaled_dot_product_flash_attention_for_cpu.default)
+def _sdpa_flash_cpu(ctx, node, q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    # what SDPA becomes after aot_autograd's decompositions on a CPU: (output, logsumexp); only the output
+    # of an inference graph is read
+    return [_sdpa(ctx, node, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa=True), None]
+
+
+@handles(aten._scaled_dot_product_efficient_attention.default)
+def _sdpa_efficient(ctx, node, q, k, v, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False, *, scale=None):
+    return [_sdpa(ctx, node, q, k, v, attn_bias, dropout_p, is_causal, scale, enable_gqa=True), None, None, None]
+
+
+@handles(aten._scaled_dot_product_flash_attention.default)
+def _sdpa_flash(ctx, node, q, k, v, dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None):
+    return [_sdpa(ctx, node, q, k, v, None, dropout_p, is_causal, scale, enable_gqa=True)] + [None] * 8
+
+
 # ----------------------------------------------------------------- reductions
 
 
@@ -519,6 +536,12 @@ def _cumsum(ctx, node, x, dim, dtype=None):
     moved = permute(ctx, x, order)
     out = ctx.result(graph.CumsumOp(operands=[moved], result_types=[moved.type], attributes={"dim": graph.int_attr(rank - 1)}))
     return permute(ctx, out, [order.index(d) for d in range(rank)])
+
+
+@handles(aten.native_layer_norm.default)
+def _native_layer_norm(ctx, node, x, normalized_shape, weight, bias, eps):
+    # layer_norm as aot_autograd decomposes it: (output, mean, rstd); an inference graph reads the output
+    return [_layer_norm(ctx, node, x, normalized_shape, weight, bias, eps), None, None]
 
 
 @handles(aten.layer_norm.default)

@@ -142,7 +142,10 @@ def _split(ctx, node, x, sizes, dim=0):
 
 @handles(operator.getitem)
 def _getitem(ctx, node, parts, index):
-    return ctx.values[parts][index]
+    value = ctx.values[parts][index]
+    if value is None:
+        raise ctx.unsupported(f"output {index} of '{parts.target}' (only a training graph reads it)")
+    return value
 
 
 def concat(ctx: ImportContext, inputs: list[SSAValue], dim: int, element) -> SSAValue:
@@ -295,6 +298,34 @@ def _index(ctx, node, x, indices):
     return gather(ctx, merged, first, lambda: linear)
 
 
+@handles(aten.gather.default)
+def _torch_gather(ctx, node, x, dim, index, sparse_grad=False):
+    """torch.gather: out[..., j, ...] = x[..., index[..., j, ...], ...] along `dim`, as one row gather
+    from x flattened: the offsets of the other dims are a compile-time constant."""
+    x_value = ctx.value(x)
+    full, index_shape = shape(x_value), tuple(meta(index).shape)
+    dim = norm_dim(dim, len(full))
+    strides = _strides(list(full))
+    offsets = torch.zeros(index_shape, dtype=torch.int64)
+    for d, size in enumerate(index_shape):
+        if d != dim:
+            step = torch.arange(size, dtype=torch.int64).reshape([-1 if i == d else 1 for i in range(len(index_shape))])
+            offsets = offsets + step * strides[d]
+    flat = reshape(ctx, x_value, (math.prod(full), 1))
+    known = _known(ctx, index)
+    if known is not None:
+        linear = offsets + _checked(ctx, known, full[dim]) * strides[dim]
+        picked = gather(ctx, flat, 0, lambda: ctx.constant(linear, f"{node.name}_index"), linear)
+    else:
+        position, bad = _wrapped(ctx, ctx.value(index), full[dim])
+        linear = ctx.result(graph.AddOp(ctx.result(graph.MulOp(position, ctx.scalar(strides[dim], i64))),
+                                        ctx.constant(offsets, f"{node.name}_offsets")))
+        linear = ctx.result(graph.WhereOp(operands=[bad, ctx.scalar(math.prod(full), i64), linear],
+                                          result_types=[linear.type]))
+        picked = gather(ctx, flat, 0, lambda: linear)
+    return reshape(ctx, picked, index_shape)
+
+
 def _linear_index(knowns: list[torch.Tensor], dims: list[int]) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.int64)
     for k, stride in zip(knowns, _strides(dims)):
@@ -306,6 +337,17 @@ def _strides(dims: list[int]) -> list[int]:
     return [math.prod(dims[i + 1 :]) for i in range(len(dims))]
 
 
+def _wrapped(ctx: ImportContext, value: SSAValue, size: int) -> tuple[SSAValue, SSAValue]:
+    """An index with negatives counted from the end, and where it is out of [0, size)."""
+    value = ctx.cast(value, i64)
+    extent = ctx.scalar(size, i64)
+    negative = ctx.result(graph.LtOp(value, ctx.scalar(0, i64)))
+    value = ctx.result(graph.WhereOp(operands=[negative, ctx.result(graph.AddOp(value, extent)), value],
+                                     result_types=[value.type]))
+    bad = ctx.result(graph.OrOp(ctx.result(graph.LtOp(value, ctx.scalar(0, i64))), ctx.result(graph.GeOp(value, extent))))
+    return value, bad
+
+
 def _runtime_linear_index(ctx: ImportContext, values: list[SSAValue], dims: list[int]) -> SSAValue:
     """sum(index_j * stride_j) with each index wrapped when negative; an index out of its own range
     makes the whole position out of range, so the gather reports it instead of reading a neighbour."""
@@ -313,12 +355,7 @@ def _runtime_linear_index(ctx: ImportContext, values: list[SSAValue], dims: list
         return values[0]  # the gather wraps a negative index and refuses one out of range
     total, invalid = None, None
     for value, dim, stride in zip(values, dims, _strides(dims)):
-        value = ctx.cast(value, i64)
-        size = ctx.scalar(dim, i64)
-        negative = ctx.result(graph.LtOp(value, ctx.scalar(0, i64)))
-        value = ctx.result(graph.WhereOp(operands=[negative, ctx.result(graph.AddOp(value, size)), value],
-                                         result_types=[value.type]))
-        bad = ctx.result(graph.OrOp(ctx.result(graph.LtOp(value, ctx.scalar(0, i64))), ctx.result(graph.GeOp(value, size))))
+        value, bad = _wrapped(ctx, value, dim)
         term = ctx.result(graph.MulOp(value, ctx.scalar(stride, i64))) if stride != 1 else value
         total = term if total is None else ctx.result(graph.AddOp(total, term))
         invalid = bad if invalid is None else ctx.result(graph.OrOp(invalid, bad))

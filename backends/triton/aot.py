@@ -21,14 +21,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from xdsl.dialects.builtin import ModuleOp, bf16, f16, f32, i1
+from xdsl.dialects.builtin import ModuleOp, bf16, f16, f32, i1, i32, i64
 
 from llmc.backends.triton import import_generated, render_triton
 from llmc.backends.triton.render import launch_options, python_name
 from llmc.dialects import tile
 from llmc.errors import BuildError
 
-POINTER_TYPES = {f32: "*fp32", bf16: "*bf16", f16: "*fp16", i1: "*i1"}
+POINTER_TYPES = {f32: "*fp32", bf16: "*bf16", f16: "*fp16", i1: "*i1", i64: "*i64", i32: "*i32"}
 FEATURES = {"wgmma": "wgmma.mma_async", "mma.sync": "mma.sync", "cp.async": "cp.async.ca",
             "cp.async.cg": "cp.async.cg", "tma": "cp.async.bulk.tensor"}
 
@@ -67,7 +67,8 @@ def compile_for_gpu(module: ModuleOp, arch: int = 90) -> list[KernelBinary]:
             name = kernel.sym_name.data
             args = kernel.body.block.args
             signature = {f"arg{i}": POINTER_TYPES[a.type.element_type] for i, a in enumerate(args)}
-            aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(args))}
+            signature["status"] = "*i32"
+            aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(args) + 1)}
             options = launch_options(kernel)
             try:
                 compiled = triton.compile(ASTSource(getattr(generated, python_name(name)), signature, {}, aligned),

@@ -39,12 +39,21 @@ class KernelPlan:
     outputs: list[Output] = field(default_factory=list)
 
 
-def split_chain(root: SSAValue, chain: list[Operation]) -> int | None:
-    """Index of the first view that stops the chain being strided, or None if it all is."""
-    for i in range(len(chain)):
-        if apply_views(graph.shape_of(root), chain[: i + 1]) is None:
-            return i
-    return None
+def cut_points(root: SSAValue, chain: list[Operation]) -> list[int]:
+    """Where a view chain must be materialised: each cut k makes chain[:k] a contiguous buffer,
+    and the views from one cut to the next are strided on it (repeat_kv's expand + reshape needs one)."""
+    cuts, start, shape = [], 0, graph.shape_of(root)
+    while start < len(chain):
+        for i in range(start, len(chain)):
+            if apply_views(shape, chain[start : i + 1]) is None:
+                if i == start:  # a view that needs a copy of its own operand
+                    return cuts
+                cuts.append(i)
+                shape, start = graph.shape_of(chain[i - 1].result), i
+                break
+        else:
+            break
+    return cuts
 
 
 class KernelBuilder:
@@ -66,6 +75,11 @@ class KernelBuilder:
         if group is not None and storable:
             plan = self.plans[group.gid]
         else:
+            cuts = cut_points(root, list(views))
+            for cut in cuts:  # a copy reads the last materialised prefix of its chain
+                self.output_for(root, views[:cut])
+            if group is not None and not cuts:  # ... or the producer's plain result
+                self.output_for(root, ())
             plan = next((p for p in self.copies if out in p.outputs), None) or self._copy_plan(root)
         if out not in plan.outputs:
             plan.outputs.append(out)
@@ -93,10 +107,10 @@ class KernelBuilder:
         root, chain = view_chain(operand)
         if self._in_group(root) and self.partition.group_of[root.owner] is group:
             return
-        cut = split_chain(root, chain)
-        if cut is not None:
+        cuts = cut_points(root, chain)
+        for cut in cuts:
             self.output_for(root, tuple(chain[:cut]))
-        elif self._in_group(root):
+        if not cuts and self._in_group(root):
             self.output_for(root, ())
 
     def order(self) -> list[KernelPlan]:
@@ -183,7 +197,7 @@ class RegionBuilder:
         root, chain = view_chain(value)
         if not chain:
             return self._leaf(value)
-        cut = split_chain(root, chain) if root not in self.mapping else None
+        cut = self._materialised(root, chain)
         if cut is None:
             current, rest = self.value(root), chain
         else:
@@ -192,6 +206,13 @@ class RegionBuilder:
             self.clone_view(op, current)
             current = self.mapping[op.result]
         return current
+
+    def _materialised(self, root: SSAValue, chain: list[Operation]) -> int | None:
+        """The longest prefix of the chain some kernel already wrote as a buffer of its own."""
+        if root in self.mapping:
+            return None
+        built = [k for k in range(len(chain), 0, -1) if Output(root, tuple(chain[:k])) in self.builder.results]
+        return built[0] if built else None
 
     def clone_view(self, op: Operation, operand: SSAValue) -> None:
         if op.result in self.mapping:
@@ -224,6 +245,9 @@ class RegionBuilder:
         return arg
 
     def value_of_output(self, out: Output) -> SSAValue:
+        cut = self._materialised(out.base, list(out.views))
+        if cut is not None and cut < len(out.views):  # a copy that starts from a materialised prefix
+            return self.value(out.views[-1].result)
         current = self.value(out.base)
         for op in out.views:
             self.clone_view(op, current)

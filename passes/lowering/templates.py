@@ -53,6 +53,10 @@ class KernelLowering:
             base_value, views = self.split_yield(value)
             shape = graph.shape_of(base_value)
             tile_value = evaluator.value(base_value, shape)
+            if len(tile_value.type.get_shape()) < 2 and isinstance(tile_value.owner, graph.ConstantOp):
+                # a constant the function returns: a splat tile of the store's shape
+                splat = graph.ConstantOp(tile_value.owner.number, tile_type(space.tile_shape(shape), tile_value.type.element_type))
+                tile_value = self.em.value(splat)
             view = store_view(shape, views, graph.shape_of(value))
             operand = Operand2D.of(_normalized(view, space), len(space.shape2d) - 2)
             store(self.em, tile_value, buffer, operand, operand.base(self.em, space.batch_index), space.row, space.col)

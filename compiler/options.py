@@ -1,0 +1,37 @@
+"""Options are values: what the torch.compile backend was asked for, validated once at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmc.errors import PassOptionError
+
+# torch.compile's modes: llmc has no CUDA graphs or autotuner to switch on yet, so they all compile the same way
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTION_KEYS = {
+    "target": "llmc target (cpu, cpu-avx2, ..., triton)",
+    "backend": "c, triton or interpret",
+    "passes": "a pass pipeline instead of the target's default",
+    "max_specializations": "concrete sizes one symbolic graph may be compiled for before it runs in eager",
+}
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    target: str = "cpu"
+    backend: str | None = None
+    passes: str | None = None
+    mode: str = "default"
+    max_specializations: int = 16
+
+    @staticmethod
+    def from_torch_compile(mode: str | None, options: dict | None) -> BackendOptions:
+        mode = mode or "default"
+        if mode not in MODES:
+            raise PassOptionError(f"torch.compile mode '{mode}' is not one of {', '.join(MODES)}")
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(OPTION_KEYS))
+        if unknown:
+            known = "; ".join(f"{k}: {v}" for k, v in OPTION_KEYS.items())
+            raise PassOptionError(f"unknown llmc option(s) {unknown}; llmc takes {known}")
+        return BackendOptions(mode=mode, **options)
