@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from xdsl.dialects.builtin import ModuleOp
 
 from llmc.dtypes import to_numpy, torch_dtype
-from llmc.errors import LlmcError
+from llmc.errors import LlmcError, internal
 from llmc.exporter import ImportedModel, Source, export_model, split_inputs
 from llmc.interpret import interpret
 from llmc.pipeline import DumpOptions, PassRunner
@@ -176,7 +176,12 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
         from llmc.backends.c.build import BuildOptions
 
         begin = time.perf_counter()
-        compiled.program = compile_c(module, imported.weights, chosen, build or BuildOptions.from_environment())
+        try:
+            compiled.program = compile_c(module, imported.weights, chosen, build or BuildOptions.from_environment())
+        except LlmcError:
+            raise
+        except Exception as error:
+            raise internal("the C backend", error) from error
         seconds["build"] = time.perf_counter() - begin
     elif backend == "triton":
         compiled.fallback = fallback

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from llmc.cost_model import kernel_cost
 from llmc.dialects import kernel
+from llmc.exporter import split_inputs
 from llmc.target import get_target
 
 
@@ -113,9 +115,10 @@ def compile_inductor(model, inputs) -> tuple[Callable, float]:
         try:
             torch._dynamo.reset()
             compiled = torch.compile(model)
+            args, kwargs = split_inputs(inputs)
             begin = time.perf_counter()
             with torch.no_grad():
-                compiled(*inputs)
+                compiled(*args, **kwargs)
             return compiled, time.perf_counter() - begin
         finally:
             if previous is None:
@@ -134,11 +137,12 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     chosen = get_target(target)
     log(f"[bench] {title}: measuring the machine peak (cached after the first run)")
     peak = machine_peak(build, max(1, chosen.vector_bytes // 4), remeasure=remeasure_peak)
-    runs, colds = {"eager": lambda: model(*inputs)}, {}
+    args, kwargs = split_inputs(inputs)
+    runs, colds = {"eager": lambda: model(*args, **kwargs)}, {}
     if inductor:
         log("[bench] torch.compile / Inductor: cold compile into an empty cache")
         compiled_inductor, colds["inductor"] = compile_inductor(model, inputs)
-        runs["inductor"] = lambda: compiled_inductor(*inputs)
+        runs["inductor"] = lambda: compiled_inductor(*args, **kwargs)
     log("[bench] llmc: cold compile into an empty cache, then three warm (cached) compiles")
     with tempfile.TemporaryDirectory(prefix="llmc-cold-") as cache:
         cold_options = replace(build, cache_dir=Path(cache))
@@ -150,16 +154,14 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
             begin = time.perf_counter()
             compiled = llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None)
             warm_runs.append(time.perf_counter() - begin)
-    runs["llmc"] = lambda: compiled(*inputs)
+    runs["llmc"] = lambda: compiled(*args, **kwargs)
     log(f"[bench] timing {', '.join(runs)} in rotation, {repeats} rounds")
     medians = interleaved_medians(runs, repeats)
     contenders = [Contender(name, medians[name], colds.get(name)) for name in runs]
     kernel_ms = sum(compiled.profile(inputs, repeats).values()) / 1e3
     with torch.no_grad():
-        expected, got = model(*inputs), compiled(*inputs)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    got = got if isinstance(got, tuple) else (got,)
-    error = max(float((g - e).abs().max()) for g, e in zip(got, expected))
+        expected, got = tree_leaves(model(*args, **kwargs)), tree_leaves(compiled(*args, **kwargs))
+    error = max(float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected))
     warm = statistics.median(warm_runs)
     flops, moved = graph_cost(compiled)
     return BenchResult(title, flops, moved, peak.gflops, peak.bandwidth_gbs, contenders, warm, error, kernel_ms)

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", help="write the final IR to this file")
     comp.add_argument("--out-dir", help="where the C source, library, IR and report go (default llmc-out/<model>)")
     comp.add_argument("--run", action="store_true", help="run the compiled model, compare with PyTorch eager, time each kernel")
+    comp.add_argument("--explain", action="store_true",
+                      help="say which ops torch.compile(backend='llmc') runs in llmc kernels and which in eager, and why")
     _add_dump_flags(comp)
     bench = sub.add_parser("bench", help="time eager PyTorch, torch.compile (Inductor) and llmc side by side")
     bench.add_argument("model", help="a model file defining `model` and `example_inputs`")
@@ -76,6 +78,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from llmc.model_file import load_model_file
 
     model, inputs = load_model_file(args.model)
+    if args.explain:
+        print(llmc.explain(model, inputs, options={"target": args.target}))
+        return 0
     print(f"llmc: compiling {args.model} for {args.target}", file=sys.stderr)
     compiled = llmc.compile(
         model, inputs, target=args.target, passes=args.passes, dumps=_dump_options(args),
@@ -125,13 +130,16 @@ def compare_with_eager(compiled, model, inputs) -> int:
 
     import torch
 
+    from torch.utils._pytree import tree_leaves
+
+    from llmc.exporter import split_inputs
+
+    args, kwargs = split_inputs(inputs)
     with torch.no_grad():
-        expected = model(*inputs)
+        expected = tree_leaves(model(*args, **kwargs))
     begin = time.perf_counter()
-    got = compiled(*inputs)
+    got = tree_leaves(compiled(*args, **kwargs))
     elapsed = time.perf_counter() - begin
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    got = got if isinstance(got, tuple) else (got,)
     errors = [float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected)]
     worst = max(errors)
     ok = all(error <= tolerance(e.dtype) * max(1.0, float(e.float().abs().max())) for error, e in zip(errors, expected))

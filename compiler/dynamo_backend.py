@@ -65,7 +65,7 @@ def llmc_backend(gm: torch.fx.GraphModule, example_inputs: list, mode: str | Non
     from llmc.dynamo_graph import PartitionedGraph, dynamo_names
 
     settings = BackendOptions.from_torch_compile(mode, options)
-    report = GraphReport(ops=sum(1 for n in gm.graph.nodes if n.op == "call_function"))
+    report = GraphReport()
     STATS.graphs.append(report)
     names = dynamo_names(gm)
     params = {i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)}
@@ -73,6 +73,7 @@ def llmc_backend(gm: torch.fx.GraphModule, example_inputs: list, mode: str | Non
                if i not in params and _is_buffer(n)}
 
     def inference(aot_gm: torch.fx.GraphModule, aot_inputs: list):
+        report.ops = sum(1 for n in aot_gm.graph.nodes if n.op == "call_function")
         if len(aot_inputs) != len(example_inputs):
             report.note = "aot_autograd changed the inputs (tensor subclasses?); ran in eager"
             warn_once(f"llmc: {report.note}")

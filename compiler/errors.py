@@ -36,3 +36,12 @@ def with_loc(message: str, loc: str | None) -> str:
 
 class BuildError(LlmcError):
     """No C compiler, a compile error in generated code, or a library that will not load."""
+
+
+class InternalError(LlmcError):
+    """llmc itself failed on a model it accepted: a bug to report, named with the stage it happened in."""
+
+
+def internal(stage: str, error: Exception) -> InternalError:
+    return InternalError(f"llmc failed in {stage}: {type(error).__name__}: {error} "
+                         "(an llmc bug: please report it with the model)")

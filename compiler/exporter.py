@@ -36,7 +36,7 @@ from xdsl.ir import Block, Region, SSAValue
 import llmc.exporter_views  # noqa: F401 - registers the view and indexing handlers
 from llmc.dialects import graph
 from llmc.dtypes import element_of, to_numpy
-from llmc.errors import LlmcError, UnsupportedOpError, with_loc
+from llmc.errors import LlmcError, UnsupportedOpError, internal, with_loc
 from llmc.exporter_ops import OP_HANDLERS, ImportContext
 from llmc.folding import fold_constants
 
@@ -241,6 +241,15 @@ def import_graph_module(
     """Import an ATen-level FX graph. Placeholders in `weights` become graph.weight ops, those in
     `constants` fold; the rest are function arguments (`sources` says what each is bound to,
     by default the placeholder's position). `aten.copy_` into a placeholder is a write-back."""
+    try:
+        return _import(gm, weights, weight_names, constants, sources)
+    except LlmcError:
+        raise
+    except Exception as error:
+        raise internal("the importer", error) from error
+
+
+def _import(gm, weights, weight_names, constants, sources) -> ImportedModel:
     constants = dict(constants or {})
     for node in gm.graph.nodes:
         if node.op == "get_attr" and isinstance(getattr(gm, node.target, None), torch.Tensor):

@@ -2,7 +2,8 @@
 
 A model file is a Python file that defines, at module level:
 - `model`: a torch.nn.Module (or a zero-argument function returning one), and
-- `example_inputs`: a tuple of tensors (or a zero-argument function returning one).
+- `example_inputs`: a tuple of tensors, or a dict of keyword inputs (`input_ids`,
+  `attention_mask`, ...), or a zero-argument function returning one.
 The file's own folder is on sys.path while it loads, as with `python model.py`.
 """
 
@@ -17,7 +18,7 @@ import torch
 from llmc.errors import ModelFileError
 
 
-def load_model_file(path: str | Path) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+def load_model_file(path: str | Path) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | dict]:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
@@ -36,8 +37,10 @@ def load_model_file(path: str | Path) -> tuple[torch.nn.Module, tuple[torch.Tens
         raise ModelFileError(f"{path}: `model` must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    if isinstance(inputs, dict) and all(isinstance(k, str) and isinstance(x, torch.Tensor) for k, x in inputs.items()):
+        return model, dict(inputs)
     if not isinstance(inputs, tuple | list) or not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise ModelFileError(f"{path}: `example_inputs` must be a tuple of tensors")
+        raise ModelFileError(f"{path}: `example_inputs` must be a tuple of tensors or a dict of keyword tensors")
     return model, tuple(inputs)
 
 

@@ -11,7 +11,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.utils.exceptions import VerifyException
 
-from llmc.errors import LlmcError, MalformedIRError
+from llmc.errors import LlmcError, MalformedIRError, internal
 from llmc.ir_text import print_ir
 from llmc.registry import make_context
 
@@ -52,6 +52,8 @@ class PassRunner:
                 raise
             except VerifyException as error:
                 raise MalformedIRError(f"pass '{p.name}' produced IR that does not verify: {error}") from error
+            except Exception as error:
+                raise internal(f"pass '{p.name}'", error) from error
             self.timings.append(PassTiming(p.name, time.perf_counter() - begin))
             self.snapshots[p.name] = module.clone()
             if self.dumps.print_after_all or p.name in self.dumps.print_after:
