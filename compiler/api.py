@@ -86,7 +86,7 @@ class CompiledModel:
                 raise LlmcError("this compiled graph takes positional inputs only")
             return list(args)
         if kwargs and spec.num_children == 2:
-            order = spec.children_specs[1].context
+            order = spec.child(1).context
             if set(kwargs) != set(order):
                 raise LlmcError(f"the model was compiled with keyword inputs {list(order)}, got {list(kwargs)}")
             kwargs = {name: kwargs[name] for name in order}

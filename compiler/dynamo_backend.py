@@ -66,13 +66,13 @@ def llmc_backend(gm: torch.fx.GraphModule, example_inputs: list, mode: str | Non
 
     settings = BackendOptions.from_torch_compile(mode, options)
     report = GraphReport()
-    STATS.graphs.append(report)
     names = dynamo_names(gm)
     params = {i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)}
     buffers = {i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
                if i not in params and _is_buffer(n)}
 
     def inference(aot_gm: torch.fx.GraphModule, aot_inputs: list):
+        STATS.graphs.append(report)
         report.ops = sum(1 for n in aot_gm.graph.nodes if n.op == "call_function")
         if len(aot_inputs) != len(example_inputs):
             report.note = "aot_autograd changed the inputs (tensor subclasses?); ran in eager"
@@ -82,6 +82,7 @@ def llmc_backend(gm: torch.fx.GraphModule, example_inputs: list, mode: str | Non
         return graph.build()
 
     def training(aot_gm: torch.fx.GraphModule, aot_inputs: list):
+        STATS.graphs.append(report)
         report.note = "records autograd: ran in eager"
         warn_once("llmc compiles inference graphs; this graph records autograd (run the model under torch.no_grad() "
                   "or torch.inference_mode() to compile it), so it runs in eager")

@@ -22,6 +22,7 @@ from llmc.dynamo_backend import BackendStats, GraphReport, warn_once
 from llmc.errors import LlmcError
 from llmc.exporter import import_graph_module
 from llmc.exporter_ops import OP_HANDLERS, source_loc
+from llmc.folding import foldable
 from llmc.options import BackendOptions
 
 aten = torch.ops.aten
@@ -42,16 +43,25 @@ def dynamo_names(gm: torch.fx.GraphModule) -> list[str]:
 
 
 class LlmcSupport(OperatorSupportBase):
-    """What llmc can take: ops the importer knows, on dtypes llmc has."""
+    """What llmc can take: ops the importer knows, on dtypes llmc has, and anything computed from sizes
+    and constants alone (it folds to a constant once the graph is specialised to concrete sizes)."""
 
-    def __init__(self):
+    def __init__(self, gm: torch.fx.GraphModule):
         self.refused: dict[str, str] = {}  # "op (line)" -> why, for the warnings and llmc.explain
+        self.static: set[torch.fx.Node] = set()
+        for node in gm.graph.nodes:
+            if node.op == "placeholder" and (not isinstance(node.meta.get("val"), torch.Tensor) or _is_float_scalar(node)):
+                self.static.add(node)
+            elif node.op == "get_attr":
+                self.static.add(node)
+            elif all(a in self.static for a in node.all_input_nodes) and (foldable(node) or _is_number(node)):
+                self.static.add(node)
 
     def is_node_supported(self, submodules, node: torch.fx.Node) -> bool:
         if node.op != "call_function":
             return False
-        if isinstance(node.meta.get("val"), torch.SymInt | int):
-            return True  # size arithmetic: a concrete number once the graph is specialised
+        if node in self.static:
+            return True
         if node.target is aten.copy_.default:
             return node.args[0].op == "placeholder"
         if node.target not in OP_HANDLERS:
@@ -77,7 +87,7 @@ class PartitionedGraph:
         self.settings, self.report, self.stats = settings, report, stats
 
     def build(self) -> Callable:
-        support = LlmcSupport()
+        support = LlmcSupport(self.gm)
         partitioner = CapabilityBasedPartitioner(self.gm, support, allows_single_node_partition=True)
         partitions = partitioner.propose_partitions()
         for op, why in support.refused.items():
@@ -121,6 +131,8 @@ class LlmcPartition(torch.nn.Module):
         self.tuple_output = isinstance(out, tuple | list)
         self.op_count = sum(1 for n in sub.graph.nodes if n.op == "call_function")
         self.symbolic = any(_is_symbolic(n.meta.get("val")) for n in self.placeholders)
+        # Python floats Dynamo passes as 0-d float64 tensors (dynamic=True): compiled per value, as constants
+        self.scalars = {i for i, n in enumerate(self.placeholders) if _is_float_scalar(n)}
         self.cache: dict[tuple, Callable] = {}
         self.baked: dict[int, tuple[torch.Tensor, int]] = {}
 
@@ -134,7 +146,7 @@ class LlmcPartition(torch.nn.Module):
         return run(args)
 
     def key(self, args) -> tuple:
-        return tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a
+        return tuple(float(a) if i in self.scalars else (tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a
                      for i, a in enumerate(args) if i not in self.frozen)
 
     def compile(self, args, key) -> Callable:
@@ -161,6 +173,7 @@ class LlmcPartition(torch.nn.Module):
                 weights[name], names[name] = args[i], self.graph.names[position]
             else:
                 constants[name] = args[i]
+        constants.update({nodes[i].name: args[i] for i in self.scalars})
         imported = import_graph_module(gm, weights, names, constants)
         settings = self.graph.settings
         compiled = compile_imported(imported, settings.target, settings.passes, emit=lambda *_: None,
@@ -179,6 +192,16 @@ class LlmcPartition(torch.nn.Module):
         self.graph.stats.llmc_runs += 1
         user = [outputs[i] for i in imported.user_outputs]
         return tuple(user) if self.tuple_output else user[0]
+
+
+def _is_float_scalar(node: torch.fx.Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype == torch.float64
+
+
+def _is_number(node: torch.fx.Node) -> bool:
+    """Size arithmetic (operator.mul on SymInts, sym_float, ...): a number once sizes are concrete."""
+    return isinstance(node.meta.get("val"), torch.SymInt | torch.SymFloat | torch.SymBool | int | float | bool)
 
 
 def _is_symbolic(value) -> bool:

@@ -115,6 +115,8 @@ class ImportContext:
             self.loc = saved
 
     def constant(self, value: torch.Tensor, name: str) -> SSAValue:
+        if value.dtype == torch.float64 and value.dim() == 0:
+            value = value.float()  # a Python-float scalar (a size's square root...): promotes as a float32 one
         element = element_of(value.dtype)
         if element is None:
             raise self.unsupported(f"a {value.dtype} constant ('{name}')")

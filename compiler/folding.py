@@ -45,7 +45,7 @@ def _foldable_target(node: torch.fx.Node) -> bool:
         return not (node.args[2] if len(node.args) > 2 else node.kwargs.get("train", False))
     if torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable:
         return False
-    return target.namespace == "aten"
+    return target.namespace in ("aten", "prims")
 
 
 def _shape_stand_in(arg):
@@ -54,6 +54,11 @@ def _shape_stand_in(arg):
     if isinstance(value, torch.Tensor):
         return torch.zeros(value.shape, dtype=value.dtype)
     return None
+
+
+def foldable(node: torch.fx.Node) -> bool:
+    """Whether torch may evaluate this node at compile time once its inputs are known."""
+    return node.op == "call_function" and _foldable_target(node)
 
 
 def fold_constants(gm: torch.fx.GraphModule, constants: dict[str, torch.Tensor]) -> dict[torch.fx.Node, object]:
