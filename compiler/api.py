@@ -108,7 +108,7 @@ class CompiledModel:
             return list(self.program.library(*inputs))
         results = interpret(self.module, [to_numpy(x) for x in inputs], self.imported.weights)
         dtypes = [torch_dtype(t.element_type) for t in self.imported.output_types]
-        return [torch.from_numpy(np.ascontiguousarray(o)).to(d) for o, d in zip(results, dtypes)]
+        return [torch.from_numpy(np.array(o, order="C")).to(d) for o, d in zip(results, dtypes)]
 
     def profile(self, inputs, repeats: int = 20) -> dict[str, float]:
         """Measured microseconds per kernel (C backend only), on the model's inputs."""

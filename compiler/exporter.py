@@ -103,7 +103,7 @@ def split_inputs(example_inputs) -> tuple[tuple, dict]:
     return tuple(example_inputs), {}
 
 
-def _export(model: torch.nn.Module, example_inputs):
+def trace_model(model: torch.nn.Module, example_inputs):
     if "transformers" in sys.modules:  # HF models return a DynamicCache: let export flatten it
         try:
             from transformers.integrations.executorch import register_dynamic_cache_export_support
@@ -135,7 +135,7 @@ def export_model(model: torch.nn.Module, example_inputs) -> ImportedModel:
     and import the result."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = _export(model, example_inputs)
+        program = trace_model(model, example_inputs)
         if not _targets(program.graph_module) <= OP_HANDLERS.keys():
             program = program.run_decompositions(decomposition_table())
         inline_wrappers(program.graph_module)
@@ -352,6 +352,9 @@ def _import_call(node: torch.fx.Node, ctx: ImportContext) -> None:
     ctx.node = node
     value = node.meta.get("val")
     element = element_of(value.dtype) if isinstance(value, torch.Tensor) else None
+    if isinstance(value, torch.Tensor) and element is None:
+        raise UnsupportedOpError(with_loc(f"'{node.target}' (FX node '{node.name}') computes in {value.dtype}; llmc "
+                                          "computes in float32, bfloat16, float16, int64, int32 and bool", loc))
     ctx.element = element or builtin.f32
     try:
         result = handler(ctx, node, *node.args, **node.kwargs)

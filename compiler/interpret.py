@@ -44,4 +44,4 @@ def interpret(
 
 def _as_input(x) -> np.ndarray:
     x = np.asarray(x)
-    return np.ascontiguousarray(x if x.dtype.kind in "bi" else x.astype(np.float32))
+    return np.array(x if x.dtype.kind in "bi" else x.astype(np.float32), order="C")  # keeps 0-d arrays 0-d

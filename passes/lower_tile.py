@@ -8,6 +8,7 @@ become memrefs, graph.weight becomes tile.weight, intermediates tile.alloc.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from xdsl.context import Context
@@ -70,16 +71,19 @@ def lower_function(module: builtin.ModuleOp, func_op: func.FuncOp) -> None:
 
 
 def _lower_kernel(module: builtin.ModuleOp, block: Block, op: kernel.KernelOp) -> None:
-    module.body.block.insert_op_before(build_tile_kernel(op), block.parent_op())
+    empty = all(math.prod(graph.shape_of(r)) == 0 for r in op.outputs)  # nothing to write: no kernel, no launch
+    if not empty:
+        module.body.block.insert_op_before(build_tile_kernel(op), block.parent_op())
     outputs: list[SSAValue] = []
     for result in op.outputs:
         alloc = tile.AllocOp(result_types=[memref_of(result.type)])
         block.insert_op_before(alloc, op)
         outputs.append(alloc.result)
-    launch = tile.LaunchOp(
-        operands=[[*op.inputs, *outputs]], attributes={"callee": SymbolRefAttr(op.kernel_name.data)}
-    )
-    block.insert_op_before(launch, op)
+    if not empty:
+        launch = tile.LaunchOp(
+            operands=[[*op.inputs, *outputs]], attributes={"callee": SymbolRefAttr(op.kernel_name.data)}
+        )
+        block.insert_op_before(launch, op)
     for result, buffer in zip(op.outputs, outputs):
         result.replace_all_uses_with(buffer)
     block.erase_op(op)
