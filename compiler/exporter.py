@@ -35,9 +35,9 @@ from xdsl.ir import Block, Region, SSAValue
 
 import llmc.exporter_views  # noqa: F401 - registers the view and indexing handlers
 from llmc.dialects import graph
-from llmc.dtypes import element_of, to_numpy
+from llmc.dtypes import element_of
 from llmc.errors import LlmcError, UnsupportedOpError, internal, with_loc
-from llmc.exporter_ops import OP_HANDLERS, ImportContext
+from llmc.exporter_ops import OP_HANDLERS, ImportContext, source_loc
 from llmc.folding import fold_constants
 
 KEPT_OPS = (
@@ -208,27 +208,15 @@ def inline_wrappers(gm: torch.fx.GraphModule) -> None:
         with gm.graph.inserting_before(node):
             for inner in sub.graph.nodes:
                 if inner.op == "output":
-                    outputs = torch.fx.map_arg(inner.args[0], lambda a: env[a])
+                    outputs = torch.fx.map_arg(inner.args[0], env.__getitem__)
                 elif inner.op != "placeholder":
-                    env[inner] = gm.graph.node_copy(inner, lambda a: env[a])
+                    env[inner] = gm.graph.node_copy(inner, env.__getitem__)
         for user in list(node.users):
             user.replace_all_uses_with(outputs[user.args[1]])
             gm.graph.erase_node(user)
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.recompile()
-
-
-def source_loc(node: torch.fx.Node) -> str | None:
-    """'file.py:LINE' of the innermost frame of the model's code (torch's own frames skipped; a
-    Hugging Face model's line is in its modeling file)."""
-    trace = node.meta.get("stack_trace") or ""
-    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
-    frames = [(f, line) for f, line in frames if "/torch/" not in f and not f.startswith("<")]
-    if not frames:
-        return None
-    path, line = frames[-1]
-    return f"{Path(path).name}:{line}"
 
 
 def import_graph_module(

@@ -516,28 +516,26 @@ OP_HANDLERS[aten.amax.default] = _reduce(graph.ReduceMaxOp)
 OP_HANDLERS[aten.argmax.default] = _reduce(graph.ArgmaxOp)
 
 
-@handles(aten.softmax.int, aten._softmax.default)
-def _softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
-    x = ctx.cast(ctx.value(x), ctx.element)
-    rank = len(shape(x))
-    dim = norm_dim(dim, rank)
-    order = [d for d in range(rank) if d != dim] + [dim]
-    moved = permute(ctx, x, order)
-    out = ctx.result(graph.SoftmaxOp(operands=[moved], result_types=[moved.type], attributes={"dim": graph.int_attr(rank - 1)}))
-    return permute(ctx, out, [order.index(d) for d in range(rank)])
-
-
-@handles(aten.cumsum.default)
-def _cumsum(ctx, node, x, dim, dtype=None):
-    x = ctx.cast(ctx.value(x), ctx.element)
+def along_last(ctx, x: SSAValue, dim: int, cls) -> SSAValue:
+    """A `cls` op over the last dim applied along `dim`: permute there, apply, permute back."""
     rank = len(shape(x))
     if rank == 0:
         return x
     dim = norm_dim(dim, rank)
     order = [d for d in range(rank) if d != dim] + [dim]
     moved = permute(ctx, x, order)
-    out = ctx.result(graph.CumsumOp(operands=[moved], result_types=[moved.type], attributes={"dim": graph.int_attr(rank - 1)}))
+    out = ctx.result(cls(operands=[moved], result_types=[moved.type], attributes={"dim": graph.int_attr(rank - 1)}))
     return permute(ctx, out, [order.index(d) for d in range(rank)])
+
+
+@handles(aten.softmax.int, aten._softmax.default)
+def _softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
+    return along_last(ctx, ctx.cast(ctx.value(x), ctx.element), dim, graph.SoftmaxOp)
+
+
+@handles(aten.cumsum.default)
+def _cumsum(ctx, node, x, dim, dtype=None):
+    return along_last(ctx, ctx.cast(ctx.value(x), ctx.element), dim, graph.CumsumOp)
 
 
 @handles(aten.native_layer_norm.default)

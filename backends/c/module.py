@@ -22,7 +22,7 @@ from importlib import resources
 
 import numpy as np
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import ModuleOp, f32
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument
 
 from llmc.backends.c.exprs import c_comment

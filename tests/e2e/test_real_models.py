@@ -304,3 +304,30 @@ def test_explain_says_what_runs_where():
 
     text = llmc.explain(Sorted(), (torch.randn(3, 5),))
     assert "llmc  fused_0" in text and "eager aten.sort.default" in text
+
+
+class AnyDim(torch.nn.Module):
+    """Reductions, softmax, concat and splits along dims other than the last; erf GELU; LayerNorm without affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(6, elementwise_affine=False)
+
+    def forward(self, x):
+        a = x.softmax(dim=1) + x.sum(dim=(0, 2), keepdim=True) + x.amax(dim=1, keepdim=True)
+        first, second = a.chunk(2, dim=1)
+        parts = torch.cat([second, first, x.mean(dim=0, keepdim=True)[:, :2].expand_as(first)], dim=0)
+        rows = torch.stack(parts.unbind(dim=1)[::-1], dim=1)
+        return torch.nn.functional.gelu(self.norm(rows)), x.argmax(dim=1)
+
+
+@pytest.mark.parametrize("entry", ["llmc.compile", "torch.compile"])
+def test_ops_along_any_dim(entry):
+    torch._dynamo.reset()
+    model, x = AnyDim(), torch.randn(3, 4, 6)
+    compiled = quiet(model=model, example_inputs=(x,)) if entry == "llmc.compile" else \
+        torch.compile(model, backend="llmc")
+    with torch.no_grad():
+        got, expected = compiled(x), model(x)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=TOL, rtol=TOL)
