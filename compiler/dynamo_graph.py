@@ -21,7 +21,7 @@ from llmc.dtypes import element_of
 from llmc.dynamo_backend import BackendStats, GraphReport, warn_once
 from llmc.errors import LlmcError
 from llmc.exporter import import_graph_module
-from llmc.exporter_ops import OP_HANDLERS, source_loc
+from llmc.exporter import OP_HANDLERS, source_loc
 from llmc.folding import foldable
 from llmc.options import BackendOptions
 

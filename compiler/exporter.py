@@ -37,7 +37,8 @@ import llmc.exporter_views  # noqa: F401 - registers the view and indexing handl
 from llmc.dialects import graph
 from llmc.dtypes import element_of
 from llmc.errors import LlmcError, UnsupportedOpError, internal, with_loc
-from llmc.exporter_ops import OP_HANDLERS, ImportContext, source_loc
+import llmc.exporter_ops  # noqa: F401 - registers the arithmetic, contraction and reduction handlers
+from llmc.import_context import OP_HANDLERS, ImportContext, source_loc
 from llmc.folding import fold_constants
 
 KEPT_OPS = (

@@ -20,7 +20,7 @@ from xdsl.dialects.builtin import i64
 from xdsl.ir import SSAValue
 
 from llmc.dialects import graph
-from llmc.exporter_ops import ImportContext, handles, meta, norm_dim, permute, reshape, shape
+from llmc.import_context import ImportContext, handles, meta, norm_dim, permute, reshape, shape
 from llmc.folding import compact
 
 aten = torch.ops.aten

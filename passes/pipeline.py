@@ -1,8 +1,11 @@
 """`pipeline{stages=N}`: software-pipeline the loops the lowering marked.
 
 Decide, then expand, as MLIR's LoopPipelining and Triton's pipeliner do:
-- `schedule_loop` puts every tile.load of the loop body, with the index math
-  feeding it, in stage 0 and everything else in stage N-1.
+- `schedule_loop` puts every tile.load of the loop body that feeds a
+  `tile.dot` (the operand tiles whose latency the pipeline hides), with the
+  index math feeding it, in stage 0 and everything else — the math, and
+  small loads read by pointwise code such as an attention mask tile — in
+  stage N-1.
 - `expand` emits a prologue issuing the loads of iterations 0..N-2, a steady
   state body that computes iteration i while loading iteration i+N-1 (the
   loaded tiles ride in the loop's iter_args as a queue), and an epilogue that
@@ -31,7 +34,7 @@ from xdsl.dialects.builtin import IndexType, IntegerAttr, StringAttr
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.passes import ModulePass
 
-from llmc.dialects import tile
+from llmc.dialects import graph, tile
 from llmc.errors import PassOptionError
 from llmc.passes.lowering.templates import STAGES_ATTR
 
@@ -57,9 +60,18 @@ def schedule_loop(loop: scf.ForOp) -> list[Operation] | None:
         return True
 
     for op in body.ops:
-        if isinstance(op, tile.LoadOp) and not pull(op):
+        if isinstance(op, tile.LoadOp) and feeds_dot(op.result) and not pull(op):
             return None
     return [op for op in body.ops if op in stage0]
+
+
+def feeds_dot(value: SSAValue) -> bool:
+    """Whether a loaded tile is a dot operand (possibly through a widening or narrowing cast)."""
+    for use in value.uses:
+        user = use.operation
+        if isinstance(user, tile.DotOp) or (isinstance(user, graph.CastOp) and feeds_dot(user.result)):
+            return True
+    return False
 
 
 def _const(value: SSAValue) -> int | None:

@@ -220,3 +220,25 @@ def test_integer_models_match_eager_on_both_backends(target):
         torch.testing.assert_close(g, e, atol=2e-5, rtol=2e-5)
     with pytest.raises(LlmcError, match="out of range"):
         compiled(torch.full((2, 11), 23), mask)
+
+
+class PaddedAttention(torch.nn.Module):
+    def forward(self, q, k, v, keep):
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).tril() & keep[:, None, None, :]
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("target", ["c", "triton"])
+def test_masked_attention_over_several_pipelined_kv_tiles(target):
+    """Enough keys for a pipelined KV loop: the mask tile is loaded with its own iteration."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 150, 16) for _ in range(3))
+    keep = torch.ones(2, 150, dtype=torch.bool)
+    keep[0, :40] = False
+    model = PaddedAttention()
+    compiled = llmc.compile(model, (q, k, v, keep), target="cpu" if target == "c" else "triton",
+                            emit=lambda *_: None)
+    if target == "c":
+        loop = next(op for op in compiled.module.walk() if op.name == "scf.for" and "llmc.pipeline_stages" in op.attributes)
+        assert loop.attributes["llmc.pipeline_stages"].value.data >= 2
+    torch.testing.assert_close(compiled(q, k, v, keep), model(q, k, v, keep), atol=2e-5, rtol=2e-5)
