@@ -26,6 +26,8 @@ class KernelRenderer:
                  status_code: int = 1):
         self.kernel = kernel
         self.status_code = status_code  # what the forward returns when this kernel meets a bad index
+        dims = [d for arg in kernel.body.block.args for d in arg.type.get_shape()] + list(kernel.grid.get_values())
+        self.small_indices = max(dims, default=0) < 2**24  # every tile position is exact as a float
         self.kernel_name = kernel.sym_name.data
         self.plan = plan
         self.function_name = function_name

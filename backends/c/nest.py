@@ -88,6 +88,8 @@ class Nest:
             return self.cast(op)
         if isinstance(op, graph.WhereOp):
             return WHERE[kind_of(op.result)].format(self.vector(op.cond), self.vector(op.lhs), self.vector(op.rhs))
+        if isinstance(op, graph.CompareOp) and all(self.index_like(v) for v in op.operands):
+            return BINARY[type(op)].format(*(self.as_float_index(v) for v in op.operands))
         kind = kind_of(op.operands[0])
         if kind == "vf":
             special = self.float_special(op)
@@ -99,6 +101,27 @@ class Nest:
                 f"the C backend has no vector form of {op.name} on {op.operands[0].type.element_type} tiles "
                 f"in @{self.renderer.kernel_name}")
         return template.format(*(self.vector(v) for v in op.operands))
+
+    def index_like(self, value: SSAValue) -> bool:
+        """A tile position (iota) or a small integer constant, in a kernel whose every dim is below 2^24:
+        exact as a float, so comparing them (masks of concats, causal and ragged tiles) is one float compare
+        instead of int64 lanes."""
+        owner = value.owner
+        if not self.renderer.small_indices:
+            return False
+        if isinstance(owner, tile.IotaOp):
+            return True
+        return isinstance(owner, graph.ConstantOp) and kind_of(value) == "vl" and abs(owner.number) < 2**24
+
+    def as_float_index(self, value: SSAValue) -> str:
+        owner = value.owner
+        if isinstance(owner, graph.ConstantOp):
+            return f"vsplat({literal(owner.number, 'vf')})"
+        rows, cols = shape2(value)
+        offset = self.renderer.name(owner.offset)
+        if owner.axis.value.data == 1:
+            return f"viota({offset} + c)" if cols > 1 else f"vsplat((float){offset})"
+        return f"vsplat((float)({offset} + r))" if rows > 1 else f"vsplat((float){offset})"
 
     def float_special(self, op) -> str | None:
         if constant_exponent(op) in POWERS:
