@@ -87,6 +87,10 @@ class PartitionedGraph:
         self.settings, self.report, self.stats = settings, report, stats
 
     def build(self) -> Callable:
+        inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        # state the graph writes back is not a constant, wherever partitioning puts the write
+        mutated = {inputs.index(n.args[0]) for n in self.gm.graph.nodes
+                   if n.op == "call_function" and n.target is aten.copy_.default and n.args[0] in inputs}
         support = LlmcSupport(self.gm)
         partitioner = CapabilityBasedPartitioner(self.gm, support, allows_single_node_partition=True)
         partitions = partitioner.propose_partitions()
@@ -97,8 +101,6 @@ class PartitionedGraph:
             return self.gm
         fused = partitioner.fuse_partitions(partitions)
         placeholders = {n: i for i, n in enumerate(n for n in fused.graph.nodes if n.op == "placeholder")}
-        mutated = {placeholders[n.args[0]] for n in self.gm.graph.nodes
-                   if n.op == "call_function" and n.target is aten.copy_.default and n.args[0] in placeholders}
         for node in [n for n in fused.graph.nodes if n.op == "call_module"]:
             positions = [placeholders.get(a) if isinstance(a, torch.fx.Node) else None for a in node.args]
             entry = {"name": node.target, "ops": 0, "kernels": 0, "compiles": 0}

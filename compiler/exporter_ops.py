@@ -185,6 +185,12 @@ def _identity(ctx, node, x, **_):
     return ctx.value(x)
 
 
+@handles(aten.copy.default)
+def _copy(ctx, node, x, src, non_blocking=False):
+    # functional copy: src's values in x's shape and dtype (what `x.copy_(src)` becomes once functionalized)
+    return ctx.broadcast_to(ctx.cast(ctx.value(src), ctx.element), shape(ctx.value(x)))
+
+
 @handles(aten.dropout.default)
 def _dropout(ctx, node, x, p=0.5, train=False):
     if train and p:

@@ -172,6 +172,7 @@ class CachedDecoder(torch.nn.Module):
 @pytest.mark.parametrize("entry", ["llmc.compile", "torch.compile"])
 def test_kv_cache_in_buffers_decodes_the_same_tokens(entry):
     torch._dynamo.reset()
+    reset_stats()
     torch.manual_seed(0)
     reference, model = CachedDecoder().eval(), CachedDecoder().eval()
     model.load_state_dict(reference.state_dict())
@@ -185,6 +186,9 @@ def test_kv_cache_in_buffers_decodes_the_same_tokens(entry):
             produced.append(int(tokens)), wanted.append(int(expected))
     assert produced == wanted and len(set(wanted)) > 1  # the greedy tokens change from step to step
     torch.testing.assert_close(model.keys, reference.keys)
+    if entry == "torch.compile":
+        stats = dynamo_stats()
+        assert stats.llmc_runs >= 12 and all(not g.eager_ops for g in stats.graphs)
 
 
 class TriuMaskedAttention(torch.nn.Module):
