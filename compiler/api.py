@@ -58,21 +58,24 @@ class CompiledModel:
     def __call__(self, *args, **kwargs):
         if self.backend == "fallback":
             return self.program(*args, **kwargs)
-        flat = self.flat_inputs(args, kwargs)
-        graph_inputs = [self._bound(source, flat) for source in self.imported.arguments]
         try:
-            outputs = self.run_graph(graph_inputs)
+            user = self.run_flat(self.flat_inputs(args, kwargs))
         except LlmcError as error:
             if self.backend != "triton":
                 raise
             return self._fall_back(error)(*args, **kwargs)
-        with torch.no_grad():
-            for index, target in self.imported.writebacks:
-                self._bound(target, flat).copy_(outputs[index])
-        user = [outputs[i] for i in self.imported.user_outputs]
         if self.imported.out_spec is not None:
             return tree_unflatten(user, self.imported.out_spec)
         return user[0] if len(user) == 1 else tuple(user)
+
+    def run_flat(self, flat: list) -> list[torch.Tensor]:
+        """Run on the flattened model inputs: bind the graph's arguments (state buffers included), run,
+        write mutated buffers and inputs back; returns the model's own outputs."""
+        outputs = self.run_graph([self._bound(source, flat) for source in self.imported.arguments])
+        with torch.no_grad():
+            for index, target in self.imported.writebacks:
+                self._bound(target, flat).copy_(outputs[index])
+        return [outputs[i] for i in self.imported.user_outputs]
 
     def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The tensors the compiled graph takes for these model inputs (state buffers included)."""

@@ -31,7 +31,7 @@ def element_of(dtype: torch.dtype) -> Attribute | None:
 
 
 def is_float(element: Attribute) -> bool:
-    return element in (f32, bf16, f16)
+    return element in FLOAT_ELEMENTS.values()
 
 
 def is_integer(element: Attribute) -> bool:

@@ -92,10 +92,15 @@ def llmc_backend(gm: torch.fx.GraphModule, example_inputs: list, mode: str | Non
                         keep_inference_input_mutations=True)(gm, example_inputs)
 
 
-def _is_buffer(node: torch.fx.Node) -> bool:
+def source_name(node: torch.fx.Node) -> str:
+    """Dynamo's name for where a placeholder came from: "L['self']._modules['mlp']._parameters['weight']"."""
     source = getattr(node.meta.get("grapharg"), "source", None)
     name = source.name() if callable(getattr(source, "name", None)) else getattr(source, "name", "")
-    return "_buffers" in (name or "")
+    return name or ""
+
+
+def _is_buffer(node: torch.fx.Node) -> bool:
+    return "_buffers" in source_name(node)
 
 
 def dynamo_stats() -> BackendStats:

@@ -18,7 +18,7 @@ from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
 from llmc.dtypes import element_of
-from llmc.dynamo_backend import BackendStats, GraphReport, warn_once
+from llmc.dynamo_backend import BackendStats, GraphReport, source_name, warn_once
 from llmc.errors import LlmcError
 from llmc.exporter import import_graph_module
 from llmc.exporter import OP_HANDLERS, source_loc
@@ -32,9 +32,7 @@ def dynamo_names(gm: torch.fx.GraphModule) -> list[str]:
     """Each Dynamo placeholder as the model names it: `input_ids`, `model.layers.0.mlp.up_proj.weight`."""
     names = []
     for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
-        source = getattr(node.meta.get("grapharg"), "source", None)
-        text = source.name() if callable(getattr(source, "name", None)) else getattr(source, "name", None)
-        keys = re.findall(r"\['([^']+)'\]", text or "")
+        keys = re.findall(r"\['([^']+)'\]", source_name(node))
         if keys:
             names.append(".".join(keys[1:] if keys[0] == "self" and len(keys) > 1 else keys))
         else:
@@ -128,7 +126,6 @@ class LlmcPartition(torch.nn.Module):
         frozen = graph.params | (graph.buffers - mutated)
         self.frozen = {i: p for i, p in enumerate(positions) if p is not None and p in frozen}
         self.weight_slots = {i for i, p in self.frozen.items() if p in graph.params}
-        self.positions = positions
         out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
         self.tuple_output = isinstance(out, tuple | list)
         self.op_count = sum(1 for n in sub.graph.nodes if n.op == "call_function")
@@ -184,15 +181,11 @@ class LlmcPartition(torch.nn.Module):
         self.graph.stats.compiles += 1
         self.entry["compiles"] += 1
         self.entry["kernels"] = sum(1 for op in compiled.module.walk() if op.name == "tile.kernel")
-        return lambda a: self._run(compiled, imported, a)
+        return lambda a: self._run(compiled, a)
 
-    def _run(self, compiled, imported, args):
-        outputs = compiled.run_graph([args[s.index] for s in imported.arguments])
-        with torch.no_grad():
-            for index, target in imported.writebacks:
-                args[target.index].copy_(outputs[index])
+    def _run(self, compiled, args):
+        user = compiled.run_flat(list(args))  # every argument of a partition is one of its inputs
         self.graph.stats.llmc_runs += 1
-        user = [outputs[i] for i in imported.user_outputs]
         return tuple(user) if self.tuple_output else user[0]
 
 

@@ -32,13 +32,14 @@ import torch
 from torch.export.graph_signature import InputKind, OutputKind
 from xdsl.dialects import builtin, func
 from xdsl.ir import Block, Region, SSAValue
+from xdsl.transforms.dead_code_elimination import region_dce
 
 import llmc.exporter_views  # noqa: F401 - registers the view and indexing handlers
 from llmc.dialects import graph
 from llmc.dtypes import element_of
 from llmc.errors import LlmcError, UnsupportedOpError, internal, with_loc
 import llmc.exporter_ops  # noqa: F401 - registers the arithmetic, contraction and reduction handlers
-from llmc.import_context import OP_HANDLERS, ImportContext, source_loc
+from llmc.import_context import OP_HANDLERS, ImportContext, source_loc, tensor_type
 from llmc.folding import fold_constants
 
 KEPT_OPS = (
@@ -85,10 +86,6 @@ class ImportedModel:
     def output_types(self) -> list[builtin.TensorType]:
         return list(self.forward.function_type.outputs.data)
 
-    @property
-    def input_types(self) -> list[builtin.TensorType]:
-        return list(self.forward.function_type.inputs.data)
-
 
 def decomposition_table() -> dict:
     table = torch.export.default_decompositions()
@@ -126,7 +123,8 @@ def _export_failure(error: Exception) -> str:
     text = str(error).strip().splitlines()
     first = next((line for line in text if line.strip()), type(error).__name__)
     frames = re.findall(r'File "([^"]+)", line (\d+)', "".join(traceback.format_tb(error.__traceback__)))
-    user = [f"{Path(f).name}:{line}" for f, line in frames if "/torch/" not in f and "/llmc/" not in f and "compiler/" not in f]
+    own = str(Path(__file__).resolve().parents[1])  # llmc's own frames: the repository's folders
+    user = [f"{Path(f).name}:{line}" for f, line in frames if "/torch/" not in f and not f.startswith(own)]
     where = f" (at {user[-1]})" if user else ""
     return f"torch.export could not trace the model{where}: {type(error).__name__}: {first[:400]}"
 
@@ -137,8 +135,9 @@ def export_model(model: torch.nn.Module, example_inputs) -> ImportedModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = trace_model(model, example_inputs)
-        if not _targets(program.graph_module) <= OP_HANDLERS.keys():
-            program = program.run_decompositions(decomposition_table())
+        unknown = _targets(program.graph_module) - OP_HANDLERS.keys()
+        if unknown or _writes_inputs(program.graph_module):  # decompose, and functionalize state updates
+            program = _decomposed(program, unknown)
         inline_wrappers(program.graph_module)
     signature = program.graph_signature
     mutated = {spec.target for spec in signature.output_specs
@@ -165,6 +164,22 @@ def export_model(model: torch.nn.Module, example_inputs) -> ImportedModel:
     _classify_outputs(imported, signature, sources)
     imported.in_spec, imported.out_spec = program.call_spec.in_spec, program.call_spec.out_spec
     return imported
+
+
+def _writes_inputs(gm: torch.fx.GraphModule) -> bool:
+    """Whether an op writes in place into a graph input (a buffer or user input the model mutates)."""
+    return any(node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+               and node.target._schema.is_mutable and node.args and getattr(node.args[0], "op", None) == "placeholder"
+               for node in gm.graph.nodes)
+
+
+def _decomposed(program, unknown: set):
+    try:
+        return program.run_decompositions(decomposition_table())
+    except Exception as error:  # torch's own failure: say which ops needed it
+        names = ", ".join(sorted(map(str, unknown))) or "in-place updates of the model's state"
+        raise UnsupportedOpError(f"torch could not decompose the exported program ({names}): "
+                                 f"{type(error).__name__}: {str(error)[:300]}") from None
 
 
 def _targets(gm: torch.fx.GraphModule) -> set:
@@ -271,16 +286,10 @@ def _finish(block: Block, imported: ImportedModel, results: list[SSAValue], writ
     imported.writebacks = [(len(results) + i, target) for i, (_, target) in enumerate(writebacks)]
     values = results + [v for v, _ in writebacks]
     block.add_op(func.ReturnOp(*values))
-    _drop_dead(block, imported)
     ftype = builtin.FunctionType.from_lists([a.type for a in block.args], [r.type for r in values])
-    imported.module.body.block.add_op(func.FuncOp("forward", ftype, Region(block)))
-
-
-def _drop_dead(block: Block, imported: ImportedModel) -> None:
-    """Ops whose results nobody reads (folding leftovers, unused weights), and their weight values."""
-    for op in reversed(list(block.ops)):
-        if isinstance(op, graph.GraphOp) and all(not r.uses for r in op.results):
-            block.erase_op(op)
+    forward = func.FuncOp("forward", ftype, Region(block))
+    imported.module.body.block.add_op(forward)
+    region_dce(forward.body)  # folding leftovers and weights nobody reads; then drop their values
     named = {op.weight_name.data for op in block.ops if isinstance(op, graph.WeightOp)}
     for name in [n for n in imported.weights if n not in named]:
         del imported.weights[name]
@@ -298,14 +307,6 @@ def _import_copy(node: torch.fx.Node, ctx: ImportContext, sources: dict[str, Sou
     return new, sources[target.name]
 
 
-def _tensor_type(value: torch.Tensor, what: str) -> builtin.TensorType:
-    element = element_of(value.dtype)
-    if element is None:
-        raise UnsupportedOpError(
-            f"{what} has dtype {value.dtype}; llmc supports float32, bfloat16, float16, int64, int32 and bool tensors")
-    return graph.tensor(tuple(value.shape), element)
-
-
 def _import_placeholder(node, ctx, imported, weights, weight_names, sources) -> None:
     if node.name in weights:
         ctx.values[node] = ctx.weight(weight_names[node.name], weights[node.name])
@@ -316,7 +317,7 @@ def _import_placeholder(node, ctx, imported, weights, weight_names, sources) -> 
         return  # a size or scalar the graph was specialised for: its uses already hold the value
     if not isinstance(value, torch.Tensor):
         raise UnsupportedOpError(f"input '{name}' is not a tensor ({type(value).__name__}); pass tensors only")
-    typ = _tensor_type(value, f"input '{name}'")
+    typ = tensor_type(value, f"input '{name}'")
     arg = ctx.block.insert_arg(typ, len(ctx.block.args))
     arg.name_hint = re.sub(r"\W", "_", name)
     imported.input_names.append(name)
@@ -338,7 +339,6 @@ def _import_call(node: torch.fx.Node, ctx: ImportContext) -> None:
             + "; rewrite it with supported ops or let torch.compile fall back to eager"
         )
     ctx.loc = loc
-    ctx.node = node
     value = node.meta.get("val")
     element = element_of(value.dtype) if isinstance(value, torch.Tensor) else None
     if isinstance(value, torch.Tensor) and element is None:

@@ -118,15 +118,37 @@ def _binary(cls):
 for _target, _cls in _BINARY.items():
     OP_HANDLERS[_target] = _binary(_cls)
 
+VIEW_TARGETS = {"view", "_unsafe_view", "reshape", "slice", "select", "transpose", "permute", "expand", "unsqueeze",
+                "squeeze", "t", "alias", "split", "chunk", "unbind", "narrow", "diagonal", "as_strided", "numpy_T"}
+
+
+def _in_place(functional):
+    """`x.op_(y)` on an intermediate tensor x: the functional op, and x holds its result for every later
+    reader (the graph is imported in program order). On a view or an input the write would reach
+    another tensor's storage, which llmc does not model: refused."""
+    def handler(ctx: ImportContext, node, x, *args, **kwargs):
+        target = x.target if isinstance(x, torch.fx.Node) else None
+        if x.op != "call_function" or getattr(target, "__name__", "").split(".")[0] in VIEW_TARGETS:
+            raise ctx.unsupported(f"'{node.target}' writing in place into "
+                                  f"{'an input' if x.op == 'placeholder' else 'a view of another tensor'}")
+        result = functional(ctx, node, x, *args, **kwargs)
+        ctx.values[x] = result
+        return result
+
+    return handler
+
+
+# x.op_(y) for the arithmetic ops whose result keeps x's dtype (an in-place comparison does not)
+for _target, _cls in {**_UNARY, **_BINARY}.items():
+    _in_place_packet = getattr(aten, f"{_target._opname}_", None)
+    _overload = getattr(_in_place_packet, _target._overloadname, None) if _in_place_packet is not None else None
+    if _overload is not None and not issubclass(_cls, graph.CompareOp) and _target not in LOGICAL:
+        OP_HANDLERS[_overload] = _in_place(OP_HANDLERS[_target])
+
 
 @handles(aten.rsub.Scalar, aten.rsub.Tensor)
 def _rsub(ctx, node, x, other, alpha=1):
-    return _binary(graph.SubOp)(ctx, node, other, x if alpha == 1 else _scaled(ctx, x, alpha))
-
-
-def _scaled(ctx, x, alpha):
-    x = ctx.value(x)
-    return ctx.result(graph.MulOp(x, ctx.scalar(alpha, x.type.element_type)))
+    return _binary(graph.SubOp)(ctx, node, other, x, alpha)  # other - alpha * x
 
 
 @handles(aten.gelu.default)
@@ -262,7 +284,7 @@ def _sdpa(ctx, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
     sq, sk, sv = shape(q), shape(k), shape(v)
     if len(sq) != 4:
         raise ctx.unsupported(f"attention on rank-{len(sq)} tensors; llmc expects [batch, heads, seq, dim]")
-    if sq[1] != sk[1] and not enable_gqa:
+    if sq[1] != sk[1] and not enable_gqa and sk[1] != 1:  # one key head broadcasts over the query heads
         raise ctx.unsupported("attention with different query and key head counts without enable_gqa")
     if is_causal and sq[2] != sk[2]:
         raise ctx.unsupported("causal attention with different query and key lengths")
@@ -311,25 +333,30 @@ def _reduced_shape(full: tuple[int, ...], dims: list[int], keepdim: bool) -> tup
     return tuple(1 if i in dims else d for i, d in enumerate(full) if keepdim or i not in dims)
 
 
+def reduced(ctx, cls, x: SSAValue, dims, keepdim: bool) -> SSAValue:
+    """A `cls` reduction of x over `dims` (None or empty: all of them), as torch shapes its result."""
+    full = shape(x)
+    if not full:
+        return x if cls is not graph.ArgmaxOp else ctx.scalar(0, i64)
+    dims = list(range(len(full))) if dims is None else [dims] if isinstance(dims, int) else list(dims)
+    dims = sorted({norm_dim(d, len(full)) for d in dims}) or list(range(len(full)))
+    merged, _ = to_last(ctx, x, dims)
+    last = len(shape(merged)) - 1
+    element = i64 if cls is graph.ArgmaxOp else x.type.element_type
+    # over the last dim alone, keepdim is an attribute (no view between the reduction and its users)
+    keep = keepdim and merged is x
+    attrs = {"dim": graph.int_attr(last), **({"keepdim": UnitAttr()} if keep else {})}
+    out_shape = shape(merged)[:-1] + ((1,) if keep else ())
+    out = ctx.result(cls(operands=[merged], result_types=[graph.tensor(out_shape, element)], attributes=attrs))
+    return reshape(ctx, out, _reduced_shape(full, dims, keepdim))
+
+
 def _reduce(cls):
     def handler(ctx, node, x, dims=None, keepdim=False, dtype=None):
         x = ctx.value(x)
         if cls is not graph.ArgmaxOp and cls is not graph.ReduceMaxOp:
             x = ctx.cast(x, ctx.element)
-        full = shape(x)
-        if not full:
-            return x if cls is not graph.ArgmaxOp else ctx.scalar(0, i64)
-        dims = list(range(len(full))) if dims is None else [dims] if isinstance(dims, int) else list(dims)
-        dims = sorted({norm_dim(d, len(full)) for d in dims}) or list(range(len(full)))
-        merged, _ = to_last(ctx, x, dims)
-        last = len(shape(merged)) - 1
-        element = i64 if cls is graph.ArgmaxOp else x.type.element_type
-        # over the last dim alone, keepdim is an attribute (no view between the reduction and its users)
-        keep = keepdim and merged is x
-        attrs = {"dim": graph.int_attr(last), **({"keepdim": UnitAttr()} if keep else {})}
-        out_shape = shape(merged)[:-1] + ((1,) if keep else ())
-        out = ctx.result(cls(operands=[merged], result_types=[graph.tensor(out_shape, element)], attributes=attrs))
-        return reshape(ctx, out, _reduced_shape(full, dims, keepdim))
+        return reduced(ctx, cls, x, dims, keepdim)
 
     return handler
 
@@ -357,6 +384,17 @@ def along_last(ctx, x: SSAValue, dim: int, cls) -> SSAValue:
 @handles(aten.softmax.int, aten._softmax.default)
 def _softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
     return along_last(ctx, ctx.cast(ctx.value(x), ctx.element), dim, graph.SoftmaxOp)
+
+
+@handles(aten._safe_softmax.default)
+def _safe_softmax(ctx, node, x, dim, dtype=None):
+    """softmax whose rows with every element -inf give zeros (what SDPA's math path computes)."""
+    x = ctx.cast(ctx.value(x), ctx.element)
+    probabilities = along_last(ctx, x, dim, graph.SoftmaxOp)
+    top = reduced(ctx, graph.ReduceMaxOp, x, [dim], True)
+    dead = ctx.result(graph.EqOp(top, ctx.scalar(float("-inf"), x.type.element_type)))
+    zero = ctx.scalar(0.0, x.type.element_type)
+    return ctx.result(graph.WhereOp(operands=[dead, zero, probabilities], result_types=[probabilities.type]))
 
 
 @handles(aten.cumsum.default)

@@ -21,7 +21,9 @@ from xdsl.ir import SSAValue
 
 from llmc.dialects import graph
 from llmc.import_context import ImportContext, handles, meta, norm_dim, permute, reshape, shape
+from llmc.dtypes import torch_dtype
 from llmc.folding import compact
+from llmc.passes.fusion.views import view_chain
 
 aten = torch.ops.aten
 
@@ -140,6 +142,40 @@ def _split(ctx, node, x, sizes, dim=0):
     return parts
 
 
+@handles(aten.chunk.default)
+def _chunk(ctx, node, x, chunks, dim=0):
+    extent = shape(ctx.value(x))[norm_dim(dim, len(shape(ctx.value(x))))]
+    return _split(ctx, node, x, -(-extent // chunks), dim)
+
+
+@handles(aten.flatten.using_ints)
+def _flatten(ctx, node, x, start_dim=0, end_dim=-1):
+    x = ctx.value(x)
+    full = shape(x)
+    if not full:
+        return reshape(ctx, x, (1,))
+    start, end = norm_dim(start_dim, len(full)), norm_dim(end_dim, len(full))
+    return reshape(ctx, x, (*full[:start], math.prod(full[start : end + 1]), *full[end + 1 :]))
+
+
+@handles(aten.numpy_T.default)
+def _numpy_t(ctx, node, x):
+    x = ctx.value(x)
+    return permute(ctx, x, list(range(len(shape(x))))[::-1])
+
+
+@handles(aten.repeat_interleave.self_int)
+def _repeat_interleave(ctx, node, x, repeats, dim=None, output_size=None):
+    x = ctx.value(x)
+    if dim is None:
+        x, dim = reshape(ctx, x, (math.prod(shape(x)),)), 0
+    full = shape(x)
+    dim = norm_dim(dim, len(full))
+    spread = reshape(ctx, x, (*full[: dim + 1], 1, *full[dim + 1 :]))
+    tiled = ctx.broadcast_to(spread, (*full[: dim + 1], repeats, *full[dim + 1 :]))
+    return reshape(ctx, tiled, (*full[:dim], full[dim] * repeats, *full[dim + 1 :]))
+
+
 @handles(operator.getitem)
 def _getitem(ctx, node, parts, index):
     value = ctx.values[parts][index]
@@ -181,27 +217,28 @@ def _stack(ctx, node, tensors, dim=0):
     return concat(ctx, lifted, dim, ctx.element)
 
 
-@handles(aten.slice_scatter.default)
-def _slice_scatter(ctx, node, x, src, dim=0, start=None, end=None, step=1):
-    x, src = ctx.value(x), ctx.cast(ctx.value(src), ctx.element)
+def scatter_slice(ctx: ImportContext, x: SSAValue, src: SSAValue, dim: int, start, end) -> SSAValue:
+    """x with x[start:end] along `dim` replaced by src: the kept slices and src, concatenated."""
     dim = norm_dim(dim, len(shape(x)))
     start, end, _ = slice(start, end).indices(shape(x)[dim])
+    parts = [slice_(ctx, x, dim, 0, start), ctx.cast(src, ctx.element), slice_(ctx, x, dim, end, shape(x)[dim])]
+    return concat(ctx, parts, dim, ctx.element)
+
+
+@handles(aten.slice_scatter.default)
+def _slice_scatter(ctx, node, x, src, dim=0, start=None, end=None, step=1):
     if step != 1:
         raise ctx.unsupported("slice_scatter with a step other than 1")
-    parts = [slice_(ctx, x, dim, 0, start), src, slice_(ctx, x, dim, end, shape(x)[dim])]
-    return concat(ctx, parts, dim, ctx.element)
+    return scatter_slice(ctx, ctx.value(x), ctx.value(src), dim, start, end)
 
 
 @handles(aten.select_scatter.default)
 def _select_scatter(ctx, node, x, src, dim, index):
-    src = ctx.value(src)
-    rank = len(shape(src)) + 1
-    dim = norm_dim(dim, rank)
-    index %= shape(ctx.value(x))[dim]
+    x, src = ctx.value(x), ctx.value(src)
+    dim = norm_dim(dim, len(shape(x)))
+    index %= shape(x)[dim]
     lifted = reshape(ctx, src, (*shape(src)[:dim], 1, *shape(src)[dim:]))
-    parts = [slice_(ctx, ctx.value(x), dim, 0, index), ctx.cast(lifted, ctx.element),
-             slice_(ctx, ctx.value(x), dim, index + 1, shape(ctx.value(x))[dim])]
-    return concat(ctx, parts, dim, ctx.element)
+    return scatter_slice(ctx, x, lifted, dim, index, index + 1)
 
 
 @handles(aten.diff.default)
@@ -232,12 +269,25 @@ def gather(ctx: ImportContext, x: SSAValue, dim: int, index: Callable[[], SSAVal
             return view
     index = index()
     index_shape = shape(index)
+    x = _rows_in_memory(ctx, x, dim)
     inner = math.prod(post)
     source = reshape(ctx, x, (*pre, rows, inner))
     flat = reshape(ctx, ctx.cast(index, i64), (math.prod(index_shape),))
     picked = ctx.result(graph.GatherOp(operands=[source, flat],
                                        result_types=[graph.tensor((*pre, shape(flat)[0], inner), x.type.element_type)]))
     return reshape(ctx, picked, (*pre, *index_shape, *post))
+
+
+def _rows_in_memory(ctx: ImportContext, x: SSAValue, dim: int) -> SSAValue:
+    """A gather reads its source's rows from memory: a splat source (a zeros buffer the model indexes)
+    becomes one stored value per row, broadcast over the rest, so each index is still checked."""
+    root, _ = view_chain(x)
+    if not isinstance(root.owner, graph.ConstantOp):
+        return x
+    full = shape(x)
+    dtype = torch_dtype(x.type.element_type)
+    column = torch.full([d if i == dim else 1 for i, d in enumerate(full)], root.owner.number, dtype=dtype)
+    return ctx.broadcast_to(ctx.weight(f"const.rows_{len(ctx.weights)}", column, ctx.loc), full)
 
 
 def _checked(ctx: ImportContext, known: torch.Tensor, rows: int) -> torch.Tensor:

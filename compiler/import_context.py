@@ -46,7 +46,6 @@ class ImportContext:
     weights: dict = field(default_factory=dict)  # weight name -> value, filled as weights are named
     values: dict = field(default_factory=dict)
     loc: str | None = None
-    node: torch.fx.Node | None = None
     element: Attribute = f32  # the element type of the node being imported (its FX meta)
 
     def add(self, op: Operation, loc: str | None = "current") -> Operation:
@@ -93,10 +92,7 @@ class ImportContext:
         return self.result(graph.ExpandOp(operands=[value], result_types=[graph.tensor(shape, value.type.element_type)]))
 
     def weight(self, name: str, tensor: torch.Tensor, loc: str | None = None) -> SSAValue:
-        element = element_of(tensor.dtype)
-        if element is None:
-            raise UnsupportedOpError(f"weight '{name}' has dtype {tensor.dtype}, which llmc does not support")
-        op = graph.WeightOp(name, graph.tensor(tuple(tensor.shape), element), loc)
+        op = graph.WeightOp(name, tensor_type(tensor, f"weight '{name}'"), loc)
         self.add(op, None)
         op.result.name_hint = re.sub(r"\W", "_", name)
         self.weights[name] = to_numpy(tensor)
@@ -133,6 +129,15 @@ class ImportContext:
             return mask
         stored = self.weight(f"const.{name}", kind.compact, self.loc)
         return self.broadcast_to(stored, full)
+
+
+def tensor_type(value: torch.Tensor, what: str) -> TensorType:
+    """The graph type of a tensor the model passes in; an llmc error for a dtype llmc does not take."""
+    element = element_of(value.dtype)
+    if element is None:
+        raise UnsupportedOpError(
+            f"{what} has dtype {value.dtype}; llmc supports float32, bfloat16, float16, int64, int32 and bool tensors")
+    return graph.tensor(tuple(value.shape), element)
 
 
 def scalar_element(value) -> Attribute:

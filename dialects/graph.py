@@ -20,8 +20,6 @@ from typing import ClassVar
 
 from xdsl.dialects.builtin import (
     DenseArrayBase,
-    bf16,
-    f16,
     FloatAttr,
     IntegerAttr,
     StringAttr,
@@ -48,8 +46,7 @@ from xdsl.irdl import (
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
-
-FLOAT_TYPES_16 = (bf16, f16)
+from llmc.dtypes import is_float
 
 
 def shape_of(value: SSAValue | Attribute) -> tuple[int, ...]:
@@ -118,7 +115,7 @@ class ConstantOp(GraphOp):
 
     def __init__(self, value: float | int, typ: TensorType | None = None):
         typ = typ or tensor(())
-        if typ.element_type in (f32, *FLOAT_TYPES_16):
+        if is_float(typ.element_type):
             attr = FloatAttr(float(value), f32)
         else:
             attr = IntegerAttr(int(value), i64)

@@ -77,7 +77,7 @@ def run_ir(module, inputs, weights) -> list[np.ndarray]:
 def assert_close(got, expected, tol=2e-5):
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
-        assert g.shape == e.shape
+        assert g.shape == e.shape and g.dtype == e.dtype
         np.testing.assert_allclose(g, e, atol=tol, rtol=tol)
 
 
@@ -92,6 +92,25 @@ def roundtrip(module) -> str:
     text = print_ir(module)
     assert print_ir(parse_ir(text)) == text
     return text
+
+
+def random_args(module, rng):
+    func = next(op for op in module.walk() if op.name == "func.func")
+    return [rng.standard_normal(tuple(a.type.get_shape())).astype(np.float32) for a in func.body.block.args]
+
+
+def check_pass(text: str, before: str, spec: str, checks: str, weights=None, args=None):
+    """Run `before` then parse the printed IR, run `spec` on it, FileCheck, and compare interpretations
+    (on `args`, or random float inputs)."""
+    weights = weights or {}
+    module = run_passes(parse_ir(text), before) if before else parse_ir(text)
+    module = parse_ir(print_ir(module))
+    args = random_args(module, np.random.default_rng(0)) if args is None else args
+    expected = run_ir(module, args, weights)
+    after = run_passes(module, spec)
+    filecheck(print_ir(after), checks)
+    assert_close(run_ir(parse_ir(print_ir(after)), args, weights), expected)
+    return after
 
 
 @pytest.fixture

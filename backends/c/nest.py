@@ -75,21 +75,14 @@ class Nest:
 
     def compute(self, op) -> str:
         """The vector expression of a pointwise op or an inline load at this nest's position."""
-        if isinstance(op, tile.LoadOp):
-            return self.load(op)
-        if isinstance(op, tile.GatherOp):
-            return self.gather(op)
-        if isinstance(op, tile.IotaOp):
-            return self.iota(op)
-        if isinstance(op, graph.ConstantOp):
-            kind = kind_of(op.result)
-            return SPLAT[kind].format(literal(op.number, kind))
-        if isinstance(op, graph.CastOp):
-            return self.cast(op)
-        if isinstance(op, graph.WhereOp):
-            return WHERE[kind_of(op.result)].format(self.vector(op.cond), self.vector(op.lhs), self.vector(op.rhs))
+        form = FORMS.get(type(op))
+        if form is not None:
+            return form(self, op)
         if isinstance(op, graph.CompareOp) and all(self.index_like(v) for v in op.operands):
             return BINARY[type(op)].format(*(self.as_float_index(v) for v in op.operands))
+        return self.arithmetic(op)
+
+    def arithmetic(self, op) -> str:
         kind = kind_of(op.operands[0])
         if kind == "vf":
             special = self.float_special(op)
@@ -101,6 +94,13 @@ class Nest:
                 f"the C backend has no vector form of {op.name} on {op.operands[0].type.element_type} tiles "
                 f"in @{self.renderer.kernel_name}")
         return template.format(*(self.vector(v) for v in op.operands))
+
+    def constant(self, op: graph.ConstantOp) -> str:
+        kind = kind_of(op.result)
+        return SPLAT[kind].format(literal(op.number, kind))
+
+    def where(self, op: graph.WhereOp) -> str:
+        return WHERE[kind_of(op.result)].format(self.vector(op.cond), self.vector(op.lhs), self.vector(op.rhs))
 
     def index_like(self, value: SSAValue) -> bool:
         """A tile position (iota) or a small integer constant, in a kernel whose every dim is below 2^24:
@@ -117,11 +117,7 @@ class Nest:
         owner = value.owner
         if isinstance(owner, graph.ConstantOp):
             return f"vsplat({literal(owner.number, 'vf')})"
-        rows, cols = shape2(value)
-        offset = self.renderer.name(owner.offset)
-        if owner.axis.value.data == 1:
-            return f"viota({offset} + c)" if cols > 1 else f"vsplat((float){offset})"
-        return f"vsplat((float)({offset} + r))" if rows > 1 else f"vsplat((float){offset})"
+        return self.iota(owner, "viota", "vsplat", "(float)")
 
     def float_special(self, op) -> str | None:
         if constant_exponent(op) in POWERS:
@@ -178,13 +174,15 @@ class Nest:
             vector = f"llmc_load_vec{ACCESS[key]}({where})"
         return self._splat_lane0(vector, kind_of(op.result)) if cols == 1 else vector
 
-    def iota(self, op: tile.IotaOp) -> str:
+    def iota(self, op: tile.IotaOp, ramp: str = "viota_l", splat: str = "vsplat_l", cast: str = "") -> str:
+        """The positions an iota holds at this nest's (r, c): int64 lanes, or float lanes for a float compare."""
         rows, cols = shape2(op.result)
         offset = self.renderer.name(op.offset)
         if op.axis.value.data == 1:
-            return f"viota_l({offset} + c)" if cols > 1 else f"vsplat_l({offset})"
-        return f"vsplat_l({offset} + r)" if rows > 1 else f"vsplat_l({offset})"
+            return f"{ramp}({offset} + c)" if cols > 1 else f"{splat}({cast}{offset})"
+        return f"{splat}({cast}({offset} + r))" if rows > 1 else f"{splat}({cast}{offset})"
 
 
-def is_mask(value: SSAValue) -> bool:
-    return value.type.element_type == i1
+# ops with a form of their own (the rest go through the per-kind tables)
+FORMS = {tile.LoadOp: Nest.load, tile.GatherOp: Nest.gather, tile.IotaOp: Nest.iota,
+         graph.ConstantOp: Nest.constant, graph.CastOp: Nest.cast, graph.WhereOp: Nest.where}

@@ -79,6 +79,12 @@ class Emitter:
     def full(self, value: float, shape: Sequence[int]) -> SSAValue:
         return self.value(tile.FullOp(result_types=[tile_type(shape)], attributes={"value": FloatAttr(value, f32)}))
 
+    def iota(self, offset: SSAValue, axis: int, length: int) -> SSAValue:
+        """offset + position along `axis`, an i64 tile of `length` rows (axis 0) or columns (axis 1)."""
+        shape = (length, 1) if axis == 0 else (1, length)
+        return self.value(tile.IotaOp(operands=[offset], result_types=[tile_type(shape, i64)],
+                                      attributes={"axis": IntegerAttr(axis, 64)}))
+
     def scalar(self, value: float | int, element: Attribute = f32) -> SSAValue:
         return self.value(graph.ConstantOp(value, graph.tensor((), element)))
 

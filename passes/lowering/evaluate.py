@@ -21,9 +21,8 @@ from xdsl.ir import Operation, SSAValue
 
 from llmc.dialects import graph, tile
 from llmc.dtypes import is_low_precision
-from llmc.passes.fusion.views import StridedView
 from llmc.errors import UnsupportedOpError, with_loc
-from llmc.passes.fusion.views import apply_views, view_chain
+from llmc.passes.fusion.views import StridedView, apply_views, view_chain
 from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, compute_element, load, tile_type, widened
 
 
@@ -103,8 +102,15 @@ class TileEvaluator:
         em = self.em
         base = operand.base(em, self.space.batch_index)
         row = _shifted(em, self.space.row, shift[0])
-        col = _shifted(em, self.space.col, shift[1])
+        col = self._column(space_shape, shift)
         return widened(em, load(em, self.buffers[root], operand, base, row, col, self.space.tile_shape(space_shape)))
+
+    def _column(self, space_shape, shift) -> SSAValue:
+        """Where a tile's columns start: a value one column wide (it broadcasts along the row, or it is a
+        width-1 piece of a concat) has only column 0; any other value starts at the program's column."""
+        if self.space.tile_shape(space_shape)[1] == 1 and self.space.shape2d[-1] != 1:
+            return self.em.index(0)
+        return _shifted(self.em, self.space.col, shift[1])
 
     def _in_group_view(self, value, chain, space_shape, shift) -> SSAValue:
         inner = chain[0].operand
@@ -132,9 +138,7 @@ class TileEvaluator:
         position = self.space.row if axis == 0 else self.space.col
         block = self.space.tile_shape(shape)
         index_shape = (block[0], 1) if axis == 0 else (1, block[1])
-        here = em.value(tile.IotaOp(operands=[_shifted(em, position, shift[axis])],
-                                    result_types=[tile_type(index_shape, i64)],
-                                    attributes={"axis": IntegerAttr(axis, 64)}))
+        here = em.iota(_shifted(em, position, shift[axis]), axis, block[axis])
         result, start = None, 0
         for part in op.inputs:
             part_shift = (shift[0] + start, shift[1]) if axis == 0 else (shift[0], shift[1] + start)
@@ -199,10 +203,8 @@ class TileEvaluator:
     def causal_mask(self, space_shape, shift) -> SSAValue:
         """tril over the tile: row index >= column index."""
         em, block = self.em, self.space.tile_shape(space_shape)
-        rows = em.value(tile.IotaOp(operands=[_shifted(em, self.space.row, shift[0])],
-                                    result_types=[tile_type((block[0], 1), i64)], attributes={"axis": IntegerAttr(0, 64)}))
-        cols = em.value(tile.IotaOp(operands=[_shifted(em, self.space.col, shift[1])],
-                                    result_types=[tile_type((1, block[1]), i64)], attributes={"axis": IntegerAttr(1, 64)}))
+        rows = em.iota(_shifted(em, self.space.row, shift[0]), 0, block[0])
+        cols = em.iota(_shifted(em, self.space.col, shift[1]), 1, block[1])
         return self.binary(graph.LeOp, cols, rows)
 
     def gather(self, op: graph.GatherOp, space_shape, shift) -> SSAValue:
@@ -224,7 +226,7 @@ class TileEvaluator:
         idx = Operand2D.of(column.broadcast_to(batch + (target[-2], 1)), len(batch))
         rows = widened(em, load(em, self.buffers[index], idx, idx.base(em, space.batch_index), space.row,
                                 em.index(0), (block[0], 1)))
-        col = _shifted(em, space.col, shift[1])
+        col = self._column(space_shape, shift)
         attrs = src.view_attrs()
         picked = em.value(tile.GatherOp(operands=[self.buffers[source], src.base(em, space.batch_index), rows, col],
                                         result_types=[tile_type(block, op.result.type.element_type)], attributes=attrs))

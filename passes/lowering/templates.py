@@ -220,11 +220,11 @@ def _masked_scores(em: Emitter, scores, j, m0, tk: int, scale: float, causal: bo
     """scale, then -inf where the key is past the end or (causal) after the query."""
     scores = em.value(graph.MulOp(operands=[scores, em.scalar(scale)], result_types=[scores.type]))
     neg_inf = em.scalar(-math.inf)
-    cols = em.value(tile.IotaOp(operands=[j], result_types=[tile_type((1, block[1]), i64)], attributes={"axis": IntegerAttr(1, 64)}))
+    cols = em.iota(j, 1, block[1])
     in_range = em.value(graph.LtOp(operands=[cols, em.scalar(tk, i64)], result_types=[tile_type((1, block[1]), i1)]))
     scores = em.value(graph.WhereOp(operands=[in_range, scores, neg_inf], result_types=[scores.type]))
     if not causal:
         return scores
-    rows = em.value(tile.IotaOp(operands=[m0], result_types=[tile_type((block[0], 1), i64)], attributes={"axis": IntegerAttr(0, 64)}))
+    rows = em.iota(m0, 0, block[0])
     visible = em.value(graph.LeOp(operands=[cols, rows], result_types=[tile_type(block, i1)]))
     return em.value(graph.WhereOp(operands=[visible, scores, neg_inf], result_types=[scores.type]))

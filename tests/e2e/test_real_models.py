@@ -335,3 +335,36 @@ def test_ops_along_any_dim(entry):
         got, expected = compiled(x), model(x)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, atol=TOL, rtol=TOL)
+
+
+def other_family(name: str) -> torch.nn.Module:
+    """Families outside the main list, each with a pattern of its own: GPT-NeoX partial rotary, Phi-3
+    chunked gate/up, Falcon multi-query attention and in-place adds, GPT-J rotate_every_two
+    (stack + flatten, repeat_interleave), RoBERTa positions from a cumsum of the ids, Gemma."""
+    import transformers as t
+
+    small = dict(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=64)
+    torch.manual_seed(0)
+    if name == "gpt_neox":
+        return t.GPTNeoXForCausalLM(t.GPTNeoXConfig(rotary_pct=0.5, **small))
+    if name == "phi3":
+        return t.Phi3ForCausalLM(t.Phi3Config(num_key_value_heads=2, pad_token_id=0, **small))
+    if name == "falcon":
+        return t.FalconForCausalLM(t.FalconConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4))
+    if name == "gptj":
+        return t.GPTJForCausalLM(t.GPTJConfig(vocab_size=97, n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=64))
+    if name == "roberta":
+        return t.RobertaModel(t.RobertaConfig(**{**small, "max_position_embeddings": 80}))
+    return t.GemmaForCausalLM(t.GemmaConfig(num_key_value_heads=1, head_dim=8, **small))
+
+
+@pytest.mark.parametrize("name", ["gpt_neox", "phi3", "falcon", "gptj", "roberta", "gemma"])
+def test_other_families_match_eager(name):
+    model = other_family(name).eval()
+    inputs = hf_inputs(2, 9)
+    inputs["input_ids"] = inputs["input_ids"].clamp_min(3)  # RoBERTa's padding id is 1
+    compiled = quiet(model=model, example_inputs=inputs)
+    with torch.no_grad():
+        expected = first_output(model(**inputs))
+    torch.testing.assert_close(first_output(compiled(**inputs)), expected, atol=TOL, rtol=TOL)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import MLP, assert_close, eager, filecheck, run_ir, run_passes
+from conftest import MLP, assert_close, check_pass, eager, run_ir, run_passes
 
 from llmc.exporter import export_model
 from llmc.ir_text import parse_ir, print_ir
@@ -28,29 +28,11 @@ func.func @forward(%q: tensor<1x2x16x8xf32>, %k: tensor<1x2x16x8xf32>, %v: tenso
 
 
 
-def random_args(module, rng):
-    func = next(op for op in module.walk() if op.name == "func.func")
-    return [rng.standard_normal(tuple(a.type.get_shape())).astype(np.float32) for a in func.body.block.args]
-
-
 MLP_WEIGHTS = {
     "fc.weight": np.random.default_rng(1).standard_normal((48, 32)).astype(np.float32) * 0.2,
     "fc.bias": np.random.default_rng(2).standard_normal(48).astype(np.float32),
     "proj.weight": np.random.default_rng(3).standard_normal((32, 48)).astype(np.float32) * 0.2,
 }
-
-
-def check_pass(text: str, before: str, spec: str, checks: str, weights=None):
-    """Run `before` then parse the printed IR, run `spec` on it, FileCheck, and compare interpretations."""
-    weights = weights or {}
-    module = run_passes(parse_ir(text), before) if before else parse_ir(text)
-    module = parse_ir(print_ir(module))
-    args = random_args(module, np.random.default_rng(0))
-    expected = run_ir(module, args, weights)
-    after = run_passes(module, spec)
-    filecheck(print_ir(after), checks)
-    assert_close(run_ir(parse_ir(print_ir(after)), args, weights), expected)
-    return after
 
 
 def test_fuse_makes_written_out_attention_one_kernel():
