@@ -74,7 +74,9 @@ class CompiledModel:
         outputs = self.run_graph([self._bound(source, flat) for source in self.imported.arguments])
         with torch.no_grad():
             for index, target in self.imported.writebacks:
-                self._bound(target, flat).copy_(outputs[index])
+                bound = self._bound(target, flat)
+                if outputs[index].data_ptr() != bound.data_ptr():  # else written in place (a KV cache)
+                    bound.copy_(outputs[index])
         return [outputs[i] for i in self.imported.user_outputs]
 
     def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:

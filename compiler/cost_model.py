@@ -74,7 +74,7 @@ def kernel_cost(kop: kernel.KernelOp) -> Cost:
 
 def anchor_of(kop: kernel.KernelOp):
     for op in kop.body.block.ops:
-        if isinstance(op, (graph.MatmulOp, graph.LinearOp, graph.AttentionOp, *graph.ROW_OPS)):
+        if isinstance(op, (graph.MatmulOp, graph.LinearOp, graph.AttentionOp, graph.ScatterOp, *graph.ROW_OPS)):
             return op
     return None
 
@@ -90,6 +90,8 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
         return attention_tiles(graph.shape_of(anchor.query), graph.shape_of(anchor.key)[2], target)
     if kind == "row":
         return row_tiles(as_2d(graph.shape_of(anchor.operands[0])), target)
+    if kind == "scatter":  # the source rows it writes, not the whole destination
+        return pointwise_tiles(as_2d(graph.shape_of(anchor.source)), target)
     return pointwise_tiles(as_2d(graph.shape_of(kop.outputs[0])), target)
 
 

@@ -35,6 +35,7 @@ from xdsl.ir import Block, Region, SSAValue
 from xdsl.transforms.dead_code_elimination import region_dce
 
 import llmc.exporter_views  # noqa: F401 - registers the view and indexing handlers
+import llmc.exporter_writes  # noqa: F401 - registers index_copy and index_put
 from llmc.dialects import graph
 from llmc.dtypes import element_of
 from llmc.errors import LlmcError, UnsupportedOpError, internal, with_loc
@@ -162,6 +163,7 @@ def export_model(model: torch.nn.Module, example_inputs) -> ImportedModel:
             raise UnsupportedOpError(f"llmc cannot take the model input '{node_name}' ({spec.kind.name})")
     imported = import_graph_module(program.graph_module, weights, names, constants, sources)
     _classify_outputs(imported, signature, sources)
+    mark_writebacks(imported)
     imported.in_spec, imported.out_spec = program.call_spec.in_spec, program.call_spec.out_spec
     return imported
 
@@ -281,6 +283,20 @@ def _import(gm, weights, weight_names, constants, sources) -> ImportedModel:
     return imported
 
 
+def mark_writebacks(imported: ImportedModel) -> None:
+    """State the function's contract in the IR: `llmc.writes_back = [r0, a0, ...]` says that the
+    caller copies result r into argument a after the call. `fuse` may then write r in place."""
+    pairs = []
+    for result, target in imported.writebacks:
+        if target in imported.arguments:
+            pairs += [result, imported.arguments.index(target)]
+    forward = imported.forward
+    if pairs:
+        forward.attributes[graph.WRITES_BACK] = graph.dense(pairs)
+    else:
+        forward.attributes.pop(graph.WRITES_BACK, None)
+
+
 def _finish(block: Block, imported: ImportedModel, results: list[SSAValue], writebacks) -> None:
     imported.user_outputs = list(range(len(results)))
     imported.writebacks = [(len(results) + i, target) for i, (_, target) in enumerate(writebacks)]
@@ -289,6 +305,7 @@ def _finish(block: Block, imported: ImportedModel, results: list[SSAValue], writ
     ftype = builtin.FunctionType.from_lists([a.type for a in block.args], [r.type for r in values])
     forward = func.FuncOp("forward", ftype, Region(block))
     imported.module.body.block.add_op(forward)
+    mark_writebacks(imported)
     region_dce(forward.body)  # folding leftovers and weights nobody reads; then drop their values
     named = {op.weight_name.data for op in block.ops if isinstance(op, graph.WeightOp)}
     for name in [n for n in imported.weights if n not in named]:

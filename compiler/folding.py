@@ -119,6 +119,15 @@ class Stored:
     compact: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Iota:
+    """Integer positions 0, 1, ... along `dim` of `shape` (the compact value), broadcast to the value:
+    a folded `arange`, which attention's mask analysis reads as key positions."""
+
+    dim: int
+    shape: tuple[int, ...]
+
+
 def compact(value: torch.Tensor) -> torch.Tensor:
     """The value without the dims it is only broadcast along (stride 0, or equal slices)."""
     value = value.detach()
@@ -133,10 +142,15 @@ def _constant_along(value: torch.Tensor, dim: int) -> bool:
     return value.numel() <= 1 << 24 and bool(torch.equal(value, first.expand_as(value)))
 
 
-def classify(value: torch.Tensor) -> Splat | Causal | Stored:
+def classify(value: torch.Tensor) -> Splat | Causal | Iota | Stored:
     small = compact(value)
     if small.numel() == 1:
         return Splat(small.reshape(()).item())
+    varying = [d for d in range(small.dim()) if small.shape[d] > 1]
+    if value.dtype in (torch.int64, torch.int32) and len(varying) == 1:
+        steps = torch.arange(small.shape[varying[0]], dtype=small.dtype)
+        if torch.equal(small.reshape(-1), steps):
+            return Iota(varying[0], tuple(small.shape))
     if value.dim() >= 2 and _lower_triangular_pattern(small, value):
         tril = _tril_of(small)
         if small.dtype == torch.bool:

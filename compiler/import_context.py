@@ -22,7 +22,7 @@ from xdsl.ir import Attribute, Block, Operation, SSAValue
 from llmc.dialects import graph
 from llmc.dtypes import element_of, to_numpy
 from llmc.errors import UnsupportedOpError, with_loc
-from llmc.folding import Causal, Splat, classify
+from llmc.folding import Causal, Iota, Splat, classify
 
 aten = torch.ops.aten
 
@@ -127,6 +127,10 @@ class ImportContext:
                 zero, masked = self.scalar(0.0, element), self.scalar(kind.additive, element)
                 return self.result(graph.WhereOp(operands=[mask, zero, masked], result_types=[graph.tensor(full, element)]))
             return mask
+        if isinstance(kind, Iota):
+            iota = self.result(graph.IotaOp(result_types=[graph.tensor(kind.shape, element)],
+                                            attributes={"dim": graph.int_attr(kind.dim)}))
+            return self.broadcast_to(iota, full)
         stored = self.weight(f"const.{name}", kind.compact, self.loc)
         return self.broadcast_to(stored, full)
 

@@ -33,6 +33,7 @@ from xdsl.dialects.builtin import (
 from xdsl.irdl import base
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
+    AttrSizedOperandSegments,
     IRDLOperation,
     attr_def,
     irdl_op_definition,
@@ -134,6 +135,23 @@ class CausalMaskOp(GraphOp):
     result = result_def(TensorType)
     traits = traits_def(Pure())
     assembly_format = "attr-dict `:` type($result)"
+
+
+@irdl_op_definition
+class IotaOp(GraphOp):
+    """Positions along `dim`: result[..., k, ...] = k. A folded `arange` is this, so passes can see
+    that a comparison with it is a bound on a position (kv_idx <= cache_position)."""
+
+    name = "graph.iota"
+    result = result_def(TensorType)
+    dim = attr_def(IntegerAttr)
+    traits = traits_def(Pure())
+    assembly_format = "attr-dict `:` type($result)"
+
+    def verify_(self):
+        shape = shape_of(self.result)
+        if not 0 <= self.dim.value.data < len(shape) or self.result.type.element_type not in (i64, i32):
+            raise VerifyException(f"graph.iota: needs an integer result and a dim inside {shape}")
 
 
 # ----------------------------------------------------------------- pointwise
@@ -323,23 +341,31 @@ class AttentionOp(GraphOp):
     """softmax(q @ k^T * scale [causal] [+ mask]) @ v over [B, H, T, D]; k/v may have H/g heads (GQA).
 
     `causal` keeps key j for query i where j <= i. `mask` broadcasts to [B, H, Tq, Tk]: an i1 mask
-    keeps the keys where it is true, a float mask is added to the scaled scores."""
+    keeps the keys where it is true, a float mask is added to the scaled scores. `positions`
+    (integer, broadcasting to [B, H, Tq, 1]) keeps key j for query i where j <= positions[i]: the
+    run-time causal bound of a query at a cache position, so the kernel reads only keys up to it."""
 
     name = "graph.attention"
     query = operand_def(TensorType)
     key = operand_def(TensorType)
     value = operand_def(TensorType)
     mask = opt_operand_def(TensorType)
+    positions = opt_operand_def(TensorType)
     result = result_def(TensorType)
     scale = attr_def(FloatAttr)
     causal = opt_attr_def(UnitAttr)
+    irdl_options = (AttrSizedOperandSegments(as_property=True),)
     traits = traits_def(Pure())
-    assembly_format = "$query `,` $key `,` $value (`,` $mask^)? attr-dict `:` functional-type(operands, results)"
+    assembly_format = (
+        "$query `,` $key `,` $value (`,` $mask^)? (`positions` $positions^ `:` type($positions))? attr-dict `:` "
+        "`(` type($query) `,` type($key) `,` type($value) (`,` type($mask)^)? `)` `->` type($result)"
+    )
 
     @staticmethod
     def make(query: SSAValue, key: SSAValue, value: SSAValue, mask: SSAValue | None, result_type: TensorType,
-             attributes: dict) -> AttentionOp:
-        operands = [query, key, value, [mask] if mask is not None else []]
+             attributes: dict, positions: SSAValue | None = None) -> AttentionOp:
+        operands = [query, key, value, [mask] if mask is not None else [], [positions] if positions is not None else []]
+        attributes = {k: v for k, v in attributes.items() if k != "operandSegmentSizes"}
         return AttentionOp(operands=operands, result_types=[result_type], attributes=attributes)
 
     def verify_(self):
@@ -354,6 +380,11 @@ class AttentionOp(GraphOp):
             scores = (q[0], q[1], q[2], k[2])
             if len(shape_of(self.mask)) > 4 or broadcast_shapes(shape_of(self.mask), scores) != scores:
                 raise VerifyException(f"graph.attention: mask {shape_of(self.mask)} does not broadcast to {scores}")
+        if self.positions is not None:
+            rows = (q[0], q[1], q[2], 1)
+            if self.positions.type.element_type not in (i64, i32) or len(shape_of(self.positions)) != 4 \
+                    or broadcast_shapes(shape_of(self.positions), rows) != rows:
+                raise VerifyException(f"graph.attention: positions must be integers broadcasting to {rows}")
 
 
 @irdl_op_definition
@@ -378,6 +409,31 @@ class GatherOp(GraphOp):
             raise VerifyException("graph.gather: wrong result shape")
         if self.result.type.element_type != self.source.type.element_type:
             raise VerifyException("graph.gather: the result has the source's element type")
+
+
+@irdl_op_definition
+class ScatterOp(GraphOp):
+    """`dest` with rows replaced: result[..., index[n], :] = source[..., n, :], every other row as in
+    `dest`; the inverse of graph.gather. A KV-cache write at run-time positions (index_copy,
+    `cache[:, :, pos] = k`) is this. A negative index counts from the end; one outside [-rows, rows)
+    is a run-time error and its row is not written. `fuse` makes it write `dest`'s buffer in place."""
+
+    name = "graph.scatter"
+    dest = operand_def(TensorType)
+    index = operand_def(TensorType)
+    source = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$dest `[` $index `]` `,` $source attr-dict `:` functional-type(operands, results)"
+
+    def verify_(self):
+        dest, idx, src = shape_of(self.dest), shape_of(self.index), shape_of(self.source)
+        if len(dest) < 2 or len(idx) != 1 or self.index.type.element_type not in (i64, i32):
+            raise VerifyException(f"graph.scatter: needs a dest of rank >= 2 and a 1-D integer index, got {dest}, {idx}")
+        if src != (*dest[:-2], idx[0], dest[-1]) or self.source.type.element_type != self.dest.type.element_type:
+            raise VerifyException(f"graph.scatter: source {src} does not fit {idx[0]} rows of {dest}")
+        if self.result.type != self.dest.type:
+            raise VerifyException("graph.scatter: the result has the dest's type")
 
 
 # ----------------------------------------------------------------- reductions
@@ -556,7 +612,7 @@ POINTWISE_OPS = (*UNARY_OPS, *BINARY_OPS, GeluOp, WhereOp)
 REDUCE_OPS = (ReduceSumOp, ReduceMaxOp, ReduceMeanOp, ArgmaxOp)
 ROW_OPS = (*REDUCE_OPS, SoftmaxOp, LayerNormOp, CumsumOp)
 VIEW_OPS = (ReshapeOp, ExpandOp, PermuteOp, SliceOp)
-SOURCE_OPS = (WeightOp, ConstantOp, CausalMaskOp)
+SOURCE_OPS = (WeightOp, ConstantOp, CausalMaskOp, IotaOp)
 
 Graph = Dialect(
     "graph",
@@ -564,16 +620,23 @@ Graph = Dialect(
         WeightOp,
         ConstantOp,
         CausalMaskOp,
+        IotaOp,
         *POINTWISE_OPS,
         MatmulOp,
         LinearOp,
         AttentionOp,
         GatherOp,
+        ScatterOp,
         *ROW_OPS,
         *VIEW_OPS,
         ConcatOp,
     ],
 )
+
+
+# On a func.func: [r0, a0, r1, a1, ...], the caller copies result r into argument a after each call
+# (a buffer or input the model updates); `fuse` may then write r into a's storage in place.
+WRITES_BACK = "llmc.writes_back"
 
 
 def int_attr(value: int) -> IntegerAttr:

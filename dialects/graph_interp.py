@@ -82,14 +82,18 @@ def causal_mask(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool,
-              mask: np.ndarray | None = None) -> np.ndarray:
+              mask: np.ndarray | None = None, positions: np.ndarray | None = None) -> np.ndarray:
     """SDPA's semantics: a bool mask keeps keys where true, a float mask adds to the scores, and a
-    query row with every key masked out gives zeros."""
+    query row with every key masked out gives zeros. `positions` keeps key j for query i where
+    j <= positions[..., i, 0]."""
     groups = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1)
     scores = (q @ np.swapaxes(k, -1, -2)) * F32(scale)
     if causal:
         scores = np.where(causal_mask(scores.shape), scores, F32(-np.inf))
+    if positions is not None:
+        keys = np.arange(scores.shape[-1])
+        scores = np.where(keys <= np.asarray(positions, dtype=np.int64), scores, F32(-np.inf))
     if mask is not None:
         scores = np.where(mask, scores, F32(-np.inf)) if mask.dtype == np.bool_ else scores + mask.astype(F32)
     top = scores.max(axis=-1, keepdims=True)
@@ -198,8 +202,28 @@ class GraphFunctions(InterpreterFunctions):
 
     @impl(graph.AttentionOp)
     def run_attention(self, interpreter: Interpreter, op: graph.AttentionOp, args: PythonValues):
-        mask = args[3] if len(args) > 3 else None
-        return (rounded(op, attention(*args[:3], op.scale.value.data, op.causal is not None, mask)),)
+        rest = list(args[3:])
+        mask = rest.pop(0) if op.mask is not None else None
+        positions = rest.pop(0) if op.positions is not None else None
+        return (rounded(op, attention(*args[:3], op.scale.value.data, op.causal is not None, mask, positions)),)
+
+    @impl(graph.IotaOp)
+    def run_iota(self, interpreter: Interpreter, op: graph.IotaOp, args: PythonValues):
+        shape, dim = graph.shape_of(op.result), op.dim.value.data
+        steps = np.arange(shape[dim], dtype=np.int64).reshape([-1 if d == dim else 1 for d in range(len(shape))])
+        return (np.broadcast_to(steps, shape).copy(),)
+
+    @impl(graph.ScatterOp)
+    def run_scatter(self, interpreter: Interpreter, op: graph.ScatterOp, args: PythonValues):
+        dest, index, source = args
+        rows = dest.shape[-2]
+        index = np.asarray(index, dtype=np.int64)
+        bad = (index < -rows) | (index >= rows)
+        if bad.any():
+            raise InterpretError(with_loc(f"index {int(index[bad][0])} is out of range for {rows} rows", op.loc_str))
+        result = np.array(dest, copy=True)
+        result[..., np.where(index < 0, index + rows, index), :] = source
+        return (result,)
 
     @impl(graph.GatherOp)
     def run_gather(self, interpreter: Interpreter, op: graph.GatherOp, args: PythonValues):

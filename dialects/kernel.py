@@ -6,7 +6,8 @@ writes out. `kind` names the kernel template the tile lowering uses:
 `matmul` (matmul/linear with an epilogue), `row` (a reduction over the last dim
 with its pointwise prologue and epilogue), `attention` (one online-softmax
 flash-attention kernel), `pointwise` (pointwise ops and concats), `gather` (rows picked by an index,
-with a pointwise epilogue). The `tile`
+with a pointwise epilogue), `scatter` (rows written at an index, into the buffer of its
+first operand: its result is that buffer). The `tile`
 pass records its decisions on the kernel as attributes (`tiles`, `stages`).
 """
 
@@ -27,7 +28,7 @@ from xdsl.irdl import (
 from xdsl.traits import HasParent, IsolatedFromAbove, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
-KERNEL_KINDS = ("matmul", "row", "attention", "pointwise", "gather")
+KERNEL_KINDS = ("matmul", "row", "attention", "pointwise", "gather", "scatter")
 
 
 @irdl_op_definition

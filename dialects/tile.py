@@ -215,6 +215,53 @@ class GatherOp(IRDLOperation):
 
 
 @irdl_op_definition
+class ScatterOp(IRDLOperation):
+    """A store whose rows go where an index tile says: view(rows[r], col + c) = value(r, c), for the
+    tile rows r with first + r < count (the source's rows; the rest of the tile is padding).
+
+    A negative row counts from the end (+ height); a row outside [-height, height) is not written
+    and is a run-time error the backend reports with the kernel's name. Columns outside the view
+    are not written. The inverse of tile.gather: a KV-cache write."""
+
+    name = "tile.scatter"
+    value = operand_def(TensorType)
+    buffer = operand_def(MemRefType)
+    base = operand_def(IndexType)
+    rows = operand_def(TensorType)
+    first = operand_def(IndexType)
+    col = operand_def(IndexType)
+    shape = attr_def(DenseArrayBase)
+    strides = attr_def(DenseArrayBase)
+    count = attr_def(IntegerAttr)
+    assembly_format = (
+        "$value `,` $buffer `[` $base `]` `[` $rows `,` $col `]` `first` $first attr-dict `:` type($value) `,` "
+        "type($buffer) `,` type($rows)"
+    )
+
+    def verify_(self):
+        _check_view(self, self.shape, self.strides, self.value.type)
+        rows = self.rows.type.get_shape()
+        if len(rows) != 2 or rows[1] != 1 or rows[0] != self.value.type.get_shape()[0]:
+            raise VerifyException("tile.scatter: rows is an [R x 1] index tile for an R-row value")
+
+
+@irdl_op_definition
+class ToIndexOp(IRDLOperation):
+    """The one element of a 1x1 integer tile as an index: a loop bound read from data (how many
+    cached keys are live)."""
+
+    name = "tile.to_index"
+    operand = operand_def(TensorType)
+    result = result_def(IndexType)
+    traits = traits_def(Pure())
+    assembly_format = "$operand attr-dict `:` type($operand)"
+
+    def verify_(self):
+        if tuple(self.operand.type.get_shape()) != (1, 1):
+            raise VerifyException("tile.to_index: needs a 1x1 tile")
+
+
+@irdl_op_definition
 class ScanOp(IRDLOperation):
     """Inclusive prefix sum of a tile along `axis` (axis 1: along each row)."""
 
@@ -298,6 +345,6 @@ class IotaOp(IRDLOperation):
 
 Tile = Dialect(
     "tile",
-    [KernelOp, ReturnOp, LaunchOp, AllocOp, WeightOp, ProgramIdOp, TileCoordsOp, LoadOp, StoreOp, GatherOp, ScanOp,
-     DotOp, ReduceOp, FullOp, IotaOp],
+    [KernelOp, ReturnOp, LaunchOp, AllocOp, WeightOp, ProgramIdOp, TileCoordsOp, LoadOp, StoreOp, GatherOp, ScatterOp,
+     ToIndexOp, ScanOp, DotOp, ReduceOp, FullOp, IotaOp],
 )

@@ -124,16 +124,35 @@ class TileFunctions(InterpreterFunctions):
         picked = np.asarray(rows, dtype=np.int64).reshape(-1)
         bad = (picked < -height) | (picked >= height)
         if bad.any():
-            kernel = op.parent_op()
-            while not isinstance(kernel, tile.KernelOp):
-                kernel = kernel.parent_op()
             raise InterpretError(f"index {int(picked[bad][0])} is out of range for {height} rows "
-                                 f"(tile.gather in @{kernel.sym_name.data})")
+                                 f"(tile.gather in @{_kernel_of(op).sym_name.data})")
         r = np.where(picked < 0, picked + height, picked)[:, None]
         c = col + np.arange(op.result.type.get_shape()[1])[None, :]
         valid = (c >= 0) & (c < width) & np.ones_like(r, dtype=bool)
         flat = np.where(valid, base + r * s0 + c * s1, 0)
         return (_padded(decode(buffer.reshape(-1)[flat]), valid, 0.0),)
+
+    @impl(tile.ScatterOp)
+    def run_scatter(self, interpreter: Interpreter, op: tile.ScatterOp, args: PythonValues):
+        value, buffer, base, rows, first, col = args
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        count, (tile_rows, cols) = op.count.value.data, op.value.type.get_shape()
+        live = first + np.arange(tile_rows) < count
+        picked = np.asarray(rows, dtype=np.int64).reshape(-1)
+        bad = live & ((picked < -height) | (picked >= height))
+        if bad.any():
+            raise InterpretError(f"index {int(picked[bad][0])} is out of range for {height} rows "
+                                 f"(tile.scatter in @{_kernel_of(op).sym_name.data})")
+        r = np.where(picked < 0, picked + height, picked)[:, None]
+        c = col + np.arange(cols)[None, :]
+        valid = (c >= 0) & (c < width) & live[:, None]
+        target = buffer.reshape(-1)
+        target[(base + r * s0 + c * s1)[valid]] = encode(np.broadcast_to(value, (tile_rows, cols))[valid], target.dtype)
+        return ()
+
+    @impl(tile.ToIndexOp)
+    def run_to_index(self, interpreter: Interpreter, op: tile.ToIndexOp, args: PythonValues):
+        return (int(np.asarray(args[0]).reshape(-1)[0]),)
 
     @impl(tile.ScanOp)
     def run_scan(self, interpreter: Interpreter, op: tile.ScanOp, args: PythonValues):
@@ -175,3 +194,10 @@ class TileFunctions(InterpreterFunctions):
         axis = op.axis.value.data
         index = np.arange(shape[axis], dtype=np.int64).reshape([-1 if i == axis else 1 for i in range(2)])
         return (np.broadcast_to(args[0] + index, shape).copy(),)
+
+
+def _kernel_of(op) -> tile.KernelOp:
+    kernel = op.parent_op()
+    while not isinstance(kernel, tile.KernelOp):
+        kernel = kernel.parent_op()
+    return kernel

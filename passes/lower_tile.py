@@ -3,7 +3,8 @@
 Each kernel.kernel becomes a tile.kernel symbol (built by the template for its
 kind, with the tile sizes the `tile` pass recorded, or the default decision
 for the cpu target) and a tile.launch on buffers; tensors of the function
-become memrefs, graph.weight becomes tile.weight, intermediates tile.alloc.
+become memrefs, graph.weight becomes tile.weight, intermediates tile.alloc. A scatter kernel has no output buffer: it writes
+its rows into its dest operand's buffer, which then stands for its result.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from xdsl.rewriter import Rewriter
 
 from llmc.cost_model import decide_tiles
 from llmc.dialects import graph, kernel, tile
-from llmc.passes.lowering.templates import KernelLowering, lower_attention, lower_elementwise, lower_matmul
+from llmc.passes.lowering.templates import KernelLowering, lower_attention, lower_elementwise, lower_matmul, lower_scatter
 from llmc.target import get_target
 
 
@@ -34,7 +35,8 @@ def build_tile_kernel(kop: kernel.KernelOp) -> tile.KernelOp:
     if tiles is None or stages is None:
         decision = decide_tiles(kop, get_target("cpu"))
         tiles, stages = tiles or decision.tiles, stages or decision.stages
-    arg_types = [memref_of(v.type) for v in kop.inputs] + [memref_of(v.type) for v in kop.outputs]
+    written = [] if kop.kind.data == "scatter" else kop.outputs  # a scatter writes its dest operand's buffer
+    arg_types = [memref_of(v.type) for v in kop.inputs] + [memref_of(v.type) for v in written]
     entry = Block(arg_types=arg_types)
     for new, old in zip(entry.args, kop.body.block.args):
         new.name_hint = old.name_hint
@@ -44,6 +46,8 @@ def build_tile_kernel(kop: kernel.KernelOp) -> tile.KernelOp:
         grid = lower_matmul(low, tiles, stages)
     elif kind == "attention":
         grid = lower_attention(low, tiles, stages)
+    elif kind == "scatter":
+        grid = lower_scatter(low, tiles)
     else:
         grid = lower_elementwise(low, tiles)
     entry.add_op(tile.ReturnOp())
@@ -75,7 +79,7 @@ def _lower_kernel(module: builtin.ModuleOp, block: Block, op: kernel.KernelOp) -
     if not empty:
         module.body.block.insert_op_before(build_tile_kernel(op), block.parent_op())
     outputs: list[SSAValue] = []
-    for result in op.outputs:
+    for result in [] if op.kind.data == "scatter" else op.outputs:
         alloc = tile.AllocOp(result_types=[memref_of(result.type)])
         block.insert_op_before(alloc, op)
         outputs.append(alloc.result)
@@ -84,6 +88,9 @@ def _lower_kernel(module: builtin.ModuleOp, block: Block, op: kernel.KernelOp) -
             operands=[[*op.inputs, *outputs]], attributes={"callee": SymbolRefAttr(op.kernel_name.data)}
         )
         block.insert_op_before(launch, op)
+    if op.kind.data == "scatter":  # the rows were written into the dest operand's buffer: it is the result
+        scatter = next(o for o in op.body.block.ops if isinstance(o, graph.ScatterOp))
+        outputs = [op.inputs[scatter.dest.index]]
     for result, buffer in zip(op.outputs, outputs):
         result.replace_all_uses_with(buffer)
     block.erase_op(op)

@@ -19,7 +19,7 @@ from llmc.dialects import graph, kernel
 from llmc.errors import PassOptionError
 from llmc.target import get_target
 
-TILE_RANK = {"matmul": 3, "attention": 2, "row": 2, "pointwise": 2, "gather": 2}
+TILE_RANK = {"matmul": 3, "attention": 2, "row": 2, "pointwise": 2, "gather": 2, "scatter": 2}
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class TilePass(ModulePass):
     row: tuple[int, ...] | None = None
     pointwise: tuple[int, ...] | None = None
     gather: tuple[int, ...] | None = None
+    scatter: tuple[int, ...] | None = None
     stages: int | None = None
 
     def override(self, kind: str) -> tuple[int, ...] | None:

@@ -47,6 +47,8 @@ class KernelRenderer:
             tile.TileCoordsOp: self.op_tile_coords,
             tile.LoadOp: self.op_load,
             tile.StoreOp: self.op_store,
+            tile.ScatterOp: self.op_scatter,
+            tile.ToIndexOp: self.op_to_index,
             tile.DotOp: self.op_dot,
             tile.ReduceOp: self.op_reduce,
             tile.ScanOp: self.op_scan,
@@ -163,6 +165,10 @@ class KernelRenderer:
     def op_select(self, op: arith.SelectOp) -> None:
         cond, lhs, rhs = (self.name(v) for v in op.operands)
         self.line(f"const long {self.name(op.result)} = {cond} ? {lhs} : {rhs};")
+
+    def op_to_index(self, op: tile.ToIndexOp) -> None:
+        tile_name = self.name(op.operand)
+        self.line(f"const long {self.name(op.result)} = (long)((const int64_t *){tile_name}.p)[0]; /* {self.describe(op)} */")
 
     def op_program_id(self, op: tile.ProgramIdOp) -> None:
         self.line(f"const long {self.name(op.result)} = pid{op.axis.value.data};")
@@ -420,6 +426,27 @@ class KernelRenderer:
             self.line(f"llmc_store_vec({where}, {stream});")
         else:
             self.line(f"llmc_store_vec{ACCESS[key]}({where});")
+        self.close()
+        self.close()
+
+
+    def op_scatter(self, op: tile.ScatterOp) -> None:
+        """Each live tile row to the row its index names; an index out of range writes nothing and
+        sets the status the forward returns."""
+        rows, cols = shape2(op.value)
+        buf, base, first, col = (self.name(x) for x in (op.buffer, op.base, op.first, op.col))
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        self.line(f"/* {self.describe(op)}: only these rows are written */")
+        self.open(f"for (long r = 0; r < {rows} && {first} + r < {op.count.value.data}; r++)")
+        index = Nest(self).vector(op.rows)
+        self.line(f"const long row = llmc_scatter_row(({index})[0], {height}, status, {self.status_code});")
+        self.line("if (row < 0) continue;")
+        self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
+        value = Nest(self).vector(op.value)
+        lanes = f"({cols} - c < LLMC_W ? {cols} - c : LLMC_W)"
+        key = element_key(op.buffer.type.element_type)
+        where = f"{buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value}"
+        self.line(f"llmc_store_vec({where}, 0);" if key == "f32" else f"llmc_store_vec{ACCESS[key]}({where});")
         self.close()
         self.close()
 

@@ -60,6 +60,8 @@ class CSource:
     input_elements: list = field(default_factory=list)
     output_elements: list = field(default_factory=list)
     status_kernels: dict[int, str] = field(default_factory=dict)  # forward's status code -> kernel name
+    # output -> input it is written into in place (a KV cache): the caller passes that input's storage
+    output_aliases: dict[int, int] = field(default_factory=dict)
 
 
 def pack_panels(array: np.ndarray, spec: PackSpec) -> np.ndarray:
@@ -146,6 +148,7 @@ class ModuleRenderer:
             [a.type.element_type for a in args],
             [v.type.element_type for v in returned],
             {code: name for code, name in enumerate(self.kernels, start=1)},
+            {i: v.index for i, v in enumerate(returned) if isinstance(v, BlockArgument)},
         )
 
     def check_types(self) -> None:
@@ -239,7 +242,9 @@ class ModuleRenderer:
         lines = []
         for index, value in enumerate(returned):
             source = names[value]
-            if f"outputs[{index}]" not in source:
+            if isinstance(value, BlockArgument):
+                lines.append(f"/* output {index} is input {value.index}, written in place: no copy */")
+            elif f"outputs[{index}]" not in source:
                 size = int(np.prod(value.type.get_shape())) * element_bytes(value.type.element_type)
                 lines.append(f"memcpy(outputs[{index}], {source}, {size});")
         return lines

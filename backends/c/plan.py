@@ -234,7 +234,7 @@ class Planner:
 
     def plan_load(self, op: tile.LoadOp) -> None:
         rows, cols = shape2(op.result)
-        simple = all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.ScanOp, tile.StoreOp, tile.GatherOp))
+        simple = all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.ScanOp, tile.StoreOp, tile.GatherOp, tile.ScatterOp))
                      for u in op.result.uses)
         if simple:
             self.plan.values[op.result] = TileValue(INLINE, rows, cols)
@@ -277,7 +277,7 @@ class Planner:
         keep_inline = isinstance(op, (graph.ConstantOp, tile.IotaOp)) or value.type.element_type in (i1, i64, i32) or (
             len(users) <= 1
             and (cols > 1 or rows == 1)
-            and all(isinstance(u, (*POINTWISE, tile.ReduceOp, tile.ScanOp, tile.StoreOp, tile.GatherOp)) for u in users)
+            and all(isinstance(u, (*POINTWISE, tile.ReduceOp, tile.ScanOp, tile.StoreOp, tile.GatherOp, tile.ScatterOp)) for u in users)
             and all(u.parent_block() is op.parent_block() for u in users)
         )
         if keep_inline:

@@ -255,6 +255,16 @@ LLMC_TYPED_ACCESS(b, uint8_t, vi, LLMC_BOOL_IN, LLMC_BOOL_OUT)
 
 /* tile.gather's row: a negative index counts from the end; one out of range sets the forward's
  * status to this kernel's code (reported by the caller) and reads row 0 instead. */
+/* A scatter's target row, or -1 (nothing is written) when the index is out of range. */
+static inline long llmc_scatter_row(int64_t index, long height, int *status, int code) {
+    if (index < 0) index += height;
+    if (index < 0 || index >= height) {
+        __atomic_store_n(status, code, __ATOMIC_RELAXED);
+        return -1;
+    }
+    return (long)index;
+}
+
 static inline long llmc_gather_row(int64_t index, long height, int *status, int code) {
     if (index < 0) index += height;
     if (index < 0 || index >= height) {

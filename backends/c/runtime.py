@@ -71,10 +71,14 @@ class CLibrary:
                     f"input {index} is a {tensor.dtype} tensor on {tensor.device}; the graph was compiled for "
                     f"{dtype} CPU tensors"
                 )
+            if index in self.source.output_aliases.values() and not tensor.is_contiguous():
+                raise LlmcError(f"input {index} is updated in place (a cache) and must be contiguous")
             arguments.append(tensor.detach().contiguous())
         if outputs is None:
             outputs = [torch.empty(shape, dtype=torch_dtype(element))
                        for shape, element in zip(self.source.output_shapes, self.source.output_elements)]
+        for output, argument in self.source.output_aliases.items():
+            outputs[output] = arguments[argument]  # written in place by the graph: the caller's storage
         in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])
         out_ptrs = (ctypes.c_void_p * max(1, len(outputs)))(*[t.data_ptr() for t in outputs])
         # ctypes drops the GIL during the call; one context's arena must not serve two calls at once

@@ -21,13 +21,13 @@ head once instead of materialising the repeats.
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import FloatAttr, UnitAttr, f32, i1
+from xdsl.dialects.builtin import FloatAttr, UnitAttr, f32, i1, i64
 from xdsl.ir import Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 from xdsl.rewriter import InsertPoint
 
 from llmc.dialects import graph
-from llmc.passes.fusion.views import view_chain
+from llmc.passes.fusion.views import iota_dim, view_chain
 
 MASKED = -1e30  # a score at or below this is a masked-out key (HF adds finfo.min)
 
@@ -219,6 +219,37 @@ def simplify_mask(mask: SSAValue, scores: tuple[int, ...]) -> tuple[SSAValue | N
     return mask, False
 
 
+def and_factors(value: SSAValue) -> list[SSAValue]:
+    """The operands of a tree of graph.and, seen through broadcasts; constant-true factors dropped."""
+    root, chain = view_chain(value)
+    if isinstance(root.owner, graph.AndOp) and all(isinstance(v, graph.ExpandOp | graph.ReshapeOp) for v in chain):
+        return and_factors(root.owner.lhs) + and_factors(root.owner.rhs)
+    return [] if scalar_constant(value) == 1.0 else [value]
+
+
+def key_bound(value: SSAValue, scores: tuple[int, ...]) -> SSAValue | None:
+    """P where `value` is `kv_idx <= P` (or `P >= kv_idx`) with kv_idx an iota over the keys and P an
+    integer broadcasting to [B, H, Tq, 1]: the run-time causal bound of queries at cache positions."""
+    root, chain = view_chain(value)
+    op = root.owner
+    if any(not isinstance(v, graph.ExpandOp | graph.ReshapeOp) for v in chain):
+        return None
+    if isinstance(op, graph.LeOp):
+        keys, bound = op.lhs, op.rhs
+    elif isinstance(op, graph.GeOp):
+        bound, keys = op.lhs, op.rhs
+    else:
+        return None
+    key_root, key_chain = view_chain(keys)
+    if not isinstance(key_root.owner, graph.IotaOp) or len(graph.shape_of(keys)) != 4:
+        return None
+    rows = (*scores[:3], 1)
+    shape = graph.shape_of(bound)
+    if iota_dim(key_root, key_chain) != 3 or len(shape) != 4 or graph.broadcast_shapes(shape, rows) != rows:
+        return None
+    return bound
+
+
 class SimplifiedAttentionMask(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: graph.AttentionOp, rewriter: PatternRewriter):
@@ -226,12 +257,35 @@ class SimplifiedAttentionMask(RewritePattern):
             return
         scores = (*graph.shape_of(op.query)[:3], graph.shape_of(op.key)[2])
         mask, causal = simplify_mask(op.mask, scores)
+        positions = op.positions
+        if mask is not None and mask.type.element_type == i1 and positions is None:
+            mask, positions = _split_key_bound(rewriter, op, mask, scores)
         if mask is op.mask:
             return
         attrs = dict(op.attributes)
         if causal:
             attrs["causal"] = UnitAttr()
-        rewriter.replace(op, graph.AttentionOp.make(op.query, op.key, op.value, mask, op.result.type, attrs))
+        rewriter.replace(op, graph.AttentionOp.make(op.query, op.key, op.value, mask, op.result.type, attrs, positions))
+
+
+def _split_key_bound(rewriter: PatternRewriter, op: graph.AttentionOp, mask: SSAValue, scores):
+    """(rest of the mask, P) when one factor of a bool mask is `kv_idx <= P`, so the kernel stops
+    reading keys past P instead of masking them; (mask, None) otherwise."""
+    factors = and_factors(mask)
+    bounds = [key_bound(f, scores) for f in factors]
+    if not any(b is not None for b in bounds):
+        return mask, None
+    at = next(i for i, b in enumerate(bounds) if b is not None)
+    rest = factors[:at] + factors[at + 1 :]
+    bound = bounds[at]
+    if bound.type.element_type != i64:
+        bound = _inserted(rewriter, op, graph.CastOp(operands=[bound], result_types=[graph.tensor(graph.shape_of(bound), i64)]))
+    if not rest:
+        return None, bound
+    remaining = rest[0]
+    for factor in rest[1:]:
+        remaining = _inserted(rewriter, op, graph.AndOp(remaining, factor))
+    return remaining, bound
 
 
 class AttentionWithoutRepeatKV(RewritePattern):
@@ -242,5 +296,6 @@ class AttentionWithoutRepeatKV(RewritePattern):
             return
         if graph.shape_of(key)[1] != graph.shape_of(value)[1]:
             return
-        rewriter.replace(op, graph.AttentionOp.make(op.query, key, value, op.mask, op.result.type, dict(op.attributes)))
+        rewriter.replace(op, graph.AttentionOp.make(op.query, key, value, op.mask, op.result.type, dict(op.attributes),
+                                                    op.positions))
 

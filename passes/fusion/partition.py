@@ -4,7 +4,8 @@ Heuristic, in the spirit of Inductor's scheduler but over whole LLM ops:
 1. Anchors open groups: matmul/linear (`matmul`), reductions, softmax and
    layer_norm (`row`), attention (`attention`), gathers (`gather`: its
    source and index are read from other kernels, so a gather group never
-   absorbs the producers of its index). Row anchors and concats first
+   absorbs the producers of its index), scatters (`scatter`: a KV-cache write, alone: it
+   stores only the new rows). Row anchors and concats first
    pull in the single-use pointwise ops that feed them (prologues: x.pow(2)
    before mean, -x before the concat of rotate_half).
 2. Walking the program in order, a pointwise op joins the group of a direct
@@ -67,12 +68,16 @@ def anchor_kind(op: Operation) -> str | None:
         return "attention"
     if isinstance(op, graph.GatherOp):
         return "gather"
+    if isinstance(op, graph.ScatterOp):
+        return "scatter"
     return None
 
 
 def iteration_shape(op: Operation) -> tuple[int, ...]:
     if isinstance(op, graph.ROW_OPS):
         return graph.shape_of(op.operands[0])
+    if isinstance(op, graph.ScatterOp):
+        return graph.shape_of(op.source)
     return graph.shape_of(op.results[0])
 
 

@@ -29,6 +29,26 @@ class StridedView:
         return StridedView(tuple(shape), tuple(strides), self.offset)
 
 
+def iota_dim(root: SSAValue, chain: list[Operation]) -> int | None:
+    """The dim that holds the positions of a graph.iota `root` once seen through `chain`: expands keep
+    it, reshapes that only add or drop unit dims move it; None when a view mixes it with other dims."""
+    shape, dim = graph.shape_of(root), root.owner.dim.value.data
+    for view in chain:
+        after = graph.shape_of(view.result)
+        if isinstance(view, graph.ReshapeOp):
+            kept_before = [d for d in range(len(shape)) if shape[d] != 1]
+            kept_after = [d for d in range(len(after)) if after[d] != 1]
+            if [shape[d] for d in kept_before] != [after[d] for d in kept_after] or dim not in kept_before:
+                return None
+            dim = kept_after[kept_before.index(dim)]
+        elif isinstance(view, graph.ExpandOp):
+            dim += len(after) - len(shape)  # an expand right-aligns, as broadcasting does
+        else:
+            return None
+        shape = after
+    return dim
+
+
 def view_chain(value: SSAValue) -> tuple[SSAValue, list[Operation]]:
     """The root value under a chain of view ops, and the views root-first."""
     chain = []

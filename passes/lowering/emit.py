@@ -73,6 +73,10 @@ class Emitter:
         less = self.value(arith.CmpiOp(a, b, "slt"))
         return self.value(arith.SelectOp(less, a, b))
 
+    def maxi(self, a: SSAValue, b: SSAValue) -> SSAValue:
+        greater = self.value(arith.CmpiOp(a, b, "sgt"))
+        return self.value(arith.SelectOp(greater, a, b))
+
     def program_id(self, axis: int) -> SSAValue:
         return self.value(tile.ProgramIdOp(result_types=[IndexType()], attributes={"axis": IntegerAttr(axis, 64)}))
 

@@ -22,7 +22,7 @@ from xdsl.ir import Operation, SSAValue
 from llmc.dialects import graph, tile
 from llmc.dtypes import is_low_precision
 from llmc.errors import UnsupportedOpError, with_loc
-from llmc.passes.fusion.views import StridedView, apply_views, view_chain
+from llmc.passes.fusion.views import StridedView, apply_views, iota_dim, view_chain
 from llmc.passes.lowering.emit import Emitter, Operand2D, as_2d, compute_element, load, tile_type, widened
 
 
@@ -78,6 +78,8 @@ class TileEvaluator:
             return self.em.scalar(root.owner.number, compute_element(root.type.element_type))
         if isinstance(root.owner, graph.CausalMaskOp):  # tril over the last two dims, which views keep
             return self.causal_mask(space_shape, shift)
+        if isinstance(root.owner, graph.IotaOp):
+            return self.iota(root.owner, chain, space_shape, shift)
         op = value.owner
         if chain:
             return self._in_group_view(value, chain, space_shape, shift)
@@ -206,6 +208,19 @@ class TileEvaluator:
         rows = em.iota(_shifted(em, self.space.row, shift[0]), 0, block[0])
         cols = em.iota(_shifted(em, self.space.col, shift[1]), 1, block[1])
         return self.binary(graph.LeOp, cols, rows)
+
+    def iota(self, op: graph.IotaOp, chain: list[Operation], space_shape, shift) -> SSAValue:
+        """Positions along the rows or the columns of the tile (an iota broadcast by expands)."""
+        dim = iota_dim(op.result, chain)
+        shape = graph.shape_of(chain[-1].result if chain else op.result)
+        axis = None if dim is None else 1 - (len(shape) - 1 - dim)
+        if axis not in (0, 1):
+            raise UnsupportedOpError(with_loc("positions (an arange) along a batch dim of a fused kernel", _loc(op)))
+        em, block = self.em, self.space.tile_shape(space_shape)
+        start = self.space.row if axis == 0 else self._column(space_shape, shift)
+        if axis == 0:
+            start = _shifted(em, start, shift[0])
+        return em.iota(start, axis, block[axis])
 
     def gather(self, op: graph.GatherOp, space_shape, shift) -> SSAValue:
         """Load this tile's rows of the index (a column), then the source rows they name."""

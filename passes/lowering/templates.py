@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 from xdsl.dialects import scf
-from xdsl.dialects.builtin import IndexType, IntegerAttr, i1, i64
+from xdsl.dialects.builtin import IndexType, IntegerAttr, StringAttr, i1, i64
 from xdsl.ir import Block, Region, SSAValue
 
 from llmc.dialects import graph, kernel, tile
@@ -174,6 +174,9 @@ def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) ->
     k_base, v_base = k.base(em, [batch, kv_head]), v.base(em, [batch, kv_head])
     causal = op.causal is not None
     upper = em.mini(em.index(tk), em.addi(m0, em.index(bm))) if causal else em.index(tk)
+    bound = None
+    if op.positions is not None:
+        upper, bound = _live_keys(low, op.positions, (b, h, tq), [batch, head], m0, bm, upper)
     scale = op.scale.value.data
 
     def kv_step(j: SSAValue, carried: list[SSAValue]) -> list[SSAValue]:
@@ -181,6 +184,10 @@ def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) ->
         kt = load(em, k_buf, k, k_base, zero, j, (bd, bn))
         scores = em.value(tile.DotOp(operands=[q_tile, kt, em.full(0.0, (bm, bn))], result_types=[tile_type((bm, bn))]))
         scores = _masked_scores(em, scores, j, m0, tk, scale, causal, (bm, bn))
+        if bound is not None:
+            cols = em.iota(j, 1, bn)
+            visible = em.value(graph.LeOp(operands=[cols, bound], result_types=[tile_type((bm, bn), i1)]))
+            scores = em.value(graph.WhereOp(operands=[visible, scores, em.scalar(-math.inf)], result_types=[scores.type]))
         if mask is not None:
             scores = _apply_mask(em, scores, mask, [batch, head], m0, j, (bm, bn))
         ev = TileEvaluator(em, TileSpace((bm, bn), (bm, bn), [], zero, zero), {})
@@ -204,6 +211,59 @@ def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) ->
     evaluator.bindings[op.result] = evaluator.binary(graph.DivOp, acc, live)
     low.store_outputs(evaluator)
     return [b * h, math.ceil(tq / bm)]
+
+
+def _live_keys(low: KernelLowering, positions: SSAValue, rows: tuple[int, int, int], batch_index, m0, bm: int,
+               upper: SSAValue) -> tuple[SSAValue, SSAValue]:
+    """(KV loop bound, [bm x 1] bound column): the keys up to the largest position of this query tile
+    are read, the rest skipped (a dynamic trip count, at least one tile); key j is visible to query i
+    where j <= positions[i]."""
+    em = low.em
+    b, h, tq = rows
+    buffer, column = _operand(positions, low, (b, h, tq, 1))
+    base = column.base(em, batch_index)
+    bound = widened(em, load(em, buffer, column, base, m0, em.index(0), (bm, 1)))
+    along_row = widened(em, load(em, buffer, column.transposed(), base, em.index(0), m0, (1, bm)))
+    largest = em.value(tile.ReduceOp(operands=[along_row], result_types=[tile_type((1, 1), i64)], attributes={
+        "axis": IntegerAttr(1, 64), "kind": StringAttr("max"), "extent": IntegerAttr(bm, 64)}))
+    live = em.addi(em.value(tile.ToIndexOp(operands=[largest], result_types=[IndexType()])), em.index(1))
+    return em.maxi(em.mini(upper, live), em.index(1)), bound
+
+
+def lower_scatter(low: KernelLowering, tiles: tuple[int, ...]) -> list[int]:
+    """[BR, BC] tiles of the source rows, each stored at the rows its index names, into the dest
+    operand's own buffer (the kernel's result): only the new rows are written."""
+    op = low.anchor(graph.ScatterOp)
+    shape = graph.shape_of(op.source)
+    dims = as_2d(shape)
+    rows, cols = dims[-2:]
+    block_r, block_c = tiles[0], min(tiles[1], pow2_at_least(cols))
+    col_tiles = math.ceil(cols / block_c)
+    em = low.em
+    batch_index = em.unflatten(em.program_id(0), dims[:-2])
+    pid = em.program_id(1)
+    row = em.muli(em.divi(pid, col_tiles), block_r)
+    col = em.muli(em.remi(pid, col_tiles), block_c)
+    space = TileSpace(shape, (block_r, block_c), batch_index, row, col)
+    value = TileEvaluator(em, space, low.buffers).value(op.source, shape)
+    index_root, index_chain = view_chain(op.index)
+    if op.dest not in low.buffers or index_root not in low.buffers:
+        raise UnsupportedOpError("a scatter whose destination or index is computed in its own kernel")
+    index_view = apply_views(graph.shape_of(index_root), index_chain)
+    column = StridedView((index_view.shape[0], 1), (index_view.strides[0], 0), index_view.offset)
+    index = Operand2D.of(column.broadcast_to((*dims[:-2], rows, 1)), len(dims) - 2)
+    picked = widened(em, load(em, low.buffers[index_root], index, index.base(em, batch_index), row, em.index(0),
+                              (block_r, 1)))
+    dest = Operand2D.of(_contiguous(graph.shape_of(op.dest)), len(dims) - 2)
+    attrs = {**dest.view_attrs(), "count": IntegerAttr(rows, 64)}
+    em.add(tile.ScatterOp(operands=[value, low.buffers[op.dest], dest.base(em, batch_index), picked, row, col],
+                          attributes=attrs))
+    return [math.prod(dims[:-2]), math.ceil(rows / block_r) * col_tiles]
+
+
+def _contiguous(shape: tuple[int, ...]) -> StridedView:
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    return StridedView(tuple(shape), tuple(strides), 0)
 
 
 def _apply_mask(em: Emitter, scores: SSAValue, mask: tuple[SSAValue, Operand2D], batch_index, m0, j, block) -> SSAValue:
