@@ -1,6 +1,6 @@
 """llmc: an MLIR-style compiler for transformer graphs, on xDSL.
 
-Public surface: `llmc.compile`, `llmc.explain`, the `llmc` CLI, the
+Public surface: `llmc.compile`, `llmc.explain`, `llmc.generate`, the `llmc` CLI, the
 torch.compile backend "llmc" and the pass registry (`llmc.registry`).
 """
 
@@ -15,4 +15,12 @@ def explain(model, example_inputs, **compile_options) -> str:
     return run(model, example_inputs, **compile_options)
 
 
-__all__ = ["CompiledModel", "LlmcError", "compile", "explain"]
+def generate(model, input_ids, attention_mask=None, max_new_tokens: int = 32, **options):
+    """Greedy generation with a static KV cache: the prefill and decode graphs compiled by llmc once
+    each, the cache written in place. Returns a `Generation` (`.sequences`, `.ttft_s`, `.tpot_s`)."""
+    from llmc.generation import generate as run
+
+    return run(model, input_ids, attention_mask, max_new_tokens, **options)
+
+
+__all__ = ["CompiledModel", "LlmcError", "compile", "explain", "generate"]

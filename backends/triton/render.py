@@ -168,6 +168,10 @@ class TritonKernelRenderer:
             self.scan(op)
         elif isinstance(op, tile.GatherOp):
             self.gather(op)
+        elif isinstance(op, tile.ScatterOp):
+            self.scatter(op)
+        elif isinstance(op, tile.ToIndexOp):
+            self.line(f"{self.name(op.result)} = tl.max(tl.max({self.name(op.operand)}, axis=1), axis=0){comment(op)}")
         elif isinstance(op, tile.FullOp):
             rows, cols = shape2(op.result)
             self.line(f"{self.name(op.result)} = tl.full(({rows}, {cols}), {literal(op.value.value.data)}, tl.float32){comment(op)}")
@@ -300,6 +304,25 @@ class TritonKernelRenderer:
         pointer = f"{self.name(op.buffer)} + {self.name(op.base)} + r_{v} * {s0} + c_{v} * {s1}"
         self.line(f"{v} = tl.load({pointer}, mask=(c_{v} >= 0) & (c_{v} < {width}), other=0){comment(op)}")
 
+    def scatter(self, op: tile.ScatterOp) -> None:
+        """Live tile rows stored at the rows an index tile names; an index out of range stores nothing."""
+        rows, cols = shape2(op.value)
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        v = f"s{len(self.names)}"
+        index = self.name(op.rows)
+        live = f"({self.name(op.first)} + tl.arange(0, {rows}))[:, None] < {op.count.value.data}"
+        self.line(f"r_{v} = tl.where({index} < 0, {index} + {height}, {index})")
+        self.line(f"bad_{v} = ((r_{v} < 0) | (r_{v} >= {height})) & ({live})")
+        self.line(f"tl.store(status + tl.zeros(({rows}, 1), tl.int32), {self.status_code}, mask=bad_{v})"
+                  "  # an index out of range: reported by the host, nothing written")
+        self.line(f"c_{v} = ({self.name(op.col)} + tl.arange(0, {cols}))[None, :]")
+        pointer = f"{self.name(op.buffer)} + {self.name(op.base)} + r_{v} * {s0} + c_{v} * {s1}"
+        mask = f"({live}) & ~bad_{v} & (c_{v} >= 0) & (c_{v} < {width})"
+        value = self.name(op.value)
+        if op.value.type.element_type != op.buffer.type.element_type:  # the store rounds to the buffer's type
+            value = f"{value}.to({tl_type(op.buffer.type.element_type)})"
+        self.line(f"tl.store({pointer}, tl.broadcast_to({value}, ({rows}, {cols})), mask={mask}){comment(op)}")
+
     def iota(self, op: tile.IotaOp) -> None:
         rows, cols = shape2(op.result)
         offset = self.name(op.offset)
@@ -385,7 +408,7 @@ def render_host(module: ModuleOp) -> tuple[str, list[tuple[str, object]]]:
             args = ", ".join(names[b] for b in op.buffers)
             options = launch_options(kernels[callee])
             lines.append(f"    launch({python_name(callee)}, {callee!r}, {grid}, {options!r}, {args}, status)")
-    if any(isinstance(op, tile.GatherOp) for k in kernels.values() for op in k.walk()):
+    if any(isinstance(op, tile.GatherOp | tile.ScatterOp) for k in kernels.values() for op in k.walk()):
         codes = {code: name for code, name in enumerate(kernels, start=1)}
         lines.append(f"    check_status(int(status.item()), {codes!r})")
     returned = [names[v] for v in block.last_op.operands]
