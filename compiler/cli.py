@@ -1,4 +1,5 @@
-"""The `llmc` command line: `llmc compile model.py`, `llmc opt FILE.mlir -p PASSES`."""
+"""The `llmc` command line: `llmc compile model.py`, `llmc opt FILE.mlir -p PASSES`, `llmc bench`,
+`llmc generate MODEL`."""
 
 from __future__ import annotations
 
@@ -64,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=30, help="timed calls per contender (median reported)")
     bench.add_argument("--no-inductor", action="store_true", help="skip torch.compile (its cold compile is slow)")
     bench.add_argument("--remeasure-peak", action="store_true", help="re-run the machine peak probe")
+    gen = sub.add_parser("generate", help="greedy generation with a static KV cache: TTFT, TPOT, tokens/s and "
+                                          "decode GB/s for eager, Inductor and llmc side by side")
+    gen.add_argument("model", help="a model file defining `model` (a Hugging Face causal LM, or a module in "
+                                   "llmc's generation contract) or a built-in family with random weights: "
+                                   "gpt2, llama, qwen2, mistral, phi, tinyllama")
+    gen.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (random ids)")
+    gen.add_argument("--new-tokens", type=int, default=128, help="tokens to generate")
+    gen.add_argument("--batch", type=int, default=1, help="prompts per batch")
+    gen.add_argument("--layers", type=int, default=4, help="decoder layers of a built-in family")
+    gen.add_argument("--target", default="cpu", help="cpu (the host's widest vector ISA)")
+    gen.add_argument("--only", help="comma-separated contenders to run (default eager,inductor,llmc)")
     opt = sub.add_parser("opt", help="replay passes on an IR dump, mlir-opt style")
     opt.add_argument("file", help="an .mlir file (- for standard input)")
     opt.add_argument("-p", "--passes", required=True, help="pass pipeline, e.g. 'pipeline{stages=3},coalesce'")
@@ -156,6 +168,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from llmc.serving import compare, load_generation_model
+
+    contenders = tuple(_names(args.only)) if args.only else ("eager", "inductor", "llmc")
+    unknown = set(contenders) - {"eager", "inductor", "llmc"}
+    if unknown:
+        raise LlmcError(f"unknown contender(s) {', '.join(sorted(unknown))}: choose from eager, inductor, llmc")
+    if min(args.prompt_len, args.new_tokens, args.batch, args.layers) < 1:
+        raise LlmcError("--prompt-len, --new-tokens, --batch and --layers must be at least 1")
+    model = load_generation_model(args.model, args.layers)
+    order = [c for c in ("eager", "inductor", "llmc") if c in contenders]
+    table, _ = compare(model, args.batch, args.prompt_len, args.new_tokens, tuple(order), args.target)
+    print(table)
+    return 0
+
+
 def cmd_opt(args: argparse.Namespace) -> int:
     from llmc.ir_text import parse_ir, print_ir
     from llmc.registry import parse_passes
@@ -185,7 +213,7 @@ def _read(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"compile": cmd_compile, "opt": cmd_opt, "bench": cmd_bench}
+        commands = {"compile": cmd_compile, "opt": cmd_opt, "bench": cmd_bench, "generate": cmd_generate}
         return commands[args.command](args)
     except LlmcError as error:
         print(f"llmc: error: {error}", file=sys.stderr)

@@ -18,19 +18,31 @@ import torch
 from llmc.errors import ModelFileError
 
 
-def load_model_file(path: str | Path) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | dict]:
-    path = Path(path)
+def _run(path: Path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     sys.path.insert(0, str(path.resolve().parent))
     try:
-        namespace = runpy.run_path(str(path), run_name="__llmc_model__")
+        return runpy.run_path(str(path), run_name="__llmc_model__")
     except SystemExit as error:
         raise ModelFileError(f"{path}: the model file called exit({error.code})") from None
     except Exception as error:
         raise ModelFileError(f"{path}: the model file raised {type(error).__name__}: {error}") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
+
+
+def load_module_attribute(path: Path, name: str = "model") -> torch.nn.Module:
+    """The torch.nn.Module a model file defines as `name` (`llmc generate` needs no example inputs)."""
+    model = _resolve(_run(Path(path)), name, Path(path))
+    if not isinstance(model, torch.nn.Module):
+        raise ModelFileError(f"{path}: `{name}` must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def load_model_file(path: str | Path) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...] | dict]:
+    path = Path(path)
+    namespace = _run(path)
     model = _resolve(namespace, "model", path)
     inputs = _resolve(namespace, "example_inputs", path)
     if not isinstance(model, torch.nn.Module):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -49,6 +50,33 @@ HOST_ALIASES = ("cpu", "c", "native")
 
 
 @lru_cache(maxsize=1)
+def host_cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (the machine type where it does not)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def host_llc_bytes() -> int | None:
+    """The largest cache the kernel reports for CPU 0 (the last level), in bytes; None if unknown."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 1024, "M": 1024 * 1024, "G": 1024**3}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KMGkmg")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=None)
+
+
 def host_cpu_target() -> Target:
     """The CPU target matching this machine's vector ISA, with its usable core count."""
     if platform.machine().lower() in ("aarch64", "arm64"):
@@ -66,6 +94,7 @@ def host_cpu_target() -> Target:
     return replace(
         base,
         cores=cores,
+        llc_bytes=host_llc_bytes() or base.llc_bytes,
         peak_gflops=base.peak_gflops / base.cores * cores,
         bandwidth_gbs=base.bandwidth_gbs * min(1.0, max(cores, 4) / base.cores),
     )

@@ -60,6 +60,36 @@ double llmc_probe_copy(long floats, int repeats) {
     free(b);
     return 2.0 * floats * sizeof(float) / best;
 }
+
+/* Bytes per second of a parallel read (a sum with 8 independent vector chains per thread): what a
+ * memory-bound decode step streams, weights and the live KV cache, nothing written. */
+double llmc_probe_read(long floats, int repeats) {
+    long vectors = floats / W;
+    vf *a = aligned_alloc(64, vectors * sizeof(vf));
+    if (!a) return 0.0;
+    #pragma omp parallel for schedule(static)
+    for (long i = 0; i < vectors; i++) a[i] = (vf){0} + 1.0f;
+    double best = 1e30;
+    float sink = 0.0f;
+    for (int r = 0; r < repeats; r++) {
+        double begin = omp_get_wtime();
+        #pragma omp parallel reduction(+ : sink)
+        {
+            vf acc[8];
+            for (int k = 0; k < 8; k++) acc[k] = (vf){0};
+            #pragma omp for schedule(static)
+            for (long i = 0; i < vectors - 7; i += 8) {
+                #pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) acc[k] += a[i + k];
+            }
+            for (int k = 0; k < 8; k++) for (int j = 0; j < W; j++) sink += acc[k][j];
+        }
+        double t = omp_get_wtime() - begin;
+        if (t < best) best = t;
+    }
+    free(a);
+    return sink == 1.5f ? 0.0 : (double)vectors * sizeof(vf) / best;
+}
 """
 
 
@@ -81,6 +111,17 @@ def measure(options: BuildOptions, lanes: int) -> MachinePeak:
     gflops = max(lib.llmc_probe_fma(20_000_000) for _ in range(3)) / 1e9
     bandwidth = lib.llmc_probe_copy(64 * 1024 * 1024, 5) / 1e9
     return MachinePeak(round(gflops, 1), round(bandwidth, 1), host_cpu_target().cores)
+
+
+def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
+    """GB/s of a parallel read over 4x the last-level cache (at least 256 MB): main-memory reads,
+    the yardstick of a memory-bound decode step. Measured each time (about a second)."""
+    built = build_library(PROBE_SOURCE % {"lanes": lanes}, options)
+    lib = ctypes.CDLL(str(built.library))
+    lib.llmc_probe_read.restype = ctypes.c_double
+    lib.llmc_probe_read.argtypes = [ctypes.c_long, ctypes.c_int]
+    floats = max(4 * llc_bytes, 256 * 1024 * 1024) // 4
+    return round(lib.llmc_probe_read(floats, 5) / 1e9, 1)
 
 
 def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> MachinePeak:

@@ -1,0 +1,164 @@
+"""`llmc generate`: greedy generation timed as a server sees it, eager / Inductor / llmc side by side.
+
+Each contender runs the same loop over the same static-cache model (`generation.CacheLM`):
+a warm-up generation compiles its prefill and decode graphs (reported as compile
+time), then a timed one gives the serving figures — time to first token (TTFT,
+the prefill), time per output token (TPOT, the median decode step), tokens/s
+(batch / TPOT) and the decode step's achieved GB/s: the weight bytes the step
+streams (every matrix; an embedding table only gathers rows) plus the live KV
+cache bytes at the middle position, divided by TPOT, against this host's measured
+main-memory read bandwidth. Tokens are compared with eager's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmc.errors import LlmcError, ModelFileError
+from llmc.generation import Generation, compile_generation, generation_model, greedy
+from llmc.target import host_cpu_name
+
+# built-in models with random weights: (config class, model class, sizes); "tinyllama" is
+# TinyLlama-1.1B's geometry (d=2048, 32 heads, 4 KV heads, FFN 5632), fp32 ~176 MB per layer
+SMALL = dict(hidden_size=256, num_attention_heads=8, intermediate_size=688, max_position_embeddings=4096)
+FAMILIES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=256, n_head=8, n_positions=4096)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(SMALL, num_key_value_heads=4)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(SMALL, num_key_value_heads=4)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(SMALL, num_key_value_heads=4)),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(SMALL, partial_rotary_factor=0.5)),
+    "tinyllama": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=2048, num_attention_heads=32,
+                                                          num_key_value_heads=4, intermediate_size=5632,
+                                                          max_position_embeddings=4096)),
+}
+
+
+def builtin_model(family: str, layers: int = 4, seed: int = 0) -> torch.nn.Module:
+    """A Hugging Face causal LM of a built-in family, from its config with random weights."""
+    import transformers
+
+    if family not in FAMILIES:
+        raise ModelFileError(f"unknown model '{family}': give a model file or one of {', '.join(FAMILIES)}")
+    config_name, model_name, sizes = FAMILIES[family]
+    vocab = 32000 if family == "tinyllama" else 1000
+    depth = {"n_layer": layers} if family == "gpt2" else {"num_hidden_layers": layers}
+    config = getattr(transformers, config_name)(vocab_size=vocab, **sizes, **depth)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(config).eval()
+
+
+def load_generation_model(spec: str, layers: int) -> torch.nn.Module:
+    """A built-in family name, or a model file defining `model` (a Hugging Face causal LM, or a
+    module in the generation contract of `llmc.generation`)."""
+    if not spec.endswith(".py"):
+        return builtin_model(spec, layers)
+    from llmc.model_file import load_module_attribute
+
+    return load_module_attribute(Path(spec), "model")
+
+
+@dataclass
+class Contender:
+    name: str
+    generation: Generation
+    compile_s: float
+
+
+def streamed_bytes(lm: torch.nn.Module, position: int) -> tuple[int, int]:
+    """(weight bytes, live KV cache bytes) one decode step at `position` reads."""
+    seen, weights = set(), 0
+    for module in lm.modules():
+        if isinstance(module, torch.nn.Embedding):
+            continue
+        for p in module.parameters(recurse=False):
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                weights += p.numel() * p.element_size()
+    kv = sum(b.numel() // b.shape[-2] * (position + 1) * b.element_size() for b in lm.cache_buffers())
+    return weights, kv
+
+
+def run_contender(name: str, lm, prompt: torch.Tensor, mask, new_tokens: int, tick: Callable[[int], None],
+                  target: str = "cpu") -> Contender:
+    start = time.perf_counter()
+    if name == "eager":
+        step = lm
+    elif name == "inductor":
+        step = torch.compile(lm, dynamic=False)
+    else:
+        step = compile_generation(lm, prompt.shape[1], target).step
+    greedy(step, lm, prompt, mask, 2)  # compiles both graphs (llmc has already)
+    compile_s = time.perf_counter() - start
+    return Contender(name, greedy(step, lm, prompt, mask, new_tokens, tick), compile_s)
+
+
+def compare(model: torch.nn.Module, batch: int = 1, prompt_len: int = 128, new_tokens: int = 128,
+            contenders: tuple[str, ...] = ("eager", "inductor", "llmc"), target: str = "cpu",
+            read_gbs: float | None = None, seed: int = 0) -> tuple[str, dict[str, Contender]]:
+    """Run each contender's greedy generation on the same random prompt; the table and the runs."""
+    from tqdm import tqdm
+
+    lm = generation_model(model, batch, prompt_len + new_tokens)
+    generator = torch.Generator().manual_seed(seed)
+    vocab = _vocab(lm)
+    prompt = torch.randint(0, vocab, (batch, prompt_len), generator=generator)
+    mask = torch.ones(batch, prompt_len, dtype=torch.long)
+    runs: dict[str, Contender] = {}
+    with tqdm(total=len(contenders) * (new_tokens - 1), desc="decode steps", disable=None, leave=False) as bar:
+        for name in contenders:
+            bar.set_postfix_str(name)
+            runs[name] = run_contender(name, lm, prompt, mask, new_tokens, bar.update, target)
+    if read_gbs is None:
+        read_gbs = measured_read_bandwidth()
+    weights, kv = streamed_bytes(lm, prompt_len + new_tokens // 2)
+    return _table(runs, batch, prompt_len, new_tokens, weights, kv, read_gbs), runs
+
+
+def measured_read_bandwidth() -> float:
+    from llmc.backends.c.build import BuildOptions
+    from llmc.backends.c.probe import read_bandwidth
+    from llmc.target import host_cpu_target
+
+    target = host_cpu_target()
+    return read_bandwidth(BuildOptions.from_environment(), max(1, target.vector_bytes // 4), target.llc_bytes)
+
+
+def _vocab(lm) -> int:
+    config = getattr(getattr(lm, "model", None), "config", None)
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(lm, "model", lm), "vocab_size", None)
+    if vocab is None:
+        raise LlmcError("the model has no vocab_size (a config's, or an attribute of a plain model)")
+    return int(vocab)
+
+
+def _table(runs: dict[str, Contender], batch, prompt_len, new_tokens, weights, kv, read_gbs) -> str:
+    best = {key: min(getattr(r.generation, key) for n, r in runs.items() if n != "llmc") if len(runs) > 1 else None
+            for key in ("ttft_s", "tpot_s")}
+    eager = runs.get("eager")
+    lines = [
+        f"greedy generation: batch {batch}, prompt {prompt_len}, {new_tokens} new tokens; "
+        f"{host_cpu_name()}, {torch.get_num_threads()} threads",
+        f"a decode step reads {weights / 1e6:.1f} MB of weights + {kv / 1e6:.1f} MB of live KV cache; "
+        f"measured main-memory read bandwidth {read_gbs:.1f} GB/s",
+        "",
+        "| contender | compile s | TTFT ms | TPOT ms | tokens/s | decode GB/s | % of read bw | tokens = eager |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, run in runs.items():
+        g = run.generation
+        gbs = (weights + kv) / g.tpot_s / 1e9
+        same = "-" if eager is None or name == "eager" else ("yes" if torch.equal(g.new_tokens, eager.generation.new_tokens) else "NO")
+        lines.append(f"| {name} | {run.compile_s:.1f} | {g.ttft_s * 1e3:.1f} | {g.tpot_s * 1e3:.2f} | "
+                     f"{g.tokens_per_s:.1f} | {gbs:.1f} | {100 * gbs / read_gbs:.0f}% | {same} |")
+    if "llmc" in runs and best["tpot_s"]:
+        g = runs["llmc"].generation
+        lines.append("")
+        lines.append(f"llmc / best of the others (lower is faster): TTFT {g.ttft_s / best['ttft_s']:.2f}x, "
+                     f"TPOT {g.tpot_s / best['tpot_s']:.2f}x")
+    return "\n".join(lines)
