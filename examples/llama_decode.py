@@ -1,40 +1,57 @@
-"""One LLaMA decode step: RoPE at position `past`, GQA over a static KV cache.
+"""One LLaMA decode step: RoPE at the run-time position `pos`, GQA over a static KV cache
+the step updates in place.
 
-The cache holds the keys (already rotated) and values of the `past` earlier
-tokens for the n_kv_head key/value heads; the step returns the block output and
-the new token's keys and values.
+The cache holds the rotated keys and the values of n_kv_head heads for `max_len`
+positions; the step writes the new token's row at `pos` (`index_copy_`: llmc writes
+that row into the buffer, nothing else) and attends to keys 0..pos (a run-time bound:
+the attention kernel reads no key past it). One compiled step serves every position.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from llama_block import LlamaBlock
+from llama_block import LlamaBlock, apply_rope, repeat_kv
 
 
 class LlamaDecodeStep(nn.Module):
-    def __init__(self, block: LlamaBlock):
+    def __init__(self, block: LlamaBlock, max_len: int):
         super().__init__()
         self.block = block
+        attention = block.attention
+        shape = (1, attention.n_kv_head, max_len, attention.head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape))
+        self.register_buffer("v_cache", torch.zeros(shape))
+        self.register_buffer("key_positions", torch.arange(max_len))
 
-    def forward(self, x, k_cache, v_cache):
+    def forward(self, x, pos):
         attention = self.block.attention
-        q, k, v = attention.project(self.block.attention_norm(x), k_cache.shape[2])
-        keys = torch.cat((k_cache, k), dim=2)
-        values = torch.cat((v_cache, v), dim=2)
-        h = x + attention.attend(q, keys, values, causal=False)
-        return h + self.block.feed_forward(self.block.ffn_norm(h)), k, v
+        B, T, _ = x.shape
+        h = self.block.attention_norm(x)
+        q = attention.wq(h).view(B, T, attention.n_head, attention.head_dim).transpose(1, 2)
+        k = attention.wk(h).view(B, T, attention.n_kv_head, attention.head_dim).transpose(1, 2)
+        v = attention.wv(h).view(B, T, attention.n_kv_head, attention.head_dim).transpose(1, 2)
+        cos, sin = attention.cos[pos], attention.sin[pos]  # this position's rows of the RoPE tables
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        self.k_cache.index_copy_(2, pos, k)
+        self.v_cache.index_copy_(2, pos, v)
+        n_rep = attention.n_head // attention.n_kv_head
+        keys, values = repeat_kv(self.k_cache, n_rep), repeat_kv(self.v_cache, n_rep)
+        live = (self.key_positions <= pos).view(1, 1, 1, -1)  # the keys written so far
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=live)
+        h = x + attention.wo(y.transpose(1, 2).reshape(B, T, -1))
+        return h + self.block.feed_forward(self.block.ffn_norm(h))
 
 
 def build(d_model=768, n_head=12, n_kv_head=4, hidden=2048, past=512, seed=0):
+    """A step at position `past` of a cache of `past + 16` positions whose first `past` hold earlier tokens."""
     torch.manual_seed(seed)
-    block = LlamaBlock(d_model, n_head, n_kv_head, hidden, max_seq=past + 16)
-    hd = d_model // n_head
-    inputs = (
-        torch.randn(1, 1, d_model),
-        torch.randn(1, n_kv_head, past, hd),
-        torch.randn(1, n_kv_head, past, hd),
-    )
-    return LlamaDecodeStep(block).eval(), inputs
+    max_len = past + 16
+    step = LlamaDecodeStep(LlamaBlock(d_model, n_head, n_kv_head, hidden, max_seq=max_len), max_len).eval()
+    with torch.no_grad():
+        step.k_cache[:, :, :past] = torch.randn_like(step.k_cache[:, :, :past])
+        step.v_cache[:, :, :past] = torch.randn_like(step.v_cache[:, :, :past])
+    return step, (torch.randn(1, 1, d_model), torch.tensor([past]))
 
 
 model, example_inputs = build()

@@ -232,7 +232,7 @@ def key_bound(value: SSAValue, scores: tuple[int, ...]) -> SSAValue | None:
     integer broadcasting to [B, H, Tq, 1]: the run-time causal bound of queries at cache positions."""
     root, chain = view_chain(value)
     op = root.owner
-    if any(not isinstance(v, graph.ExpandOp | graph.ReshapeOp) for v in chain):
+    if not _right_aligned(chain):
         return None
     if isinstance(op, graph.LeOp):
         keys, bound = op.lhs, op.rhs
@@ -241,13 +241,24 @@ def key_bound(value: SSAValue, scores: tuple[int, ...]) -> SSAValue | None:
     else:
         return None
     key_root, key_chain = view_chain(keys)
-    if not isinstance(key_root.owner, graph.IotaOp) or len(graph.shape_of(keys)) != 4:
+    if not isinstance(key_root.owner, graph.IotaOp) or iota_dim(key_root, key_chain) != len(graph.shape_of(keys)) - 1:
         return None
-    rows = (*scores[:3], 1)
     shape = graph.shape_of(bound)
-    if iota_dim(key_root, key_chain) != 3 or len(shape) != 4 or graph.broadcast_shapes(shape, rows) != rows:
+    rows = (*scores[:3], 1)
+    if len(shape) > 4 or graph.broadcast_shapes((1,) * (4 - len(shape)) + shape, rows) != rows:
         return None
     return bound
+
+
+def _right_aligned(chain: list[Operation]) -> bool:
+    """Views that keep every dim where broadcasting puts it: expands, and reshapes adding leading 1s."""
+    for view in chain:
+        before, after = graph.shape_of(view.operand), graph.shape_of(view.result)
+        if isinstance(view, graph.ReshapeOp) and after[len(after) - len(before):] == before and set(after[:len(after) - len(before)]) <= {1}:
+            continue
+        if not isinstance(view, graph.ExpandOp):
+            return False
+    return True
 
 
 class SimplifiedAttentionMask(RewritePattern):
@@ -278,6 +289,10 @@ def _split_key_bound(rewriter: PatternRewriter, op: graph.AttentionOp, mask: SSA
     at = next(i for i, b in enumerate(bounds) if b is not None)
     rest = factors[:at] + factors[at + 1 :]
     bound = bounds[at]
+    shape = graph.shape_of(bound)
+    if len(shape) < 4:
+        bound = _inserted(rewriter, op, graph.ReshapeOp(operands=[bound], result_types=[
+            graph.tensor((1,) * (4 - len(shape)) + shape, bound.type.element_type)]))
     if bound.type.element_type != i64:
         bound = _inserted(rewriter, op, graph.CastOp(operands=[bound], result_types=[graph.tensor(graph.shape_of(bound), i64)]))
     if not rest:

@@ -11,11 +11,11 @@ FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "phi", "bert")
 VOCAB = 97
 
 
-def hf_model(family: str, attention: str = "sdpa", layers: int = 1, seed: int = 0) -> torch.nn.Module:
+def hf_model(family: str, attention: str = "sdpa", layers: int = 1, seed: int = 0, positions: int = 64) -> torch.nn.Module:
     small = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                 intermediate_size=48, max_position_embeddings=64)
+                 intermediate_size=48, max_position_embeddings=positions)
     if family == "gpt2":
-        config, cls = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64), \
+        config, cls = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=positions), \
             transformers.GPT2LMHeadModel
     elif family == "llama":
         config, cls = transformers.LlamaConfig(num_key_value_heads=2, **small), transformers.LlamaForCausalLM
