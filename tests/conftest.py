@@ -74,6 +74,16 @@ def run_ir(module, inputs, weights) -> list[np.ndarray]:
     return interpret(module, [x.numpy() if isinstance(x, torch.Tensor) else x for x in inputs], weights)
 
 
+def graph_args(model, inputs, imported) -> list:
+    """The graph's arguments for these model inputs: the state buffers it updates (copies) and the inputs."""
+    return [model.get_buffer(s.name).clone() if s.kind == "buffer" else inputs[s.index] for s in imported.arguments]
+
+
+def user_results(results: list, imported) -> list:
+    """The model's own outputs among a graph's results (the rest are state written back)."""
+    return [results[i] for i in imported.user_outputs]
+
+
 def assert_close(got, expected, tol=2e-5):
     assert len(got) == len(expected)
     for g, e in zip(got, expected):

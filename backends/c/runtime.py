@@ -77,6 +77,7 @@ class CLibrary:
         if outputs is None:
             outputs = [torch.empty(shape, dtype=torch_dtype(element))
                        for shape, element in zip(self.source.output_shapes, self.source.output_elements)]
+        outputs = list(outputs)
         for output, argument in self.source.output_aliases.items():
             outputs[output] = arguments[argument]  # written in place by the graph: the caller's storage
         in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])

@@ -94,8 +94,11 @@ def test_the_passes_show_up_in_the_c():
 def test_decode_attention_reads_the_cache_in_place():
     model, inputs = small_example("gpt2_decode")
     source = compile_c(model, inputs).program.source.text
-    attention = source[source.index("static void kernel_k6_attention"):]
+    start = re.search(r"static void kernel_k\d+_attention", source).start()
+    attention = source[start:]
     assert "llmc_dot_nt(" in attention and "no transposing copy" in attention
+    # the KV loop's bound is read from the position: keys past it are never loaded
+    assert re.search(r"const long v\d+ = \(long\)\(\(const int64_t \*\)v\d+\.p\)\[0\]; /\* %v\d+ = tile.to_index", attention)
 
 
 def test_ir_text_to_c_round_trip(tmp_path):

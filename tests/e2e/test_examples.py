@@ -1,7 +1,7 @@
 """Every example, through every level, against PyTorch eager; every dump re-parses."""
 
 import pytest
-from conftest import SMALL, assert_close, eager, roundtrip, run_ir, small_example
+from conftest import SMALL, assert_close, eager, graph_args, roundtrip, run_ir, small_example, user_results
 
 import llmc
 from llmc.ir_text import parse_ir, print_ir
@@ -13,7 +13,8 @@ EXAMPLE_NAMES = sorted(SMALL)
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_exporter_and_interpreter_match_eager(name, exported):
     model, inputs, imported = exported(name)
-    assert_close(run_ir(imported.module, inputs, imported.weights), eager(model, inputs))
+    results = run_ir(imported.module, graph_args(model, inputs, imported), imported.weights)
+    assert_close(user_results(results, imported), eager(model, inputs))
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
@@ -32,7 +33,8 @@ def test_full_pipeline_matches_eager_and_every_dump_reparses(name, tmp_path):
         assert print_ir(parse_ir(text)) == text
         # a resumed dump still runs and agrees
     last = parse_ir(dumps[-1].read_text())
-    assert_close(run_ir(last, inputs, compiled.imported.weights), eager(model, inputs))
+    results = run_ir(last, graph_args(model, inputs, compiled.imported), compiled.imported.weights)
+    assert_close(user_results(results, compiled.imported), eager(model, inputs))
 
 
 @pytest.mark.parametrize("seq", [1, 7, 33])
