@@ -11,39 +11,10 @@ and one compiled decode graph serve the whole generation. `example_inputs` is a 
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from llama_block import LlamaBlock, RMSNorm, apply_rope, repeat_kv
-
-
-class CachedLayer(nn.Module):
-    """A LLaMA block whose attention writes its keys and values into its own static cache."""
-
-    def __init__(self, block: LlamaBlock, batch: int, max_len: int):
-        super().__init__()
-        self.block = block
-        attention = block.attention
-        shape = (batch, attention.n_kv_head, max_len, attention.head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape))
-        self.register_buffer("v_cache", torch.zeros(shape))
-
-    def forward(self, x, cache_position, live):
-        attention = self.block.attention
-        B, T, _ = x.shape
-        h = self.block.attention_norm(x)
-        q = attention.wq(h).view(B, T, attention.n_head, attention.head_dim).transpose(1, 2)
-        k = attention.wk(h).view(B, T, attention.n_kv_head, attention.head_dim).transpose(1, 2)
-        v = attention.wv(h).view(B, T, attention.n_kv_head, attention.head_dim).transpose(1, 2)
-        cos, sin = attention.cos[cache_position], attention.sin[cache_position]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        self.k_cache.index_copy_(2, cache_position, k)
-        self.v_cache.index_copy_(2, cache_position, v)
-        n_rep = attention.n_head // attention.n_kv_head
-        y = F.scaled_dot_product_attention(q, repeat_kv(self.k_cache, n_rep), repeat_kv(self.v_cache, n_rep),
-                                           attn_mask=live)
-        h = x + attention.wo(y.transpose(1, 2).reshape(B, T, -1))
-        return h + self.block.feed_forward(self.block.ffn_norm(h))
+from llama_block import LlamaBlock, RMSNorm
+from llama_decode import LlamaDecodeStep
 
 
 class TinyLM(nn.Module):
@@ -52,19 +23,17 @@ class TinyLM(nn.Module):
         super().__init__()
         self.vocab_size, self.batch, self.max_cache_len = vocab_size, batch, max_cache_len
         self.embed = nn.Embedding(vocab_size, d_model)
+        # each layer keeps its own static cache and writes it in place (llama_decode.py)
         self.layers = nn.ModuleList(
-            CachedLayer(LlamaBlock(d_model, n_head, n_kv_head, hidden, max_seq=max_cache_len), batch, max_cache_len)
+            LlamaDecodeStep(LlamaBlock(d_model, n_head, n_kv_head, hidden, max_seq=max_cache_len), max_cache_len, batch)
             for _ in range(layers))
         self.norm = RMSNorm(d_model)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.register_buffer("key_positions", torch.arange(max_cache_len))
 
     def forward(self, input_ids, cache_position):
         x = self.embed(input_ids)
-        # query i sees the keys up to its own position: the attention kernel reads no key past it
-        live = (self.key_positions[None, :] <= cache_position[:, None])[None, None]
         for layer in self.layers:
-            x = layer(x, cache_position, live)
+            x = layer(x, cache_position)
         return self.lm_head(self.norm(x))
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import MLP, SMALL, filecheck, run_ir, run_passes, small_example
+from conftest import MLP, SMALL, filecheck, graph_args, run_ir, run_passes, small_example, user_results
 
 import llmc
 from llmc.dtypes import bf16_bits, bf16_values, round_to
@@ -57,7 +57,8 @@ def test_the_graph_interpreter_rounds_per_op_like_eager(name):
     model, inputs = as_dtype(name, torch.bfloat16)
     imported = export_model(model, inputs)
     assert "xbf16>" in print_ir(imported.module)
-    got = interpret(imported.module, [x.float().numpy() for x in inputs], imported.weights)
+    args = [x.float().numpy() for x in graph_args(model, inputs, imported)]
+    got = user_results(interpret(imported.module, args, imported.weights), imported)
     for g, e in zip(got, run_eager(model, inputs)):
         # the same op-by-op rounding: at most an ulp apart where a reduction order differs
         np.testing.assert_allclose(g, e.float().numpy(), atol=2 * ULP[torch.bfloat16] * float(e.float().abs().max()))

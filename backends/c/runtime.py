@@ -93,8 +93,9 @@ class CLibrary:
             raise LlmcError("the compiled graph's context is not initialised")
         if status:
             kernel = self.source.status_kernels.get(status, "?")
-            raise LlmcError(f"an index is out of range in kernel @{kernel} (a gather or embedding lookup got an "
-                            "index outside its table, as eager would refuse it)")
+            raise LlmcError(f"an index is out of range in kernel @{kernel} (a gather or embedding lookup, or a "
+                            "cache write past its capacity, got an index outside its table, as eager would refuse "
+                            "it; nothing was written out of bounds)")
         return tuple(outputs)
 
     def __del__(self):

@@ -68,7 +68,8 @@ def floor_rem(a, b):
 def check_status(code, kernels):
     if code:
         raise IndexError(f"an index is out of range in kernel @{kernels.get(code, '?')} (a gather or embedding "
-                         "lookup got an index outside its table, as eager would refuse it)")
+                         "lookup, or a cache write past its capacity, got an index outside its table, as eager "
+                         "would refuse it; nothing was written out of bounds)")
 
 
 def launch(kernel, name, grid, options, *args):

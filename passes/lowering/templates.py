@@ -97,18 +97,21 @@ def iteration_shape(low: KernelLowering) -> tuple[int, ...]:
 def lower_elementwise(low: KernelLowering, tiles: tuple[int, ...]) -> list[int]:
     """Pointwise and row kernels: one [BR, BC] tile per program (a row kernel's BC spans the row)."""
     shape = iteration_shape(low)
+    space, grid = _tile_programs(low.em, shape, tiles[0], tiles[1])
+    low.store_outputs(TileEvaluator(low.em, space, low.buffers))
+    return grid
+
+
+def _tile_programs(em: Emitter, shape: tuple[int, ...], block_r: int, block_c: int) -> tuple[TileSpace, list[int]]:
+    """One [block_r, block_c] tile per program: axis 0 over the batch dims, axis 1 over the row and column tiles."""
     dims = as_2d(shape)
     rows, cols = dims[-2:]
-    block_r, block_c = tiles[0], tiles[1]
     row_tiles, col_tiles = math.ceil(rows / block_r), math.ceil(cols / block_c)
-    em = low.em
     batch_index = em.unflatten(em.program_id(0), dims[:-2])
     pid = em.program_id(1)
     row = em.muli(em.divi(pid, col_tiles), block_r)
     col = em.muli(em.remi(pid, col_tiles), block_c)
-    space = TileSpace(shape, (block_r, block_c), batch_index, row, col)
-    low.store_outputs(TileEvaluator(em, space, low.buffers))
-    return [math.prod(dims[:-2]), row_tiles * col_tiles]
+    return TileSpace(shape, (block_r, block_c), batch_index, row, col), [math.prod(dims[:-2]), row_tiles * col_tiles]
 
 
 def _operand(value: SSAValue, low: KernelLowering, full_shape: tuple[int, ...]) -> tuple[SSAValue, Operand2D]:
@@ -237,14 +240,10 @@ def lower_scatter(low: KernelLowering, tiles: tuple[int, ...]) -> list[int]:
     shape = graph.shape_of(op.source)
     dims = as_2d(shape)
     rows, cols = dims[-2:]
-    block_r, block_c = tiles[0], min(tiles[1], pow2_at_least(cols))
-    col_tiles = math.ceil(cols / block_c)
     em = low.em
-    batch_index = em.unflatten(em.program_id(0), dims[:-2])
-    pid = em.program_id(1)
-    row = em.muli(em.divi(pid, col_tiles), block_r)
-    col = em.muli(em.remi(pid, col_tiles), block_c)
-    space = TileSpace(shape, (block_r, block_c), batch_index, row, col)
+    space, grid = _tile_programs(em, shape, tiles[0], min(tiles[1], pow2_at_least(cols)))
+    batch_index, row, col = space.batch_index, space.row, space.col
+    block_r = space.block[0]
     value = TileEvaluator(em, space, low.buffers).value(op.source, shape)
     index_root, index_chain = view_chain(op.index)
     if op.dest not in low.buffers or index_root not in low.buffers:
@@ -258,7 +257,7 @@ def lower_scatter(low: KernelLowering, tiles: tuple[int, ...]) -> list[int]:
     attrs = {**dest.view_attrs(), "count": IntegerAttr(rows, 64)}
     em.add(tile.ScatterOp(operands=[value, low.buffers[op.dest], dest.base(em, batch_index), picked, row, col],
                           attributes=attrs))
-    return [math.prod(dims[:-2]), math.ceil(rows / block_r) * col_tiles]
+    return grid
 
 
 def _contiguous(shape: tuple[int, ...]) -> StridedView:

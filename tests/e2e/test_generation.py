@@ -164,3 +164,27 @@ class _Contract(torch.nn.Module):
 
     def cache_buffers(self):
         return [b for b in self.model.buffers() if b.dim() >= 3]
+
+
+def test_cli_generate_prints_the_serving_table(capsys):
+    from llmc.cli import main
+
+    assert main(["generate", str(EXAMPLES / "tiny_lm.py"), "--prompt-len", "8", "--new-tokens", "5",
+                 "--only", "eager,llmc"]) == 0
+    out = capsys.readouterr().out
+    assert "| contender | compile s | TTFT ms | TPOT ms | tokens/s | decode GB/s | % of read bw | tokens = eager |" in out
+    llmc_row = next(line for line in out.splitlines() if line.startswith("| llmc |"))
+    assert llmc_row.rstrip().endswith("| yes |")  # the same tokens as eager
+    assert "measured main-memory read bandwidth" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "gpt3"], "unknown model 'gpt3'"),
+    (["generate", "llama", "--only", "vllm"], "unknown contender(s) vllm"),
+    (["generate", "llama", "--new-tokens", "0"], "must be at least 1"),
+])
+def test_cli_generate_refuses_bad_arguments(argv, message, capsys):
+    from llmc.cli import main
+
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
