@@ -6,7 +6,7 @@ batch's serving table, then the bars: llmc's batch-1 decode step at >= 90% of th
 main-memory read bandwidth and <= 0.9x the faster of eager's and Inductor's TPOT, TTFT <= 0.9x,
 and batch 8's TPOT within 1.5x of batch 1's.
 
-    python benchmarks/generate.py [--layers 4] [--prompt-len 512] [--new-tokens 32] [--batches 1,8]
+    python benchmarks/generate.py [--layers 4] [--prompt-len 512] [--new-tokens 32] [--batches 1,8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--family", default="tinyllama")
+    parser.add_argument("--rounds", type=int, default=3, help="generations per contender, in rotation")
     args = parser.parse_args()
     model = builtin_model(args.family, args.layers)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -33,7 +34,7 @@ def main() -> None:
           f"({weights / llc:.1f}x the LLC); read bandwidth {read_gbs:.1f} GB/s\n")
     tpot = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        table, runs = compare(model, batch, args.prompt_len, args.new_tokens, read_gbs=read_gbs)
+        table, runs = compare(model, batch, args.prompt_len, args.new_tokens, read_gbs=read_gbs, rounds=args.rounds)
         print(table + "\n")
         tpot[batch] = runs
     first = tpot[min(tpot)]

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--layers", type=int, default=4, help="decoder layers of a built-in family")
     gen.add_argument("--target", default="cpu", help="cpu (the host's widest vector ISA)")
     gen.add_argument("--only", help="comma-separated contenders to run (default eager,inductor,llmc)")
+    gen.add_argument("--rounds", type=int, default=1, help="generations per contender, in rotation (medians over all)")
     opt = sub.add_parser("opt", help="replay passes on an IR dump, mlir-opt style")
     opt.add_argument("file", help="an .mlir file (- for standard input)")
     opt.add_argument("-p", "--passes", required=True, help="pass pipeline, e.g. 'pipeline{stages=3},coalesce'")
@@ -175,11 +176,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     unknown = set(contenders) - {"eager", "inductor", "llmc"}
     if unknown:
         raise LlmcError(f"unknown contender(s) {', '.join(sorted(unknown))}: choose from eager, inductor, llmc")
-    if min(args.prompt_len, args.new_tokens, args.batch, args.layers) < 1:
-        raise LlmcError("--prompt-len, --new-tokens, --batch and --layers must be at least 1")
+    if min(args.prompt_len, args.new_tokens, args.batch, args.layers, args.rounds) < 1:
+        raise LlmcError("--prompt-len, --new-tokens, --batch, --layers and --rounds must be at least 1")
     model = load_generation_model(args.model, args.layers)
     order = [c for c in ("eager", "inductor", "llmc") if c in contenders]
-    table, _ = compare(model, args.batch, args.prompt_len, args.new_tokens, tuple(order), args.target)
+    table, _ = compare(model, args.batch, args.prompt_len, args.new_tokens, tuple(order), args.target,
+                       rounds=args.rounds)
     print(table)
     return 0
 

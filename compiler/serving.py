@@ -12,15 +12,15 @@ main-memory read bandwidth. Tokens are compared with eager's.
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from llmc.errors import LlmcError, ModelFileError
-from llmc.generation import Generation, compile_generation, generation_model, greedy
+from llmc.generation import Generation, Step, compile_generation, generation_model, greedy
 from llmc.target import host_cpu_name
 
 # built-in models with random weights: (config class, model class, sizes); "tinyllama" is
@@ -84,8 +84,8 @@ def streamed_bytes(lm: torch.nn.Module, position: int) -> tuple[int, int]:
     return weights, kv
 
 
-def run_contender(name: str, lm, prompt: torch.Tensor, mask, new_tokens: int, tick: Callable[[int], None],
-                  target: str = "cpu") -> Contender:
+def prepare(name: str, lm, prompt: torch.Tensor, mask, target: str = "cpu") -> tuple[Step, float]:
+    """The contender's step function, compiled (both graphs) by a warm-up generation; its compile time."""
     start = time.perf_counter()
     if name == "eager":
         step = lm
@@ -93,31 +93,45 @@ def run_contender(name: str, lm, prompt: torch.Tensor, mask, new_tokens: int, ti
         step = torch.compile(lm, dynamic=False)
     else:
         step = compile_generation(lm, prompt.shape[1], target).step
-    greedy(step, lm, prompt, mask, 2)  # compiles both graphs (llmc has already)
-    compile_s = time.perf_counter() - start
-    return Contender(name, greedy(step, lm, prompt, mask, new_tokens, tick), compile_s)
+    greedy(step, lm, prompt, mask, 2)
+    return step, time.perf_counter() - start
 
 
 def compare(model: torch.nn.Module, batch: int = 1, prompt_len: int = 128, new_tokens: int = 128,
             contenders: tuple[str, ...] = ("eager", "inductor", "llmc"), target: str = "cpu",
-            read_gbs: float | None = None, seed: int = 0) -> tuple[str, dict[str, Contender]]:
-    """Run each contender's greedy generation on the same random prompt; the table and the runs."""
+            read_gbs: float | None = None, seed: int = 0, rounds: int = 1) -> tuple[str, dict[str, Contender]]:
+    """Each contender's greedy generation on the same random prompt, `rounds` times in rotation (so a
+    drift of the machine's speed falls on every contender alike): TTFT is the median over rounds,
+    TPOT the median over every decode step. Returns the table and the runs."""
     from tqdm import tqdm
 
     lm = generation_model(model, batch, prompt_len + new_tokens)
     generator = torch.Generator().manual_seed(seed)
-    vocab = _vocab(lm)
-    prompt = torch.randint(0, vocab, (batch, prompt_len), generator=generator)
+    prompt = torch.randint(0, _vocab(lm), (batch, prompt_len), generator=generator)
     mask = torch.ones(batch, prompt_len, dtype=torch.long)
-    runs: dict[str, Contender] = {}
-    with tqdm(total=len(contenders) * (new_tokens - 1), desc="decode steps", disable=None, leave=False) as bar:
+    steps, runs = {}, {}
+    total = len(contenders) * (rounds * (new_tokens - 1) + 1)
+    with tqdm(total=total, desc="decode steps", disable=None, leave=False) as bar:
         for name in contenders:
-            bar.set_postfix_str(name)
-            runs[name] = run_contender(name, lm, prompt, mask, new_tokens, bar.update, target)
+            bar.set_postfix_str(f"compiling {name}")
+            steps[name] = prepare(name, lm, prompt, mask, target)
+            bar.update(1)
+        for _ in range(rounds):
+            for name, (step, compile_s) in steps.items():
+                bar.set_postfix_str(name)
+                run = greedy(step, lm, prompt, mask, new_tokens, bar.update)
+                runs.setdefault(name, []).append(run)
+    merged = {name: Contender(name, _merged(done), steps[name][1]) for name, done in runs.items()}
     if read_gbs is None:
         read_gbs = measured_read_bandwidth()
     weights, kv = streamed_bytes(lm, prompt_len + new_tokens // 2)
-    return _table(runs, batch, prompt_len, new_tokens, weights, kv, read_gbs), runs
+    return _table(merged, batch, prompt_len, new_tokens, weights, kv, read_gbs), merged
+
+
+def _merged(runs: list[Generation]) -> Generation:
+    first = runs[0]
+    ttft = statistics.median(r.ttft_s for r in runs)
+    return Generation(first.sequences, first.new_tokens, ttft, [s for r in runs for s in r.step_s])
 
 
 def measured_read_bandwidth() -> float:

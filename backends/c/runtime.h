@@ -381,11 +381,38 @@ LLMC_UKERNEL(8)
 #define LLMC_UKERNEL_MR llmc_ukernel_6
 #endif
 
+/* One row against LLMC_GEMV_VECTORS column vectors that may sit in different panels: a decode
+ * step's matrix-vector product is bound by how many weight lines are in flight, so it reads that
+ * many panel streams at once (one stream per call streams at a fraction of the memory bandwidth). */
+#define LLMC_GEMV_VECTORS 8
+static inline void llmc_gemv_wide(long K, const float *a, llmc_tile b, long panel, long n, float *c,
+                                  int accumulate) {
+    const float *p[LLMC_GEMV_VECTORS];
+    vf acc[LLMC_GEMV_VECTORS];
+    _Pragma("GCC unroll 8") for (int j = 0; j < LLMC_GEMV_VECTORS; j++) {
+        long col = n + j * LLMC_W;
+        p[j] = b.p + (col / panel) * b.ps + col % panel;
+        acc[j] = accumulate ? vload(c + j * LLMC_W) : vsplat(0.0f);
+    }
+    for (long k = 0; k < K; k++) {
+        vf av = vsplat(a[k]);
+        _Pragma("GCC unroll 8") for (int j = 0; j < LLMC_GEMV_VECTORS; j++) {
+            __builtin_prefetch(p[j] + (k + 24) * b.ld); /* ~3 KB ahead in each stream */
+            acc[j] += av * vload(p[j] + k * b.ld);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int j = 0; j < LLMC_GEMV_VECTORS; j++) vstore(c + j * LLMC_W, acc[j]);
+}
+
 /* tile.dot: acc[M x N] (+)= a[M x K] * b[K x N]. N is a multiple of LLMC_NR (the
  * buffers are padded); `panel` is the column panel width of b (see llmc_tile). */
 static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long panel, llmc_tile c,
                      int accumulate) {
-    for (long n = 0; n < N; n += LLMC_NR) {
+    long start = 0;
+    if (M == 1)
+        for (; start + LLMC_GEMV_VECTORS * LLMC_W <= N; start += LLMC_GEMV_VECTORS * LLMC_W)
+            llmc_gemv_wide(K, a.p, b, panel, start, c.p + start, accumulate);
+    for (long n = start; n < N; n += LLMC_NR) {
         const float *b0 = b.p + (n / panel) * b.ps + n % panel;
         const float *b1 = b.p + ((n + LLMC_W) / panel) * b.ps + (n + LLMC_W) % panel;
         long m = 0;
