@@ -61,8 +61,9 @@ double llmc_probe_copy(long floats, int repeats) {
     return 2.0 * floats * sizeof(float) / best;
 }
 
-/* Bytes per second of a parallel read (a sum with 8 independent vector chains per thread): what a
- * memory-bound decode step streams, weights and the live KV cache, nothing written. */
+/* Bytes per second of a parallel read: each thread sums its share as 8 interleaved streams,
+ * prefetched ahead, as a memory-bound matrix-vector product reads weights (one stream per core
+ * keeps too few lines in flight to reach the memory's bandwidth). Nothing is written. */
 double llmc_probe_read(long floats, int repeats) {
     long vectors = floats / W;
     vf *a = aligned_alloc(64, vectors * sizeof(vf));
@@ -75,12 +76,16 @@ double llmc_probe_read(long floats, int repeats) {
         double begin = omp_get_wtime();
         #pragma omp parallel reduction(+ : sink)
         {
+            long share = vectors / omp_get_num_threads(), part = share / 8;
+            const vf *base = a + omp_get_thread_num() * share;
             vf acc[8];
             for (int k = 0; k < 8; k++) acc[k] = (vf){0};
-            #pragma omp for schedule(static)
-            for (long i = 0; i < vectors - 7; i += 8) {
+            for (long i = 0; i < part; i++) {
                 #pragma GCC unroll 8
-                for (int k = 0; k < 8; k++) acc[k] += a[i + k];
+                for (int k = 0; k < 8; k++) {
+                    __builtin_prefetch(base + k * part + i + 48);
+                    acc[k] += base[k * part + i];
+                }
             }
             for (int k = 0; k < 8; k++) for (int j = 0; j < W; j++) sink += acc[k][j];
         }
@@ -88,7 +93,8 @@ double llmc_probe_read(long floats, int repeats) {
         if (t < best) best = t;
     }
     free(a);
-    return sink == 1.5f ? 0.0 : (double)vectors * sizeof(vf) / best;
+    long read = vectors / omp_get_max_threads() / 8 * 8 * omp_get_max_threads();
+    return sink == 1.5f ? 0.0 : (double)read * sizeof(vf) / best;
 }
 """
 

@@ -404,6 +404,37 @@ static inline void llmc_gemv_wide(long K, const float *a, llmc_tile b, long pane
     _Pragma("GCC unroll 8") for (int j = 0; j < LLMC_GEMV_VECTORS; j++) vstore(c + j * LLMC_W, acc[j]);
 }
 
+/* Up to four rows against four column vectors from two panels: a decode batch's product (a few
+ * rows) reads two weight streams at once; its second group of four rows finds the panels in cache. */
+#define LLMC_SKINNY_VECTORS 4
+static inline void llmc_skinny(long R, long K, const float *a, long lda, llmc_tile b, long panel, long n,
+                               float *c, long ldc, int accumulate) {
+    const float *p[LLMC_SKINNY_VECTORS];
+    vf acc[4][LLMC_SKINNY_VECTORS];
+    _Pragma("GCC unroll 4") for (int j = 0; j < LLMC_SKINNY_VECTORS; j++) {
+        long col = n + j * LLMC_W;
+        p[j] = b.p + (col / panel) * b.ps + col % panel;
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)
+        _Pragma("GCC unroll 4") for (int j = 0; j < LLMC_SKINNY_VECTORS; j++)
+            acc[r][j] = accumulate && r < R ? vload(c + r * ldc + j * LLMC_W) : vsplat(0.0f);
+    for (long k = 0; k < K; k++) {
+        vf bv[LLMC_SKINNY_VECTORS];
+        _Pragma("GCC unroll 4") for (int j = 0; j < LLMC_SKINNY_VECTORS; j++) {
+            __builtin_prefetch(p[j] + (k + 24) * b.ld);
+            bv[j] = vload(p[j] + k * b.ld);
+        }
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+            if (r >= R) break;
+            vf av = vsplat(a[r * lda + k]);
+            _Pragma("GCC unroll 4") for (int j = 0; j < LLMC_SKINNY_VECTORS; j++) acc[r][j] += av * bv[j];
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)
+        if (r < R)
+            _Pragma("GCC unroll 4") for (int j = 0; j < LLMC_SKINNY_VECTORS; j++) vstore(c + r * ldc + j * LLMC_W, acc[r][j]);
+}
+
 /* tile.dot: acc[M x N] (+)= a[M x K] * b[K x N]. N is a multiple of LLMC_NR (the
  * buffers are padded); `panel` is the column panel width of b (see llmc_tile). */
 static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long panel, llmc_tile c,
@@ -412,6 +443,11 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
     if (M == 1)
         for (; start + LLMC_GEMV_VECTORS * LLMC_W <= N; start += LLMC_GEMV_VECTORS * LLMC_W)
             llmc_gemv_wide(K, a.p, b, panel, start, c.p + start, accumulate);
+    else if (M <= 8)
+        for (; start + LLMC_SKINNY_VECTORS * LLMC_W <= N; start += LLMC_SKINNY_VECTORS * LLMC_W)
+            for (long m = 0; m < M; m += 4)
+                llmc_skinny(M - m < 4 ? M - m : 4, K, a.p + m * a.ld, a.ld, b, panel, start, c.p + m * c.ld + start,
+                            c.ld, accumulate);
     for (long n = start; n < N; n += LLMC_NR) {
         const float *b0 = b.p + (n / panel) * b.ps + n % panel;
         const float *b1 = b.p + ((n + LLMC_W) / panel) * b.ps + (n + LLMC_W) % panel;
