@@ -2,7 +2,8 @@
 
 First the attention pattern (written out, or through SDPA with repeat_kv)
 becomes one graph.attention op, and a decode step's [B, 1, K] linears see their B
-rows as one matrix (`fusion.decode_rows`); then `fusion.partition` decides the groups and
+rows as one matrix, its GQA attention the query heads of a KV head as query rows
+(`fusion.decode_rows`); then `fusion.partition` decides the groups and
 `fusion.kernels` rebuilds each function as kernel.kernel launches. A
 `graph.scatter` (a KV-cache write) becomes a `scatter` kernel that stores only
 its rows into its `dest` buffer, in place: into the caller's buffer when the
@@ -23,7 +24,7 @@ from xdsl.transforms.dead_code_elimination import region_dce
 
 from llmc.dialects import graph
 from llmc.passes.fusion.attention import AttentionWithoutRepeatKV, SimplifiedAttentionMask, WrittenOutAttention
-from llmc.passes.fusion.decode_rows import LinearRowsAsMatrix
+from llmc.passes.fusion.decode_rows import GroupedQueryRows, LinearRowsAsMatrix
 from llmc.passes.fusion.kernels import KernelBuilder
 from llmc.passes.fusion.partition import partition
 
@@ -56,7 +57,7 @@ def own_scatter_destinations(func_op: func.FuncOp) -> None:
 
 def fuse_attention(module: builtin.ModuleOp) -> None:
     patterns = GreedyRewritePatternApplier([WrittenOutAttention(), SimplifiedAttentionMask(), AttentionWithoutRepeatKV(),
-                                            LinearRowsAsMatrix()])
+                                            LinearRowsAsMatrix(), GroupedQueryRows()])
     PatternRewriteWalker(patterns).rewrite_module(module)
     for op in module.walk():
         if isinstance(op, func.FuncOp):

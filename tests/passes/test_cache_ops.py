@@ -115,3 +115,14 @@ def test_tile_sizes_of_several_kv_tiles_skip_the_tiles_past_the_position():
         check_pass(BOUNDED, "", "fuse,tile{attention=16,4},lower-tile,pipeline", """
 // CHECK: scf.for
 """, args=bounded_args(position))
+
+
+def test_decode_gqa_reads_each_kv_head_once_for_its_query_heads():
+    # 4 query heads over 2 KV heads, one query each: one program per KV head with a 2-row query tile
+    check_pass(BOUNDED, "", "fuse", """
+// CHECK: graph.reshape %q{{.*}} : tensor<1x4x1x8xf32> -> tensor<1x2x2x8xf32>
+// CHECK: graph.attention {{.*}} : (tensor<1x2x2x8xf32>, tensor<1x2x16x8xf32>, tensor<1x2x16x8xf32>, tensor<1x1x1x16xi1>) -> tensor<1x2x2x8xf32>
+""", args=bounded_args(9))
+    check_pass(BOUNDED, "", LOWERED, """
+// CHECK: tile.kernel @k{{[0-9]+}}_attention attributes {grid = array<i64: 2, 1>
+""", args=bounded_args(9))
