@@ -14,9 +14,9 @@ cache rows written) comes from the run-time inputs `cache_position` and
 
 A model that is not a Hugging Face one takes part by the same contract: a module
 whose `forward(input_ids, cache_position)` returns logits and updates its KV cache
-buffers in place (`cache.index_copy_(2, cache_position, k)`), with a
-`max_cache_len` attribute (`PlainCacheLM` adapts it; left padding is then not
-supported).
+buffers (named `...cache`, such as `k_cache`) in place
+(`cache.index_copy_(2, cache_position, k)`), with a `max_cache_len` attribute
+(`PlainCacheLM` adapts it; left padding is then not supported).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class CacheLM(torch.nn.Module):
 
 class PlainCacheLM(torch.nn.Module):
     """A plain PyTorch LM in the generation contract: `forward(input_ids, cache_position)` -> logits,
-    KV cache buffers updated in place, `max_cache_len`. Attention masks and positions are its own."""
+    KV cache buffers (their names end in `cache`) updated in place, `max_cache_len`. Attention masks
+    and positions are its own."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -89,7 +90,9 @@ class PlainCacheLM(torch.nn.Module):
         return self.model(input_ids, cache_position)
 
     def cache_buffers(self) -> list[torch.Tensor]:
-        return [b for b in self.model.buffers() if b.dim() >= 3]
+        """The KV cache (zeroed before a generation, counted in a step's bytes): buffers named `...cache`,
+        never another buffer of the model."""
+        return [b for name, b in self.model.named_buffers() if name.rsplit(".", 1)[-1].endswith("cache")]
 
 
 def generation_model(model: torch.nn.Module, batch: int, max_cache_len: int) -> CacheLM | PlainCacheLM:

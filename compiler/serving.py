@@ -93,7 +93,7 @@ def prepare(name: str, lm, prompt: torch.Tensor, mask, target: str = "cpu") -> t
         step = torch.compile(lm, dynamic=False)
     else:
         step = compile_generation(lm, prompt.shape[1], target).step
-    greedy(step, lm, prompt, mask, 2)
+    greedy(step, lm, prompt, mask, 2 if lm.max_cache_len >= prompt.shape[1] + 2 else 1)
     return step, time.perf_counter() - start
 
 

@@ -57,7 +57,7 @@ def own_scatter_destinations(func_op: func.FuncOp) -> None:
 
 def fuse_attention(module: builtin.ModuleOp) -> None:
     patterns = GreedyRewritePatternApplier([WrittenOutAttention(), SimplifiedAttentionMask(), AttentionWithoutRepeatKV(),
-                                            LinearRowsAsMatrix(), GroupedQueryRows()])
+                                            GroupedQueryRows()])
     PatternRewriteWalker(patterns).rewrite_module(module)
     for op in module.walk():
         if isinstance(op, func.FuncOp):
@@ -74,6 +74,7 @@ class FusePass(ModulePass):
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         if self.attention:
             fuse_attention(op)
+        PatternRewriteWalker(LinearRowsAsMatrix()).rewrite_module(op)  # not attention's: runs either way
         for func_op in [f for f in op.walk() if isinstance(f, func.FuncOp)]:
             own_scatter_destinations(func_op)
             ops = list(func_op.body.block.ops)

@@ -29,17 +29,11 @@ class LinearRowsAsMatrix(RewritePattern):
         if len(x) < 3 or x[-2] != 1 or math.prod(x[:-2]) == 1:
             return
         rows, n = math.prod(x[:-2]), graph.shape_of(op.weight)[0]
-        element = op.result.type.element_type
-        flat = graph.ReshapeOp(operands=[op.input], result_types=[graph.tensor((rows, x[-1]), op.input.type.element_type)])
+        flat = _view(op.input, (rows, x[-1]))
         operands = [flat.result, op.weight, [op.bias] if op.bias is not None else []]
-        product = graph.LinearOp(operands=operands, result_types=[graph.tensor((rows, n), element)],
+        product = graph.LinearOp(operands=operands, result_types=[graph.tensor((rows, n), op.result.type.element_type)],
                                  attributes=dict(op.attributes))
-        back = graph.ReshapeOp(operands=[product.result], result_types=[op.result.type])
-        for new in (flat, back):
-            if "loc" in op.attributes:
-                new.attributes["loc"] = op.attributes["loc"]
-        rewriter.insert_op([flat, product], InsertPoint.before(op))
-        rewriter.replace(op, back)
+        _replace_through_view(rewriter, op, [flat, product])
 
 
 class GroupedQueryRows(RewritePattern):
@@ -57,15 +51,25 @@ class GroupedQueryRows(RewritePattern):
         if not all(_same_for_every_head(extra) for extra in (op.mask, op.positions) if extra is not None):
             return
         dv = graph.shape_of(op.value)[3]
-        rows = graph.ReshapeOp(operands=[op.query], result_types=[graph.tensor((b, kv_heads, group, d), op.query.type.element_type)])
+        rows = _view(op.query, (b, kv_heads, group, d))
         out_type = graph.tensor((b, kv_heads, group, dv), op.result.type.element_type)
         grouped = graph.AttentionOp.make(rows.result, op.key, op.value, op.mask, out_type, dict(op.attributes), op.positions)
-        back = graph.ReshapeOp(operands=[grouped.result], result_types=[op.result.type])
-        for new in (rows, back):
-            if "loc" in op.attributes:
-                new.attributes["loc"] = op.attributes["loc"]
-        rewriter.insert_op([rows, grouped], InsertPoint.before(op))
-        rewriter.replace(op, back)
+        _replace_through_view(rewriter, op, [rows, grouped])
+
+
+def _view(value, shape) -> graph.ReshapeOp:
+    return graph.ReshapeOp(operands=[value], result_types=[graph.tensor(tuple(shape), value.type.element_type)])
+
+
+def _replace_through_view(rewriter: PatternRewriter, op, new_ops: list) -> None:
+    """Insert `new_ops` before `op` and replace `op` by a reshape of the last one's result back to
+    `op`'s type; the new views carry `op`'s source line."""
+    back = _view(new_ops[-1].results[0], graph.shape_of(op.results[0]))
+    for new in (*new_ops, back):
+        if "loc" in op.attributes and "loc" not in new.attributes:
+            new.attributes["loc"] = op.attributes["loc"]
+    rewriter.insert_op(new_ops, InsertPoint.before(op))
+    rewriter.replace(op, back)
 
 
 def _same_for_every_head(value) -> bool:
