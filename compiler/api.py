@@ -24,7 +24,9 @@ from llmc.dtypes import to_numpy, torch_dtype
 from llmc.errors import LlmcError, internal
 from llmc.exporter import ImportedModel, Source, export_model, split_inputs
 from llmc.interpret import interpret
+from llmc.passes.quantize import pass_spec
 from llmc.pipeline import DumpOptions, PassRunner
+from llmc.quantization import QuantFormat
 from llmc.registry import default_pipeline, parse_passes
 from llmc.report import kernel_table
 from llmc.target import get_target
@@ -139,6 +141,7 @@ def compile(
     backend: str | None = None,
     build=None,
     fallback: str | None = None,
+    quantize: str | None = None,
 ) -> CompiledModel:
     """Export, run the pass pipeline (default: all passes for `target`) and build the backend.
 
@@ -149,7 +152,8 @@ def compile(
     (for debugging). `build` is a `llmc.backends.c.build.BuildOptions` (compiler, flags, cache
     directory). `fallback` ("c" or "eager") is what runs, with a warning, when the Triton
     backend cannot build or run a kernel; without it such a failure is an error naming the
-    kernel and its IR.
+    kernel and its IR. `quantize` ("int8", "int4", "int4:128", "int4:64:asym", "int4:channel") runs
+    the `quantize` pass first: weight-only quantization of the linear layers (llmc.quantization).
     """
     if fallback not in (None, "c", "eager"):
         raise LlmcError(f"unknown fallback '{fallback}'; choose c or eager")
@@ -157,7 +161,7 @@ def compile(
     imported = export_model(model, example_inputs)
     export_seconds = time.perf_counter() - begin
     compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
-                                _fallback_factory(fallback, model, example_inputs, build, imported))
+                                _fallback_factory(fallback, model, example_inputs, build, imported), quantize)
     compiled.seconds = {"export": export_seconds, **compiled.seconds}
     compiled.model = model
     return compiled
@@ -165,13 +169,16 @@ def compile(
 
 def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str | None = None,
                      dumps: DumpOptions | None = None, emit=print, backend: str | None = None, build=None,
-                     fallback: Callable[[], Callable] | None = None) -> CompiledModel:
+                     fallback: Callable[[], Callable] | None = None, quantize: str | None = None) -> CompiledModel:
     """Run the pass pipeline on an imported graph and build its backend."""
     chosen = get_target(target)
     backend = backend or ("c" if chosen.kind == "cpu" else "triton")
     if backend not in BACKENDS:
         raise LlmcError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    runner = PassRunner(parse_passes(passes or default_pipeline(target)), dumps or DumpOptions(), emit)
+    spec = passes or default_pipeline(target)
+    if quantize:
+        spec = f"{pass_spec(QuantFormat.parse(quantize))},{spec}"
+    runner = PassRunner(parse_passes(spec), dumps or DumpOptions(), emit)
     begin = time.perf_counter()
     module = runner.run(imported.module)
     seconds = {"passes": time.perf_counter() - begin}

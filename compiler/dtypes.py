@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from xdsl.dialects.builtin import bf16, f16, f32, i1, i32, i64
+from xdsl.dialects.builtin import bf16, f16, f32, i1, i8, i32, i64
 from xdsl.ir import Attribute
 
 FLOAT_ELEMENTS = {torch.float32: f32, torch.bfloat16: bf16, torch.float16: f16}
 INTEGER_ELEMENTS = {torch.int64: i64, torch.int32: i32}
 ELEMENTS = {**FLOAT_ELEMENTS, **INTEGER_ELEMENTS, torch.bool: i1}
-TORCH_DTYPES = {element: dtype for dtype, element in ELEMENTS.items()}
-BYTES = {f32: 4, bf16: 2, f16: 2, i1: 1, i64: 8, i32: 4}
+TORCH_DTYPES = {**{element: dtype for dtype, element in ELEMENTS.items()}, i8: torch.int8}  # i8: weight codes only
+BYTES = {f32: 4, bf16: 2, f16: 2, i1: 1, i64: 8, i32: 4, i8: 1}  # i8: quantized weight codes
 LOW_PRECISION = (bf16, f16)
 
 
@@ -101,7 +101,7 @@ def _to_int64(values) -> np.ndarray:
     return values.astype(np.int64)
 
 
-STORAGE = {f32: np.float32, f16: np.float16, bf16: np.uint16, i1: np.bool_, i64: np.int64, i32: np.int32}
+STORAGE = {f32: np.float32, f16: np.float16, bf16: np.uint16, i1: np.bool_, i64: np.int64, i32: np.int32, i8: np.int8}
 
 
 def storage_dtype(element: Attribute) -> type:

@@ -17,10 +17,11 @@ def available_passes() -> dict[str, type[ModulePass]]:
     from llmc.passes.lower_tile import LowerTilePass
     from llmc.passes.pipeline import PipelinePass
     from llmc.passes.plan_memory import PlanMemoryPass
+    from llmc.passes.quantize import QuantizePass
     from llmc.passes.swizzle import SwizzlePass
     from llmc.passes.tile import TilePass
 
-    passes = (FusePass, TilePass, LowerTilePass, PipelinePass, CoalescePass, SwizzlePass, PlanMemoryPass)
+    passes = (QuantizePass, FusePass, TilePass, LowerTilePass, PipelinePass, CoalescePass, SwizzlePass, PlanMemoryPass)
     return {p.name: p for p in passes}
 
 

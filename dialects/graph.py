@@ -27,6 +27,7 @@ from xdsl.dialects.builtin import (
     UnitAttr,
     f32,
     i1,
+    i8,
     i32,
     i64,
 )
@@ -337,6 +338,49 @@ class LinearOp(GraphOp):
 
 
 @irdl_op_definition
+class DequantizeOp(GraphOp):
+    """The f32 weight [N, K] that integer codes stand for: (code - zero) * scale, a scale (and zero
+    point) per output channel or per group of K // groups input channels (llmc.quantization).
+    int8 codes are [N, K]; int4 codes are two per byte along K ([N, ceil(K/2)], k even in the low
+    nibble, values 0..15); without `zeros` the zero point is 0 (int8) or 8 (int4)."""
+
+    name = "graph.dequantize"
+    codes = operand_def(TensorType)
+    scales = operand_def(TensorType)
+    zeros = opt_operand_def(TensorType)
+    result = result_def(TensorType)
+    format = attr_def(StringAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$codes `,` $scales (`,` $zeros^)? attr-dict `:` functional-type(operands, results)"
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.format.data == "int8" else 4
+
+    @property
+    def group(self) -> int:
+        """Input channels per scale."""
+        return shape_of(self.result)[1] // shape_of(self.scales)[1]
+
+    def verify_(self):
+        if self.format.data not in ("int8", "int4"):
+            raise VerifyException("graph.dequantize: format must be int8 or int4")
+        n, k = shape_of(self.result)
+        columns = k if self.bits == 8 else (k + 1) // 2
+        if shape_of(self.codes) != (n, columns) or self.codes.type.element_type != i8:
+            raise VerifyException(f"graph.dequantize: {self.format.data} codes of a [{n}, {k}] weight are "
+                                  f"tensor<{n}x{columns}xi8>, got {self.codes.type}")
+        groups = shape_of(self.scales)
+        if len(groups) != 2 or groups[0] != n or groups[1] < 1 or k % groups[1]:
+            raise VerifyException(f"graph.dequantize: scales must be [{n}, G] with G dividing {k}")
+        if self.zeros is not None and (shape_of(self.zeros) != groups or self.bits == 8):
+            raise VerifyException("graph.dequantize: zero points are int4's, shaped like the scales")
+        for value in (self.scales, self.zeros, self.result):
+            if value is not None and value.type.element_type != f32:
+                raise VerifyException("graph.dequantize: scales, zero points and the result are f32")
+
+
+@irdl_op_definition
 class AttentionOp(GraphOp):
     """softmax(q @ k^T * scale [causal] [+ mask]) @ v over [B, H, T, D]; k/v may have H/g heads (GQA).
 
@@ -624,6 +668,7 @@ Graph = Dialect(
         *POINTWISE_OPS,
         MatmulOp,
         LinearOp,
+        DequantizeOp,
         AttentionOp,
         GatherOp,
         ScatterOp,

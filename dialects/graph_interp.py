@@ -17,6 +17,7 @@ from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, im
 from llmc.dialects import graph
 from llmc.dtypes import is_float, round_to, storage_dtype
 from llmc.errors import InterpretError, with_loc
+from llmc.quantization import QuantFormat, dequantize, weight_value
 
 F32 = np.float32
 
@@ -164,9 +165,10 @@ class GraphFunctions(InterpreterFunctions):
     @impl(graph.WeightOp)
     def run_weight(self, interpreter: Interpreter, op: graph.WeightOp, args: PythonValues):
         name = op.weight_name.data
-        if name not in self.weights:
+        value = weight_value(self.weights, name)
+        if value is None:
             raise InterpretError(with_loc(f"no value was given for weight '{name}'", op.loc_str))
-        value = np.asarray(self.weights[name])
+        value = np.asarray(value)
         if value.shape != graph.shape_of(op.result):
             raise InterpretError(f"weight '{name}' has shape {value.shape}, the IR expects {graph.shape_of(op.result)}")
         return (value,)
@@ -199,6 +201,12 @@ class GraphFunctions(InterpreterFunctions):
         if len(args) == 3:
             out = out + args[2]
         return (rounded(op, out),)
+
+    @impl(graph.DequantizeOp)
+    def run_dequantize(self, interpreter: Interpreter, op: graph.DequantizeOp, args: PythonValues):
+        zeros = args[2] if op.zeros is not None else None
+        fmt = QuantFormat(op.bits, op.group, zeros is None)
+        return (dequantize(args[0], args[1], zeros, fmt, graph.shape_of(op.result)[1]),)
 
     @impl(graph.AttentionOp)
     def run_attention(self, interpreter: Interpreter, op: graph.AttentionOp, args: PythonValues):

@@ -38,6 +38,7 @@ from xdsl.irdl import (
     irdl_op_definition,
     operand_def,
     opt_attr_def,
+    opt_operand_def,
     region_def,
     result_def,
     traits_def,
@@ -300,6 +301,39 @@ class DotOp(IRDLOperation):
 
 
 @irdl_op_definition
+class DequantOp(IRDLOperation):
+    """A tile of a quantized weight in f32: (code - zero) * scale. int8 codes are one per element; int4
+    codes two per byte along the rows (row 2i in the low nibble of byte row i, values 0..15). Each scale
+    (zero point) row covers rows / scale-rows consecutive result rows; without zeros the zero point is 0
+    (int8) or 8 (int4). A dot reading it dequantizes in registers, in its K loop."""
+
+    name = "tile.dequant"
+    codes = operand_def(TensorType)
+    scales = operand_def(TensorType)
+    zeros = opt_operand_def(TensorType)
+    result = result_def(TensorType)
+    format = attr_def(StringAttr)
+    traits = traits_def(Pure())
+    assembly_format = "$codes `,` $scales (`,` $zeros^)? attr-dict `:` functional-type(operands, results)"
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.format.data == "int8" else 4
+
+    @property
+    def rows_per_scale(self) -> int:
+        return self.result.type.get_shape()[0] // self.scales.type.get_shape()[0]
+
+    def verify_(self):
+        (rq, c), (rs, cs) = self.codes.type.get_shape(), self.scales.type.get_shape()
+        rows, cols = self.result.type.get_shape()
+        if self.format.data not in ("int8", "int4") or rows != rq * (8 // self.bits) or cols != c or cs != c:
+            raise VerifyException(f"tile.dequant: {self.format.data} codes [{rq}x{c}] do not give [{rows}x{cols}]")
+        if rows % rs or (self.zeros is not None and tuple(self.zeros.type.get_shape()) != (rs, cs)):
+            raise VerifyException("tile.dequant: scale rows must divide the result rows; zero points are shaped like them")
+
+
+@irdl_op_definition
 class ReduceOp(IRDLOperation):
     """Reduce a tile along `axis` over its first `extent` elements (the rest is padding); `argmax`
     gives the (i64) position of the first maximum."""
@@ -346,5 +380,5 @@ class IotaOp(IRDLOperation):
 Tile = Dialect(
     "tile",
     [KernelOp, ReturnOp, LaunchOp, AllocOp, WeightOp, ProgramIdOp, TileCoordsOp, LoadOp, StoreOp, GatherOp, ScatterOp,
-     ToIndexOp, ScanOp, DotOp, ReduceOp, FullOp, IotaOp],
+     ToIndexOp, ScanOp, DotOp, DequantOp, ReduceOp, FullOp, IotaOp],
 )

@@ -28,6 +28,7 @@ from xdsl.interpreter import (
 from llmc.dialects import tile
 from llmc.dtypes import decode, encode, storage_dtype
 from llmc.errors import InterpretError
+from llmc.quantization import weight_value
 
 F32 = np.float32
 ARENA_ATTR = "llmc.arena_bytes"
@@ -96,9 +97,10 @@ class TileFunctions(InterpreterFunctions):
     @impl(tile.WeightOp)
     def run_weight(self, interpreter: Interpreter, op: tile.WeightOp, args: PythonValues):
         name = op.weight_name.data
-        if name not in self.weights:
+        value = weight_value(self.weights, name)
+        if value is None:
             raise InterpretError(f"no value was given for weight '{name}'")
-        value = np.asarray(self.weights[name])
+        value = np.asarray(value)
         return (np.ascontiguousarray(value if value.dtype.kind in "bi" else value.astype(F32)),)
 
     @impl(tile.ProgramIdOp)
@@ -173,6 +175,16 @@ class TileFunctions(InterpreterFunctions):
     def run_dot(self, interpreter: Interpreter, op: tile.DotOp, args: PythonValues):
         lhs, rhs, acc = args  # 16-bit operands hold exact values: f32 products, f32 accumulation
         return ((acc + lhs.astype(F32) @ rhs.astype(F32)).astype(F32),)
+
+    @impl(tile.DequantOp)
+    def run_dequant(self, interpreter: Interpreter, op: tile.DequantOp, args: PythonValues):
+        codes = np.asarray(args[0]).astype(np.int64)
+        if op.bits == 4:  # byte row i holds rows 2i (low nibble) and 2i + 1
+            codes = np.stack([codes & 15, (codes >> 4) & 15], axis=1).reshape(-1, codes.shape[1])
+        zero = args[2] if op.zeros is not None else (8.0 if op.bits == 4 else 0.0)
+        expand = lambda a: np.repeat(np.asarray(a, dtype=F32), op.rows_per_scale, axis=0)  # noqa: E731
+        zero = expand(zero) if op.zeros is not None else F32(zero)
+        return (((codes.astype(F32) - zero) * expand(args[1])).astype(F32),)
 
     @impl(tile.ReduceOp)
     def run_reduce(self, interpreter: Interpreter, op: tile.ReduceOp, args: PythonValues):

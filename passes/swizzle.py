@@ -7,8 +7,9 @@
   max_phase]`, Triton's shared-memory swizzle): consecutive rows of a staged
   tile start in different banks.
 - Panel-packed weights for the SIMD backend (`pack = NR` on a weight's dot
-  operand load): the weight is repacked at compile time into K-major panels of
-  NR columns, so the micro-kernel streams it with unit stride.
+  operand load, and on the codes, scales and zero points a `tile.dequant`
+  reads): the weight is repacked at compile time into K-major panels of NR
+  columns, so the micro-kernel streams it with unit stride.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class SwizzlePass(ModulePass):
                 self.swizzle_operands(o, target, self_weights)
 
     def swizzle_operands(self, dot: tile.DotOp, target: Target, weights: set) -> None:
+        dequant = dot.rhs.owner
+        if isinstance(dequant, tile.DequantOp):  # a quantized weight: its codes, scales (and zeros) as panels
+            loads = [v.owner for v in dequant.operands]
+            if target.kind == "cpu" and all(isinstance(o, tile.LoadOp) and o.buffer in weights for o in loads):
+                for load in loads:
+                    load.attributes["pack"] = IntegerAttr(panel_width(target), 64)
         for index, operand in enumerate((dot.lhs, dot.rhs)):
             load = operand.owner
             if not isinstance(load, tile.LoadOp):

@@ -9,13 +9,13 @@ Each op leaves a comment with its IR form and model source line.
 from __future__ import annotations
 
 from xdsl.dialects import arith, scf
-from xdsl.dialects.builtin import FloatAttr, f32, i1, i32, i64
+from xdsl.dialects.builtin import FloatAttr, f32, i1, i8, i32, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from llmc.backends import CMPI_SYMBOLS, shape2
 from llmc.backends.c.exprs import ACCESS, C_TYPES, INDEX_BINARY, SPLAT, WHERE, c_comment, c_identifier, float_literal, literal
 from llmc.backends.c.nest import Nest, element_key, kind_of
-from llmc.backends.c.plan import INLINE, KernelPlan, round_up
+from llmc.backends.c.plan import INLINE, QSOURCE, QUANT, KernelPlan, round_up
 from llmc.dialects import tile
 from llmc.passes.coalesce import STREAM_ATTR
 from llmc.errors import UnsupportedOpError
@@ -37,6 +37,7 @@ class KernelRenderer:
         self.names: dict[SSAValue, str] = {}
         self.loop_counters: dict[object, str] = {}
         self.done: set[Operation] = set()  # reductions already computed inside their producer's nest
+        self.quant_args: dict[SSAValue, str] = {}  # a dequantized tile's codes/scales arguments of llmc_qdot
         self.handlers = {
             arith.ConstantOp: self.op_constant,
             arith.CmpiOp: self.op_cmpi,
@@ -50,6 +51,7 @@ class KernelRenderer:
             tile.ScatterOp: self.op_scatter,
             tile.ToIndexOp: self.op_to_index,
             tile.DotOp: self.op_dot,
+            tile.DequantOp: self.op_dequant,
             tile.ReduceOp: self.op_reduce,
             tile.ScanOp: self.op_scan,
             tile.FullOp: self.op_full,
@@ -233,7 +235,7 @@ class KernelRenderer:
 
     def op_load(self, op: tile.LoadOp) -> None:
         info = self.plan.values[op.result]
-        if info.kind == INLINE:
+        if info.kind in (INLINE, QSOURCE):  # a quantized weight's loads are read by its tile.dequant
             return
         v = self.name(op.result)
         buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
@@ -288,10 +290,55 @@ class KernelRenderer:
             value = float_literal(op.value.value.data)
             self.line(f"llmc_fill({self.name(op.result)}.p, {info.rows * info.ld}, {value});")
 
+    def panel_pointer(self, load: tile.LoadOp) -> tuple[str, int]:
+        """Where a packed load's tile starts in its compile-time panels, and the panel stride."""
+        pack = self.plan.packs[load.buffer.index]
+        buf, row, col = (self.name(x) for x in (load.buffer, load.row, load.col))
+        return f"{buf} + ({col} / {pack.panel}) * {pack.panel_stride} + {row} * {pack.panel}", pack.panel_stride
+
+    def op_dequant(self, op: tile.DequantOp) -> None:
+        """Pointers into the packed codes / scales / zero points; a tile of a large product is also
+        dequantized here, once, into scratch."""
+        v, info = self.name(op.result), self.plan.values[op.result]
+        rows, cols = shape2(op.result)
+        loads = [value.owner for value in op.operands]
+        self.line(f"/* {self.describe(op)} */")
+        if self.plan.values[op.codes].panel:
+            (codes, qps), (scales, sps) = self.panel_pointer(loads[0]), self.panel_pointer(loads[1])
+            zeros = self.panel_pointer(loads[2])[0] if op.zeros is not None else "NULL"
+            self.line(f"const int8_t *q{v} = {codes};")
+            self.line(f"const float *s{v} = {scales}, *z{v} = {zeros};")
+            self.quant_args[op.result] = f"q{v}, {qps}, {op.bits}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
+            if info.kind == QUANT:
+                self.line("/* dequantized in registers by the dot below (llmc_qdot) */")
+                return
+            self.fresh(op.result)
+            self.line(f"llmc_dequant_panels({v}.p, {v}.ld, {rows}, {cols}, {self.quant_args[op.result]});")
+            return
+        self.fresh(op.result)
+        code, scale = loads[0], loads[1]
+        (ch, cw), (cs0, cs1) = code.shape.get_values(), code.strides.get_values()
+        (sh, _), (ss0, ss1) = scale.shape.get_values(), scale.strides.get_values()
+        cb, crow, ccol = (self.name(x) for x in (code.buffer, code.row, code.col))
+        sb, srow = self.name(scale.buffer), self.name(scale.row)
+        zb = f"{self.name(loads[2].buffer)} + {self.name(loads[2].base)}" if op.zeros is not None else "NULL"
+        self.line(f"llmc_dequant_view({v}.p, {v}.ld, {rows}, {cols}, {op.bits}, {cb} + {self.name(code.base)}, {crow}, "
+                  f"{ccol}, {ch}, {cw}, {cs0}, {cs1}, {sb} + {self.name(scale.base)}, {srow}, {sh}, {ss0}, {ss1}, "
+                  f"{zb}, {op.rows_per_scale});")
+
     def op_dot(self, op: tile.DotOp) -> None:
         m, n = shape2(op.result)
         k = shape2(op.lhs)[1]
         info, acc = self.plan.values[op.result], self.plan.values[op.acc]
+        if self.plan.values[op.rhs].kind == QUANT:
+            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, the weight dequantized in registers */")
+            self.fresh(op.result)
+            if info.alias is None:
+                self.line(f"llmc_copy_tile({self.name(op.result)}, {self.name(op.acc)}, {m}, {n});")
+            accumulate = 0 if acc.zero_acc else 1
+            lhs, out = self.name(op.lhs), self.name(op.result)
+            self.line(f"llmc_qdot({m}, {n}, {k}, {lhs}, {self.quant_args[op.rhs]}, {out}, {accumulate});")
+            return
         self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, micro-kernel {8 if self.plan.lanes >= 16 else 6}x{self.plan.nr} */")
         self.fresh(op.result)
         if info.alias is None:
@@ -454,7 +501,7 @@ class KernelRenderer:
 def c_type(element) -> str:
     """The C type of a buffer element (bool as one byte, as torch stores it)."""
     key = element_key(element)
-    if element not in (f32, i64, i32, i1):
+    if element not in (f32, i64, i32, i1, i8):
         raise UnsupportedOpError(f"the C backend has no buffers of {element}")
     return C_TYPES[key]
 

@@ -33,6 +33,7 @@ from llmc.dtypes import LOW_PRECISION, element_bytes, element_name
 from llmc.errors import MalformedIRError, UnsupportedOpError
 from llmc.ir_text import print_ir
 from llmc.passes.swizzle import weight_arguments
+from llmc.quantization import weight_value
 
 ARENA_ATTR = "llmc.arena_bytes"
 
@@ -45,7 +46,7 @@ class WeightSlot:
     pack: PackSpec | None = None
 
     def materialise(self, weights: dict[str, np.ndarray]) -> np.ndarray:
-        value = np.asarray(weights[self.name])
+        value = np.asarray(weight_value(weights, self.name))
         array = np.ascontiguousarray(value, dtype=value.dtype if value.dtype.kind in "bi" else np.float32)
         return array if self.pack is None else pack_panels(array, self.pack)
 
@@ -71,7 +72,7 @@ def pack_panels(array: np.ndarray, spec: PackSpec) -> np.ndarray:
         flat, shape=spec.shape, strides=tuple(s * flat.itemsize for s in spec.strides), writeable=False
     )
     rows, cols = spec.padded
-    padded = np.zeros((rows, cols), dtype=np.float32)
+    padded = np.zeros((rows, cols), dtype=array.dtype)
     padded[: spec.shape[0], : spec.shape[1]] = logical
     return np.ascontiguousarray(padded.reshape(rows, cols // spec.panel, spec.panel).transpose(1, 0, 2))
 
@@ -126,7 +127,8 @@ class ModuleRenderer:
             notes = self.arg_notes(kernel, self.packs[name])
             bodies.append(KernelRenderer(kernel, plans[name], function_name(name), notes, code).render())
         entry = self.render_entry()
-        header = resources.files("llmc.backends.c").joinpath("runtime.h").read_text()
+        headers = ["runtime.h"] + (["quant.h"] if any(isinstance(o, tile.DequantOp) for o in self.module.walk()) else [])
+        header = "\n".join(resources.files("llmc.backends.c").joinpath(h).read_text() for h in headers)
         args = self.func.body.block.args
         text = "\n\n".join(
             [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from xdsl.dialects.builtin import i1, i32, i64
+from xdsl.dialects.builtin import i1, i8, i32, i64
 from xdsl.ir import SSAValue
 
 from llmc.backends import constant_exponent, shape2
@@ -35,7 +35,7 @@ def kind_of(value: SSAValue) -> str:
 
 
 def element_key(element) -> str:
-    return {i64: "i64", i32: "i32", i1: "i1"}.get(element, "f32")
+    return {i64: "i64", i32: "i32", i1: "i1", i8: "i8"}.get(element, "f32")
 
 
 class Nest:

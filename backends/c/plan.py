@@ -9,6 +9,11 @@ Decide, then render. Every tensor value of a kernel is one of
 - `operand`: a load a dot reads; at run time a view of the source when the tile
   lies inside it with unit column stride (or of the compile-time packed weight
   panels), otherwise a zero-padded copy in a scratch slot.
+- `qsource` / `quant`: the codes, scales and zero points a `tile.dequant`
+  reads, and the dequantized tile a dot with at most MAX_FUSED_ROWS rows reads
+  in registers (`llmc_qdot`): no storage, only pointers into the packed
+  panels. A dequantized tile of a larger product is an `operand`, dequantized
+  once per tile into scratch (the float micro-kernel then reads it).
 A buffer is written in place over an operand that dies at that op (the dot
 accumulator, the online-softmax statistics). A fresh slot defined in a loop and
 carried around it rotates through as many copies as iterations keep alive, so
@@ -27,7 +32,8 @@ from llmc.backends import shape2
 from llmc.dialects import graph, tile
 from llmc.errors import UnsupportedOpError
 
-INLINE, BUFFER, OPERAND = "inline", "buffer", "operand"
+INLINE, BUFFER, OPERAND, QSOURCE, QUANT = "inline", "buffer", "operand", "qsource", "quant"
+MAX_FUSED_ROWS = 8  # a quantized product with at most this many rows dequantizes in registers
 POINTWISE = (graph.UnaryOp, graph.BinaryOp, graph.GeluOp, graph.WhereOp, graph.ConstantOp, tile.IotaOp)
 SLOT_ALIGN = 16
 NT_MAX_ROWS = 4  # dots with at most this many rows read a transposed B as dot products
@@ -200,6 +206,8 @@ class Planner:
                 self.plan_loop(op)
             elif isinstance(op, tile.LoadOp):
                 self.plan_load(op)
+            elif isinstance(op, tile.DequantOp):
+                self.plan_dequant(op)
             elif isinstance(op, tile.DotOp):
                 self.plan_dot(op)
             elif isinstance(op, tile.ReduceOp | tile.ScanOp):
@@ -232,8 +240,26 @@ class Planner:
                 value = carried
         return 1 + len(alive)
 
+    def plan_dequant(self, op: tile.DequantOp) -> None:
+        rows, cols = shape2(op.result)
+        packed = [bool(self.info(v).panel) for v in op.operands]
+        if any(packed) and not all(packed):
+            raise UnsupportedOpError(f"tile.dequant in @{self.kernel.sym_name.data}: codes and scales packed differently")
+        users = [u.operation for u in op.result.uses]
+        small = all(isinstance(u, tile.DotOp) and u.rhs is op.result and shape2(u.lhs)[0] <= MAX_FUSED_ROWS for u in users)
+        if all(packed) and small:
+            self.plan.values[op.result] = TileValue(QUANT, rows, cols, panel=self.plan.nr, rhs=True)
+        else:
+            self.plan.values[op.result] = TileValue(OPERAND, rows, cols, ld=round_up(cols, self.plan.nr), rhs=True)
+
     def plan_load(self, op: tile.LoadOp) -> None:
         rows, cols = shape2(op.result)
+        if op.result.uses and all(isinstance(u.operation, tile.DequantOp) for u in op.result.uses):
+            info = TileValue(QSOURCE, rows, cols)
+            if op.pack is not None and isinstance(op.buffer, BlockArgument) and op.buffer.index in self.plan.packs:
+                info.panel = self.plan.packs[op.buffer.index].panel
+            self.plan.values[op.result] = info
+            return
         simple = all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.ScanOp, tile.StoreOp, tile.GatherOp, tile.ScatterOp))
                      for u in op.result.uses)
         if simple:

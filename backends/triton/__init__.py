@@ -23,6 +23,7 @@ from llmc.dialects import tile
 from llmc.dtypes import torch_dtype
 from llmc.ir_text import print_ir
 from llmc.errors import BuildError, LlmcError
+from llmc.quantization import weight_value
 
 MIN_TRITON_MAJOR = 3  # tl.dot(input_precision=...), keep_dims reductions, the interpreter we test with
 
@@ -151,7 +152,7 @@ def compile_triton(module: ModuleOp, weights: Mapping[str, np.ndarray], cache_di
         os.replace(partial, path)
     generated = import_generated(path, f"llmc_triton_{digest}")
     generated.KERNEL_IR.update({op.sym_name.data: print_ir(op) for op in module.ops if isinstance(op, tile.KernelOp)})
-    tensors = [torch.from_numpy(np.ascontiguousarray(weights[name])).to(device=device, dtype=torch_dtype(element))
+    tensors = [torch.from_numpy(np.ascontiguousarray(weight_value(weights, name))).to(device=device, dtype=torch_dtype(element))
                for name, element in weight_names]
     forward = next(op for op in module.ops if isinstance(op, func.FuncOp))
     input_dtypes = [torch_dtype(arg.type.element_type) for arg in forward.body.block.args]

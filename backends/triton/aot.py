@@ -21,14 +21,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from xdsl.dialects.builtin import ModuleOp, bf16, f16, f32, i1, i32, i64
+from xdsl.dialects.builtin import ModuleOp, bf16, f16, f32, i1, i8, i32, i64
 
 from llmc.backends.triton import import_generated, render_triton
 from llmc.backends.triton.render import launch_options, python_name
 from llmc.dialects import tile
 from llmc.errors import BuildError
 
-POINTER_TYPES = {f32: "*fp32", bf16: "*bf16", f16: "*fp16", i1: "*i1", i64: "*i64", i32: "*i32"}
+POINTER_TYPES = {f32: "*fp32", bf16: "*bf16", f16: "*fp16", i1: "*i1", i64: "*i64", i32: "*i32", i8: "*i8"}
 FEATURES = {"wgmma": "wgmma.mma_async", "mma.sync": "mma.sync", "cp.async": "cp.async.ca",
             "cp.async.cg": "cp.async.cg", "tma": "cp.async.bulk.tensor"}
 

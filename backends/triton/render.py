@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from xdsl.dialects import arith, func, scf
-from xdsl.dialects.builtin import FloatAttr, ModuleOp, bf16, f16, f32, i1, i32, i64
+from xdsl.dialects.builtin import FloatAttr, ModuleOp, bf16, f16, f32, i1, i8, i32, i64
 from xdsl.ir import Operation, SSAValue
 
 from llmc.backends import CMPI_SYMBOLS, constant_exponent, shape2
@@ -75,7 +75,8 @@ GELU = {
     "none": "(0.5 * {0} * (1.0 + tl.erf({0} * 0.7071067811865476)))",
 }
 DOT_MIN_ROWS = 16
-TL_TYPES = {f32: "tl.float32", bf16: "tl.bfloat16", f16: "tl.float16", i1: "tl.int1", i64: "tl.int64", i32: "tl.int32"}
+TL_TYPES = {f32: "tl.float32", bf16: "tl.bfloat16", f16: "tl.float16", i1: "tl.int1", i64: "tl.int64", i32: "tl.int32",
+            i8: "tl.int8"}
 INT_LOWEST = -(2**63)
 WIDE_TILE = 128 * 128  # elements of a tile from which a kernel gets 8 warps rather than Triton's default 4
 
@@ -162,6 +163,8 @@ class TritonKernelRenderer:
             self.store(op)
         elif isinstance(op, tile.DotOp):
             self.dot(op)
+        elif isinstance(op, tile.DequantOp):
+            self.dequant(op)
         elif isinstance(op, tile.ReduceOp):
             self.reduce(op)
         elif isinstance(op, tile.ScanOp):
@@ -242,7 +245,7 @@ class TritonKernelRenderer:
     def load(self, op: tile.LoadOp) -> None:
         rows, cols = shape2(op.result)
         pad = "float('-inf')" if op.padding is not None and op.padding.data == "neg_inf" else "0.0"
-        if op.result.type.element_type in (i1, i64, i32):
+        if op.result.type.element_type in (i1, i64, i32, i8):
             pad = "0"
         pointer, mask = self.block_pointers(op, rows, cols)
         self.line(f"{self.name(op.result)} = tl.load({pointer}, mask={mask}, other={pad}){comment(op)}")
@@ -268,6 +271,28 @@ class TritonKernelRenderer:
         else:
             expr = f'tl.dot({lhs}, {rhs}, {acc}, input_precision="ieee")'
         self.line(f"{self.name(op.result)} = {expr}{comment(op)}")
+
+    def dequant(self, op: tile.DequantOp) -> None:
+        """(code - zero) * scale in registers, right before the dot that reads it: the weight crosses
+        memory as 8 or 4 bits."""
+        rows, cols = shape2(op.result)
+        scale_rows, per_scale = shape2(op.scales)[0], op.rows_per_scale
+        v, codes = self.name(op.result), self.name(op.codes)
+        if op.bits == 8:
+            self.line(f"q_{v} = {codes}.to(tl.float32)")
+        else:  # byte row i holds rows 2i (low nibble) and 2i + 1: interleave the two nibble planes by row
+            self.line(f"b_{v} = {codes}.to(tl.int32) & 255")
+            self.line(f"q_{v} = tl.reshape(tl.permute(tl.join(b_{v} & 15, b_{v} >> 4), (0, 2, 1)), ({rows}, {cols}))"
+                      ".to(tl.float32)")
+
+        def per_row(value: SSAValue) -> str:
+            name = self.name(value)
+            if scale_rows == 1:
+                return name
+            return f"tl.reshape(tl.broadcast_to({name}[:, None, :], ({scale_rows}, {per_scale}, {cols})), ({rows}, {cols}))"
+
+        zero = per_row(op.zeros) if op.zeros is not None else ("8.0" if op.bits == 4 else "0.0")
+        self.line(f"{v} = (q_{v} - {zero}) * {per_row(op.scales)}{comment(op)}")
 
     def reduce(self, op: tile.ReduceOp) -> None:
         if op.axis.value.data != 1:

@@ -21,7 +21,7 @@ from llmc.dialects import graph, kernel
 from llmc.passes.fusion.partition import Group, Partition
 from llmc.passes.fusion.views import apply_views, store_view, view_chain
 
-CLONED_SOURCES = (graph.ConstantOp, graph.CausalMaskOp, graph.IotaOp)
+CLONED_SOURCES = (graph.ConstantOp, graph.CausalMaskOp, graph.IotaOp, graph.DequantizeOp)
 INVERTIBLE_VIEWS = (graph.PermuteOp, graph.ReshapeOp)
 
 

@@ -28,7 +28,8 @@ from xdsl.ir import Operation
 from llmc.dialects import graph
 from llmc.passes.fusion.views import view_chain
 
-FREE_OPS = (*graph.VIEW_OPS, *graph.SOURCE_OPS)
+# a dequantized weight is computed where a linear reads it, inside that linear's K loop
+FREE_OPS = (*graph.VIEW_OPS, *graph.SOURCE_OPS, graph.DequantizeOp)
 FUSIBLE_OPS = (*graph.POINTWISE_OPS, graph.ConcatOp)
 
 

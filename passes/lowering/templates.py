@@ -130,7 +130,10 @@ def lower_matmul(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> li
     bm, bn, bk = tiles
     em = low.em
     a_buf, a = _operand(anchor.operands[0], low, (*batch, m, k))
-    if isinstance(anchor, graph.LinearOp):
+    quantized = _quantized_weight(low, anchor, batch)
+    if quantized is not None:
+        b_buf, b = None, None
+    elif isinstance(anchor, graph.LinearOp):
         b_buf, b = _operand(anchor.weight, low, (*batch, n, k))
         b = b.transposed()
     else:
@@ -140,11 +143,15 @@ def lower_matmul(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> li
     coords = em.add(tile.TileCoordsOp(operands=[em.program_id(1)], result_types=[IndexType(), IndexType()], attributes={
         "rows": IntegerAttr(m_tiles, 64), "cols": IntegerAttr(n_tiles, 64), "group": IntegerAttr(1, 64)}))
     m0, n0 = em.muli(coords.row, bm), em.muli(coords.col, bn)
-    a_base, b_base = a.base(em, batch_index), b.base(em, batch_index)
+    a_base = a.base(em, batch_index)
+    b_base = b.base(em, batch_index) if quantized is None else None
 
     def k_step(kk: SSAValue, carried: list[SSAValue]) -> list[SSAValue]:
         a_tile = load(em, a_buf, a, a_base, m0, kk, (bm, bk))
-        b_tile = load(em, b_buf, b, b_base, kk, n0, (bk, bn))
+        if quantized is not None:
+            b_tile = quantized.tile(em, kk, n0, bk, bn)
+        else:
+            b_tile = load(em, b_buf, b, b_base, kk, n0, (bk, bn))
         return [em.value(tile.DotOp(operands=[a_tile, b_tile, carried[0]], result_types=[carried[0].type]))]
 
     (acc,) = low.loop(em.index(k), bk, [em.full(0.0, (bm, bn))], k_step, stages)
@@ -155,6 +162,42 @@ def lower_matmul(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> li
     evaluator.bindings[anchor.result] = acc
     low.store_outputs(evaluator)
     return [math.prod(batch), m_tiles * n_tiles]
+
+
+class QuantizedWeight:
+    """A linear's graph.dequantize weight, read a [bk, bn] tile at a time as codes + scales (+ zeros)."""
+
+    def __init__(self, low: KernelLowering, op: graph.DequantizeOp, batch: tuple[int, ...]):
+        self.op = op
+        self.parts = []
+        for value in (op.codes, op.scales, *([op.zeros] if op.zeros is not None else [])):
+            buffer, view = _operand(value, low, (*batch, *graph.shape_of(value)))
+            self.parts.append((buffer, view.transposed()))  # [K or K/2 or K/G, N]
+        self.k = graph.shape_of(op.result)[1]
+
+    def tile(self, em: Emitter, kk: SSAValue, n0: SSAValue, bk: int, bn: int) -> SSAValue:
+        op, group = self.op, self.op.group
+        if group != self.k and ((bk > group and bk % group) or (bk < group and group % bk)):
+            raise UnsupportedOpError(f"a K tile of {bk} does not align with quantization groups of {group}")
+        per_byte = 8 // op.bits
+        (codes_buf, codes), *rest = self.parts
+        code_tile = load(em, codes_buf, codes, em.index(codes.offset), em.divi(kk, per_byte), n0, (bk // per_byte, bn))
+        scale_rows = 1 if group == self.k else max(1, bk // group)
+        row = em.divi(kk, group)
+        loaded = [load(em, buf, view, em.index(view.offset), row, n0, (scale_rows, bn)) for buf, view in rest]
+        return em.value(tile.DequantOp(operands=[code_tile, loaded[0], loaded[1:]], result_types=[tile_type((bk, bn))],
+                                       attributes={"format": op.format}))
+
+
+def _quantized_weight(low: KernelLowering, anchor, batch: tuple[int, ...]) -> QuantizedWeight | None:
+    if not isinstance(anchor, graph.LinearOp):
+        return None
+    root, chain = view_chain(anchor.weight)
+    if not isinstance(root.owner, graph.DequantizeOp):
+        return None
+    if chain:
+        raise UnsupportedOpError("a linear reads its dequantized weight through a view")
+    return QuantizedWeight(low, root.owner, batch)
 
 
 def lower_attention(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> list[int]:

@@ -1,0 +1,156 @@
+/* llmc SIMD C runtime, quantized weights (included after runtime.h when a kernel reads one).
+ *
+ * A quantized weight is packed at compile time into K-major panels of LLMC_NR
+ * columns, like a float weight: int8 codes one byte per (k, column), int4 codes
+ * one byte per (k pair, column), k even in the low nibble; its scales (and zero
+ * points) are f32 panels of one row per group. w = (code - zero) * scale.
+ *
+ * Products with a few rows (decode) dequantize in registers: codes are widened
+ * to f32 lanes, multiplied with the activation and summed per group, and each
+ * group's sum is scaled once (sum_k a_k (q_k - z) s = s (sum_k a_k q_k - z sum_k a_k)).
+ * Larger products dequantize each [K x N] tile once into scratch and run the
+ * float micro-kernel over it (llmc_dequant_panels). */
+
+typedef int8_t vb __attribute__((vector_size(LLMC_W)));
+typedef uint8_t vub __attribute__((vector_size(LLMC_W)));
+
+static inline vf llmc_q8(const int8_t *p) {
+    vb x;
+    memcpy(&x, p, sizeof x);
+    return __builtin_convertvector(x, vf);
+}
+
+static inline void llmc_q4(const int8_t *p, vf *lo, vf *hi) {
+    vub x;
+    memcpy(&x, p, sizeof x);
+    vi w = __builtin_convertvector(x, vi);
+    *lo = __builtin_convertvector(w & 15, vf);
+    *hi = __builtin_convertvector(w >> 4, vf);
+}
+
+/* Where column `col` of a panel-packed operand starts (row 0). */
+#define LLMC_PANEL_AT(base, ps, col) ((base) + ((col) / LLMC_NR) * (ps) + (col) % LLMC_NR)
+
+/* Vectors of columns one pass over K covers: one row keeps 2 x V accumulators in registers. */
+#if LLMC_W >= 16
+#define LLMC_QV 8
+#else
+#define LLMC_QV 4
+#endif
+
+/* c[R x n .. n + V*W) (+)= a[R x K] * dequant(codes), for R <= 2 rows (V vectors) or R <= 4 (V / 2). */
+#define LLMC_QROWS(NAME, ROWS, V)                                                                          \
+    static inline void NAME(long R, long K, const float *a, long lda, const int8_t *q, long qps, int bits,  \
+                            const float *s, long sps, const float *z, long kpg, long n, float *c, long ldc, \
+                            int accumulate) {                                                             \
+        const int8_t *qp[V];                                                                               \
+        vf acc[ROWS][V], part[ROWS][V];                                                                    \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) qp[j] = LLMC_PANEL_AT(q, qps, n + j * LLMC_W); \
+        _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++)                                             \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++)                                           \
+                acc[r][j] = accumulate && r < R ? vload(c + r * ldc + j * LLMC_W) : vsplat(0.0f);          \
+        for (long g0 = 0; g0 < K; g0 += kpg) {                                                             \
+            long g1 = g0 + kpg < K ? g0 + kpg : K;                                                         \
+            float asum[ROWS] = {0};                                                                        \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++)                                         \
+                _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) part[r][j] = vsplat(0.0f);             \
+            if (bits == 8) {                                                                               \
+                for (long k = g0; k < g1; k++) {                                                           \
+                    vf w[V];                                                                               \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                  \
+                        __builtin_prefetch(qp[j] + (k + 64) * LLMC_NR);                                    \
+                        w[j] = llmc_q8(qp[j] + k * LLMC_NR);                                               \
+                    }                                                                                      \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                               \
+                        if (r >= R) break;                                                                 \
+                        vf av = vsplat(a[r * lda + k]);                                                    \
+                        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) part[r][j] += av * w[j];       \
+                    }                                                                                      \
+                }                                                                                          \
+            } else {                                                                                       \
+                for (long k = g0; k < g1; k += 2) {                                                        \
+                    vf lo[V], hi[V];                                                                       \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                  \
+                        __builtin_prefetch(qp[j] + (k / 2 + 64) * LLMC_NR);                                \
+                        llmc_q4(qp[j] + (k / 2) * LLMC_NR, &lo[j], &hi[j]);                                \
+                    }                                                                                      \
+                    _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                               \
+                        if (r >= R) break;                                                                 \
+                        float a0 = a[r * lda + k], a1 = k + 1 < g1 ? a[r * lda + k + 1] : 0.0f;            \
+                        asum[r] += a0 + a1;                                                                \
+                        vf av0 = vsplat(a0), av1 = vsplat(a1);                                             \
+                        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++)                                \
+                            part[r][j] += av0 * lo[j] + av1 * hi[j];                                       \
+                    }                                                                                      \
+                }                                                                                          \
+            }                                                                                              \
+            long row = g0 / kpg;                                                                           \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                          \
+                long col = n + j * LLMC_W;                                                                 \
+                vf sv = vload(LLMC_PANEL_AT(s, sps, col) + row * LLMC_NR);                                 \
+                vf zv = z ? vload(LLMC_PANEL_AT(z, sps, col) + row * LLMC_NR) : vsplat(bits == 4 ? 8.0f : 0.0f); \
+                _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++)                                     \
+                    if (r < R) acc[r][j] += (part[r][j] - zv * asum[r]) * sv;                               \
+            }                                                                                              \
+        }                                                                                                  \
+        _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++)                                             \
+            if (r < R)                                                                                     \
+                _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) vstore(c + r * ldc + j * LLMC_W, acc[r][j]); \
+    }
+LLMC_QROWS(llmc_qrows1, 1, LLMC_QV)
+LLMC_QROWS(llmc_qrows4, 4, LLMC_QV / 4)
+
+/* acc[M x N] (+)= a[M x K] * dequant(codes) for M <= 8 (N a multiple of LLMC_NR; K whole k-tile rows).
+ * q, s, z point at the tile's first panel, row 0; qps / sps are their panel strides. */
+static void llmc_qdot(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
+                      long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
+    long n = 0;
+    if (M == 1)
+        for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
+            llmc_qrows1(1, K, a.p, a.ld, q, qps, bits, s, sps, z, kpg, n, c.p + n, c.ld, accumulate);
+    for (; n < N; n += (LLMC_QV / 4) * LLMC_W)
+        for (long m = 0; m < M; m += 4)
+            llmc_qrows4(M - m < 4 ? M - m : 4, K, a.p + m * a.ld, a.ld, q, qps, bits, s, sps, z, kpg, n,
+                        c.p + m * c.ld + n, c.ld, accumulate);
+}
+
+/* dst[K x N] (row-major, ld) = dequant(codes) from panels: a tile of a large product, dequantized once. */
+static void llmc_dequant_panels(float *dst, long ld, long K, long N, const int8_t *q, long qps, int bits,
+                                const float *s, long sps, const float *z, long kpg) {
+    for (long n = 0; n < N; n += LLMC_W) {
+        const int8_t *qn = LLMC_PANEL_AT(q, qps, n);
+        const float *sn = LLMC_PANEL_AT(s, sps, n), *zn = z ? LLMC_PANEL_AT(z, sps, n) : NULL;
+        for (long k = 0; k < K; k += (bits == 8 ? 1 : 2)) {
+            long row = (k / kpg) * LLMC_NR;
+            vf sv = vload(sn + row), zv = zn ? vload(zn + row) : vsplat(bits == 4 ? 8.0f : 0.0f);
+            if (bits == 8) {
+                vstore(dst + k * ld + n, (llmc_q8(qn + k * LLMC_NR) - zv) * sv);
+            } else {
+                vf lo, hi;
+                llmc_q4(qn + (k / 2) * LLMC_NR, &lo, &hi);
+                vstore(dst + k * ld + n, (lo - zv) * sv);
+                if (k + 1 < K) vstore(dst + (k + 1) * ld + n, (hi - zv) * sv);
+            }
+        }
+    }
+}
+
+/* The same from unpacked strided views (codes[r][c] at cb[r*cs0 + c*cs1], scales likewise), element by
+ * element, reading 0 outside them: the general case, for weights too small to pack. */
+static void llmc_dequant_view(float *dst, long ld, long K, long N, int bits, const int8_t *cb, long r0, long c0,
+                              long ch, long cw, long cs0, long cs1, const float *sb, long sr0, long sh, long ss0,
+                              long ss1, const float *zb, long kpg) {
+    for (long k = 0; k < K; k++)
+        for (long n = 0; n < ld; n++) {
+            long r = bits == 8 ? r0 + k : r0 + k / 2, cn = c0 + n, sr = sr0 + k / kpg;
+            int inside = n < N && r < ch && cn < cw && sr < sh;
+            float code = 0.0f, scale = 0.0f, zero = bits == 4 ? 8.0f : 0.0f;
+            if (inside) {
+                int8_t byte = cb[r * cs0 + cn * cs1];
+                code = bits == 8 ? (float)byte : (float)(((uint8_t)byte >> (k % 2 ? 4 : 0)) & 15);
+                scale = sb[sr * ss0 + cn * ss1];
+                if (zb) zero = zb[sr * ss0 + cn * ss1];
+            }
+            dst[k * ld + n] = (code - zero) * scale;
+        }
+}

@@ -1,0 +1,193 @@
+"""`quantize`: weight-only quantization of linear layers (graph level, before `fuse`).
+
+Decide, then rewrite. `plan_quantization` is a pure function from the module
+and the options to one `LayerChoice` per linear weight (format, or why the
+layer stays float); `describe_plan` prints it. The rewrite replaces each chosen
+linear's weight by
+
+    %codes  = graph.weight "<name>#int4g32.codes"  : tensor<Nx(K/2)xi8>
+    %scales = graph.weight "<name>#int4g32.scales" : tensor<Nx(K/32)xf32>
+    %w      = graph.dequantize %codes, %scales {format = "int4"} : ... -> tensor<NxKxf32>
+
+and the linear reads %w. The quantized weights are derived from the float
+weight by name (llmc.quantization.weight_value), so the pass needs no weight
+values and its output replays from a dump. `fuse` keeps the dequantize inside
+the linear's kernel: the backends dequantize in registers, in the K loop.
+
+Defaults, as users of 4-bit formats report what breaks: every linear is
+quantized; for int4 the output projection (the linear whose result the function
+returns, the logits) stays int8. Embeddings are gathers, never linears, and
+stay float.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import builtin, func
+from xdsl.dialects.builtin import StringAttr, f32, i8
+from xdsl.ir import SSAValue
+from xdsl.passes import ModulePass
+
+from llmc.dialects import graph
+from llmc.errors import PassOptionError
+from llmc.passes.fusion.views import view_chain
+from llmc.quantization import QuantFormat, check_shape, derived_name
+
+HEAD_CHOICES = ("auto", "same", "int8", "float")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    weight: str
+    shape: tuple[int, int]
+    format: QuantFormat | None
+    reason: str
+
+    def bytes_before(self) -> int:
+        return self.shape[0] * self.shape[1] * 4
+
+    def bytes_after(self) -> int:
+        if self.format is None:
+            return self.bytes_before()
+        n, k = self.shape
+        fmt = self.format
+        groups = k // fmt.group_size(k)
+        return n * fmt.code_columns(k) + n * groups * 4 * (1 if fmt.symmetric else 2)
+
+
+def describe_plan(choices: list[LayerChoice]) -> str:
+    lines = [f"{'weight':<44}{'shape':>14}  {'format':<32}{'MiB before':>11}{'after':>8}  why"]
+    for c in choices:
+        fmt = c.format.describe() if c.format else "float (unchanged)"
+        lines.append(f"{c.weight[:43]:<44}{'x'.join(map(str, c.shape)):>14}  {fmt:<32}"
+                     f"{c.bytes_before() / 2**20:>11.2f}{c.bytes_after() / 2**20:>8.2f}  {c.reason}")
+    before = sum(c.bytes_before() for c in choices)
+    after = sum(c.bytes_after() for c in choices)
+    lines.append(f"{'total':<44}{'':>14}  {'':<32}{before / 2**20:>11.2f}{after / 2**20:>8.2f}")
+    return "\n".join(lines)
+
+
+def _returned_through_views(value: SSAValue, returned: set[SSAValue]) -> bool:
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        if current in returned:
+            return True
+        pending += [u.operation.results[0] for u in current.uses if isinstance(u.operation, graph.VIEW_OPS)]
+    return False
+
+
+def _linear_weights(func_op: func.FuncOp):
+    """(linear, weight op) for every linear whose weight is a model weight read as it is."""
+    for op in func_op.body.block.ops:
+        if isinstance(op, graph.LinearOp):
+            root, chain = view_chain(op.weight)
+            if not chain and isinstance(root.owner, graph.WeightOp):
+                yield op, root.owner
+
+
+def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "auto",
+                      skip: tuple[str, ...] = ()) -> list[LayerChoice]:
+    """One choice per distinct linear weight, in program order."""
+    if head not in HEAD_CHOICES:
+        raise PassOptionError(f"quantize: head must be one of {', '.join(HEAD_CHOICES)}, got '{head}'")
+    choices: dict[str, LayerChoice] = {}
+    for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
+        returned = set(func_op.body.block.last_op.operands)
+        for linear, weight in _linear_weights(func_op):
+            name = weight.weight_name.data
+            n, k = graph.shape_of(weight.result)
+            is_head = _returned_through_views(linear.result, returned)
+            if name in choices:
+                continue
+            if weight.result.type.element_type != f32:
+                choice = LayerChoice(name, (n, k), None, f"{weight.result.type.element_type} weight: quantize f32 models")
+            elif any(fnmatch.fnmatch(name, pattern) for pattern in skip):
+                choice = LayerChoice(name, (n, k), None, "skipped by the skip option")
+            elif is_head and head == "float":
+                choice = LayerChoice(name, (n, k), None, "output projection kept float (head=float)")
+            elif is_head and (head == "int8" or (head == "auto" and fmt.bits == 4)):
+                choice = LayerChoice(name, (n, k), QuantFormat(8), "output projection: int8 (head)")
+            else:
+                check_shape(fmt, k, f"the linear weight '{name}' ({n}x{k})")
+                choice = LayerChoice(name, (n, k), fmt, "output projection" if is_head else "linear")
+            choices[name] = choice
+    return list(choices.values())
+
+
+def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
+    chosen = {c.weight: c for c in choices if c.format is not None}
+    for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
+        made: dict[str, SSAValue] = {}
+        for linear, weight in list(_linear_weights(func_op)):
+            choice = chosen.get(weight.weight_name.data)
+            if choice is None:
+                continue
+            if choice.weight not in made:
+                made[choice.weight] = _dequantized(weight, choice)
+            linear.operands[1] = made[choice.weight]
+        for op in reversed(list(func_op.body.block.ops)):
+            if isinstance(op, graph.WeightOp) and not op.result.uses:
+                func_op.body.block.erase_op(op)
+
+
+def _dequantized(weight: graph.WeightOp, choice: LayerChoice) -> SSAValue:
+    n, k = choice.shape
+    fmt = choice.format
+    groups = k // fmt.group_size(k)
+    parts = [("codes", (n, fmt.code_columns(k)), i8), ("scales", (n, groups), f32)]
+    if not fmt.symmetric:
+        parts.append(("zeros", (n, groups), f32))
+    loc = weight.loc_str
+    ops = [graph.WeightOp(derived_name(choice.weight, fmt, part), graph.tensor(shape, element), loc)
+           for part, shape, element in parts]
+    attrs = {"format": StringAttr("int8" if fmt.bits == 8 else "int4")}
+    if loc:
+        attrs["loc"] = StringAttr(loc)
+    dequantize = graph.DequantizeOp(operands=[ops[0].result, ops[1].result, [o.result for o in ops[2:]]],
+                                    result_types=[graph.tensor((n, k))], attributes=attrs)
+    block = weight.parent_block()
+    anchor = weight
+    for op in (*ops, dequantize):
+        block.insert_op_after(op, anchor)
+        anchor = op
+    return dequantize.result
+
+
+@dataclass(frozen=True)
+class QuantizePass(ModulePass):
+    name = "quantize"
+
+    weights: str = "int8"
+    """int8 (per output channel) or int4."""
+    group: int = 32
+    """int4: input channels per scale (32, 64, 128), or 0 for one scale per output channel."""
+    symmetric: bool = True
+    """int4: False stores a zero point per group."""
+    head: str = "auto"
+    """The output projection: auto (int8 when weights=int4), same, int8 or float."""
+    skip: tuple[str, ...] = ()
+    """Weight-name patterns (fnmatch) left in float."""
+
+    def format(self) -> QuantFormat:
+        if self.weights == "int8":
+            return QuantFormat.parse("int8")
+        if self.weights != "int4":
+            raise PassOptionError(f"quantize: weights must be int8 or int4, got '{self.weights}'")
+        group = "channel" if self.group == 0 else str(self.group)
+        return QuantFormat.parse(f"int4:{group}:{'sym' if self.symmetric else 'asym'}")
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        apply_plan(op, plan_quantization(op, self.format(), self.head, tuple(self.skip)))
+
+
+def pass_spec(fmt: QuantFormat, head: str = "auto") -> str:
+    """The pipeline text that applies `fmt`: quantize{weights=int4 group=32}."""
+    if fmt.bits == 8:
+        options = "weights=int8"
+    else:
+        options = f"weights=int4 group={fmt.group} symmetric={'true' if fmt.symmetric else 'false'}"
+    return f"quantize{{{options}{'' if head == 'auto' else f' head={head}'}}}"
