@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", help="write the final IR to this file")
     comp.add_argument("--out-dir", help="where the C source, library, IR and report go (default llmc-out/<model>)")
     comp.add_argument("--run", action="store_true", help="run the compiled model, compare with PyTorch eager, time each kernel")
+    comp.add_argument("--quantize", metavar="FORMAT",
+                      help="weight-only quantization of the linear layers: int8 (per channel), int4 (groups of 32), "
+                           "int4:64, int4:128, int4:channel, each int4 optionally :asym")
     comp.add_argument("--explain", action="store_true",
                       help="say which ops torch.compile(backend='llmc') runs in llmc kernels and which in eager, and why")
     _add_dump_flags(comp)
@@ -77,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--target", default="cpu", help="cpu (the host's widest vector ISA)")
     gen.add_argument("--only", help="comma-separated contenders to run (default eager,inductor,llmc)")
     gen.add_argument("--rounds", type=int, default=1, help="generations per contender, in rotation (medians over all)")
+    gen.add_argument("--quantize", metavar="FORMAT[,FORMAT]",
+                     help="also run llmc with quantized weights: int8, int4 (groups of 32), int4:64, int4:128:asym, "
+                          "int4:channel (each a contender llmc-FORMAT)")
     opt = sub.add_parser("opt", help="replay passes on an IR dump, mlir-opt style")
     opt.add_argument("file", help="an .mlir file (- for standard input)")
     opt.add_argument("-p", "--passes", required=True, help="pass pipeline, e.g. 'pipeline{stages=3},coalesce'")
@@ -87,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import llmc
+    from llmc.quantization import QuantFormat
     from llmc.ir_text import print_ir
     from llmc.model_file import load_model_file
 
@@ -97,9 +104,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"llmc: compiling {args.model} for {args.target}", file=sys.stderr)
     compiled = llmc.compile(
         model, inputs, target=args.target, passes=args.passes, dumps=_dump_options(args),
-        backend=args.backend, build=build_options(args),
+        backend=args.backend, build=build_options(args), quantize=args.quantize,
     )
-    status = compare_with_eager(compiled, model, inputs) if args.run else 0
+    if args.quantize:
+        from llmc.passes.quantize import describe_plan, plan_quantization
+
+        fmt = QuantFormat.parse(args.quantize)
+        from llmc.exporter import export_model
+
+        print(describe_plan(plan_quantization(export_model(model, inputs).module, fmt)))
+    status = compare_with_eager(compiled, model, inputs) if args.run and not args.quantize else 0
+    if args.run and args.quantize:
+        from llmc.accuracy import quantization_report
+
+        text, ok = quantization_report(compiled, model, inputs, fmt)
+        print(text)
+        status = 0 if ok else 1
     measured = compiled.profile(inputs) if args.run and compiled.backend == "c" else None
     report = compiled.report(measured)
     print(report)
@@ -172,14 +192,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from llmc.serving import compare, load_generation_model
 
-    contenders = tuple(_names(args.only)) if args.only else ("eager", "inductor", "llmc")
-    unknown = set(contenders) - {"eager", "inductor", "llmc"}
-    if unknown:
-        raise LlmcError(f"unknown contender(s) {', '.join(sorted(unknown))}: choose from eager, inductor, llmc")
+    from llmc.quantization import QuantFormat
+
+    quantized = [f"llmc-{QuantFormat.parse(q) and q}" for q in _names(args.quantize or "")]
+    contenders = tuple(_names(args.only)) if args.only else ("eager", "inductor", "llmc", *quantized)
+    for name in contenders:
+        if name.startswith("llmc-"):
+            QuantFormat.parse(name.removeprefix("llmc-"))
+        elif name not in ("eager", "inductor", "llmc"):
+            raise LlmcError(f"unknown contender '{name}': choose from eager, inductor, llmc, llmc-<quantization>")
     if min(args.prompt_len, args.new_tokens, args.batch, args.layers, args.rounds) < 1:
         raise LlmcError("--prompt-len, --new-tokens, --batch, --layers and --rounds must be at least 1")
     model = load_generation_model(args.model, args.layers)
-    order = [c for c in ("eager", "inductor", "llmc") if c in contenders]
+    order = [c for c in ("eager", "inductor", "llmc") if c in contenders] + [c for c in contenders if c.startswith("llmc-")]
     table, _ = compare(model, args.batch, args.prompt_len, args.new_tokens, tuple(order), args.target,
                        rounds=args.rounds)
     print(table)

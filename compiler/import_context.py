@@ -94,7 +94,8 @@ class ImportContext:
     def weight(self, name: str, tensor: torch.Tensor, loc: str | None = None) -> SSAValue:
         op = graph.WeightOp(name, tensor_type(tensor, f"weight '{name}'"), loc)
         self.add(op, None)
-        op.result.name_hint = re.sub(r"\W", "_", name)
+        hint = re.sub(r"\W", "_", name)
+        op.result.name_hint = hint if not hint[:1].isdigit() else f"w{hint}"  # nn.Sequential's "0.weight"
         self.weights[name] = to_numpy(tensor)
         return op.result
 

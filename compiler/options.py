@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmc.errors import PassOptionError
+from llmc.quantization import QuantFormat
 
 # torch.compile's modes: llmc has no CUDA graphs or autotuner to switch on yet, so they all compile the same way
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -13,6 +14,7 @@ OPTION_KEYS = {
     "backend": "c, triton or interpret",
     "passes": "a pass pipeline instead of the target's default",
     "max_specializations": "concrete sizes one symbolic graph may be compiled for before it runs in eager",
+    "quantize": "weight-only quantization of the linear layers: int8, int4, int4:G (32, 64, 128, channel)[:asym]",
 }
 
 
@@ -23,6 +25,7 @@ class BackendOptions:
     passes: str | None = None
     mode: str = "default"
     max_specializations: int = 16
+    quantize: str | None = None
 
     @staticmethod
     def from_torch_compile(mode: str | None, options: dict | None) -> BackendOptions:
@@ -34,4 +37,6 @@ class BackendOptions:
         if unknown:
             known = "; ".join(f"{k}: {v}" for k, v in OPTION_KEYS.items())
             raise PassOptionError(f"unknown llmc option(s) {unknown}; llmc takes {known}")
+        if options.get("quantize"):
+            QuantFormat.parse(options["quantize"])  # refused here, before any graph is compiled
         return BackendOptions(mode=mode, **options)

@@ -9,7 +9,8 @@ group of G consecutive input channels:
 - int8: codes in [-127, 127], symmetric (zero 0), per output channel (G = K).
 - int4: codes in [0, 15], two per byte along K (k even in the low nibble), G in
   {32, 64, 128} or per channel; symmetric (zero 8, codes 8 ± 7) or asymmetric
-  (an integer zero point per group, stored as f32).
+  (an integer zero point per group, stored as f32). Where G does not divide K
+  the last group is partial: its scale covers the K mod G channels left.
 
 Quantized weights are named after the float weight they come from
 (`"lm_head.weight#int4g32.codes"`), so the `quantize` pass only rewrites IR:
@@ -88,6 +89,10 @@ class QuantFormat:
     def group_size(self, k: int) -> int:
         return self.group or k
 
+    def groups(self, k: int) -> int:
+        """Scales per output channel; a K that G does not divide ends in a partial group."""
+        return -(-k // self.group_size(k))
+
     def code_columns(self, k: int) -> int:
         """Bytes per output channel of the codes: K for int8, K/2 rounded up for int4."""
         return k if self.bits == 8 else (k + 1) // 2
@@ -99,14 +104,7 @@ class QuantFormat:
     def bits_per_weight(self, k: int) -> float:
         """Storage per weight, scales and zero points included."""
         per_group = 32 * (1 if self.symmetric else 2)
-        return self.bits + per_group / self.group_size(k)
-
-
-def check_shape(fmt: QuantFormat, k: int, layer: str) -> None:
-    if fmt.group and k % fmt.group:
-        raise PassOptionError(
-            f"quantize: {layer} has {k} input channels, not a multiple of the int4 group {fmt.group}; "
-            f"use a group that divides {k} or int4:channel, or leave the layer unquantized")
+        return self.bits + per_group * self.groups(k) / k
 
 
 def quantize(weight: np.ndarray, fmt: QuantFormat) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -114,12 +112,15 @@ def quantize(weight: np.ndarray, fmt: QuantFormat) -> tuple[np.ndarray, np.ndarr
     w = np.asarray(weight, dtype=np.float32)
     n, k = w.shape
     g = fmt.group_size(k)
-    blocks = w.reshape(n, k // g, g)
+    groups = -(-k // g)  # K not a multiple of G: the last group is partial (zero-padded to find its scale)
+    blocks = np.zeros((n, groups * g), np.float32)
+    blocks[:, :k] = w
+    blocks = blocks.reshape(n, groups, g)
     if fmt.bits == 8:
         scale = np.abs(blocks).max(axis=2) / np.float32(127)
         scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
-        codes = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int8).reshape(n, k)
-        return codes, scale, None
+        codes = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int8).reshape(n, -1)[:, :k]
+        return np.ascontiguousarray(codes), scale, None
     if fmt.symmetric:
         scale = np.abs(blocks).max(axis=2) / np.float32(7)
         scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
@@ -129,7 +130,7 @@ def quantize(weight: np.ndarray, fmt: QuantFormat) -> tuple[np.ndarray, np.ndarr
         scale = ((high - low) / np.float32(15)).astype(np.float32)
         scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
         zero = np.clip(np.rint(-low / scale), 0, 15).astype(np.float32)
-    codes = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8).reshape(n, k)
+    codes = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8).reshape(n, -1)[:, :k]
     return pack_nibbles(codes), scale, (None if fmt.symmetric else zero)
 
 
@@ -154,9 +155,9 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, 
     values = unpack_nibbles(codes, k) if fmt.bits == 4 else np.asarray(codes, dtype=np.float32)
     n = values.shape[0]
     groups = np.asarray(scales, dtype=np.float32).shape[1]
-    g = k // groups
+    g = fmt.group_size(k)
     zero = np.full((n, groups), fmt.default_zero, np.float32) if zeros is None else np.asarray(zeros, np.float32)
-    expand = lambda a: np.repeat(a, g, axis=1)  # noqa: E731
+    expand = lambda a: np.repeat(a, g, axis=1)[:, :k]  # noqa: E731
     return ((values - expand(zero)) * expand(np.asarray(scales, np.float32))).astype(np.float32)
 
 

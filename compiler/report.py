@@ -5,8 +5,12 @@ from __future__ import annotations
 from xdsl.dialects import scf
 from xdsl.dialects.builtin import ModuleOp
 
+import math
+
+from llmc.backends.c.plan import MAX_FUSED_ROWS
 from llmc.cost_model import kernel_cost
-from llmc.dialects import kernel, tile
+from llmc.dialects import graph, kernel, tile
+from llmc.dtypes import element_bytes
 from llmc.passes.lowering.templates import STAGES_ATTR
 from llmc.target import Target
 
@@ -65,4 +69,25 @@ def kernel_table(
     if measured:
         summary += f", measured total {total_measured:.1f} us"
     rows.append(summary)
+    rows += _quantized_rows(kernels, backend)
     return "\n".join(rows)
+
+
+def _quantized_rows(kernels: ModuleOp, backend: str) -> list[str]:
+    """Per kernel with a quantized weight: its weight bytes before and after, and where it is dequantized."""
+    rows = []
+    for kop in (op for op in kernels.walk() if isinstance(op, kernel.KernelOp)):
+        for dq in (op for op in kop.body.block.ops if isinstance(op, graph.DequantizeOp)):
+            n, k = graph.shape_of(dq.result)
+            after = sum(math.prod(graph.shape_of(v)) * element_bytes(v.type.element_type) for v in dq.operands)
+            linear = next(u.operation for u in dq.result.uses)
+            m = math.prod(graph.shape_of(linear.results[0])) // n
+            if backend == "triton":
+                where = "in registers before tl.dot"
+            elif m <= MAX_FUSED_ROWS:
+                where = f"in registers in the K loop ({m} rows <= {MAX_FUSED_ROWS}: each weight byte is read once)"
+            else:
+                where = f"once per K x N tile into scratch ({m} rows > {MAX_FUSED_ROWS}: the float micro-kernel reuses it)"
+            rows.append(f"  {kop.kernel_name.data}: {dq.format.data} weight {n}x{k} (groups of {dq.group}): "
+                        f"{n * k * 4 / 1024:.1f} KB as f32 -> {after / 1024:.1f} KB; dequantized {where}")
+    return ["quantized weights:", *rows] if rows else []

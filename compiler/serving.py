@@ -8,6 +8,10 @@ the prefill), time per output token (TPOT, the median decode step), tokens/s
 streams (every matrix; an embedding table only gathers rows) plus the live KV
 cache bytes at the middle position, divided by TPOT, against this host's measured
 main-memory read bandwidth. Tokens are compared with eager's.
+
+A contender `llmc-<format>` (llmc-int8, llmc-int4, llmc-int4:128) is llmc with its linear
+weights quantized (`llmc.compile(..., quantize=<format>)`); its weight bytes are the codes
+and scales it streams, and its tokens are reported as the share equal to eager's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 
 from llmc.errors import LlmcError, ModelFileError
 from llmc.generation import Generation, Step, compile_generation, generation_model, greedy
+from llmc.passes.quantize import quantized_bytes
+from llmc.quantization import QuantFormat
 from llmc.target import host_cpu_name
 
 # built-in models with random weights: (config class, model class, sizes); "tinyllama" is
@@ -70,15 +76,29 @@ class Contender:
     compile_s: float
 
 
-def streamed_bytes(lm: torch.nn.Module, position: int) -> tuple[int, int]:
-    """(weight bytes, live KV cache bytes) one decode step at `position` reads."""
+def quantization_of(contender: str) -> str | None:
+    """The quantization a contender's name asks for: llmc-int4:128 -> int4:128."""
+    return contender.partition("-")[2] or None if contender.startswith("llmc") else None
+
+
+def streamed_bytes(lm: torch.nn.Module, position: int, quantize: str | None = None) -> tuple[int, int]:
+    """(weight bytes, live KV cache bytes) one decode step at `position` reads; with `quantize`, linear
+    weights count as their codes and scales (the output projection int8 under int4, as the pass decides)."""
+    fmt = QuantFormat.parse(quantize) if quantize else None
+    inner = getattr(lm, "model", lm)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     seen, weights = set(), 0
     for module in lm.modules():
         if isinstance(module, torch.nn.Embedding):
             continue
-        for p in module.parameters(recurse=False):
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
+        for name, p in module.named_parameters(recurse=False):
+            if p.data_ptr() in seen:
+                continue
+            seen.add(p.data_ptr())
+            if fmt is not None and isinstance(module, torch.nn.Linear) and name == "weight":
+                chosen = QuantFormat(8) if module is head and fmt.bits == 4 else fmt
+                weights += quantized_bytes(tuple(p.shape), chosen)
+            else:
                 weights += p.numel() * p.element_size()
     kv = sum(b.numel() // b.shape[-2] * (position + 1) * b.element_size() for b in lm.cache_buffers())
     return weights, kv
@@ -92,7 +112,7 @@ def prepare(name: str, lm, prompt: torch.Tensor, mask, target: str = "cpu") -> t
     elif name == "inductor":
         step = torch.compile(lm, dynamic=False)
     else:
-        step = compile_generation(lm, prompt.shape[1], target).step
+        step = compile_generation(lm, prompt.shape[1], target, quantize=quantization_of(name)).step
     greedy(step, lm, prompt, mask, 2 if lm.max_cache_len >= prompt.shape[1] + 2 else 1)
     return step, time.perf_counter() - start
 
@@ -124,8 +144,9 @@ def compare(model: torch.nn.Module, batch: int = 1, prompt_len: int = 128, new_t
     merged = {name: Contender(name, _merged(done), steps[name][1]) for name, done in runs.items()}
     if read_gbs is None:
         read_gbs = measured_read_bandwidth()
-    weights, kv = streamed_bytes(lm, prompt_len + new_tokens // 2)
-    return _table(merged, batch, prompt_len, new_tokens, weights, kv, read_gbs), merged
+    position = prompt_len + new_tokens // 2
+    streamed = {name: streamed_bytes(lm, position, quantization_of(name)) for name in merged}
+    return _table(merged, batch, prompt_len, new_tokens, streamed, read_gbs), merged
 
 
 def _merged(runs: list[Generation]) -> Generation:
@@ -151,10 +172,11 @@ def _vocab(lm) -> int:
     return int(vocab)
 
 
-def _table(runs: dict[str, Contender], batch, prompt_len, new_tokens, weights, kv, read_gbs) -> str:
-    best = {key: min(getattr(r.generation, key) for n, r in runs.items() if n != "llmc") if len(runs) > 1 else None
-            for key in ("ttft_s", "tpot_s")}
+def _table(runs: dict[str, Contender], batch, prompt_len, new_tokens, streamed, read_gbs) -> str:
+    others = [r.generation for n, r in runs.items() if not n.startswith("llmc")]
+    best = {key: min(getattr(g, key) for g in others) if others else None for key in ("ttft_s", "tpot_s")}
     eager = runs.get("eager")
+    weights, kv = streamed[next(iter(runs))] if "llmc" not in streamed else streamed["llmc"]
     lines = [
         f"greedy generation: batch {batch}, prompt {prompt_len}, {new_tokens} new tokens; "
         f"{host_cpu_name()}, {torch.get_num_threads()} threads",
@@ -166,8 +188,8 @@ def _table(runs: dict[str, Contender], batch, prompt_len, new_tokens, weights, k
     ]
     for name, run in runs.items():
         g = run.generation
-        gbs = (weights + kv) / g.tpot_s / 1e9
-        same = "-" if eager is None or name == "eager" else ("yes" if torch.equal(g.new_tokens, eager.generation.new_tokens) else "NO")
+        gbs = sum(streamed[name]) / g.tpot_s / 1e9
+        same = "-" if eager is None or name == "eager" else _agreement(g, eager.generation, quantization_of(name))
         lines.append(f"| {name} | {run.compile_s:.1f} | {g.ttft_s * 1e3:.1f} | {g.tpot_s * 1e3:.2f} | "
                      f"{g.tokens_per_s:.1f} | {gbs:.1f} | {100 * gbs / read_gbs:.0f}% | {same} |")
     if "llmc" in runs and best["tpot_s"]:
@@ -175,4 +197,16 @@ def _table(runs: dict[str, Contender], batch, prompt_len, new_tokens, weights, k
         lines.append("")
         lines.append(f"llmc / best of the others (lower is faster): TTFT {g.ttft_s / best['ttft_s']:.2f}x, "
                      f"TPOT {g.tpot_s / best['tpot_s']:.2f}x")
+    for name, run in runs.items():
+        if quantization_of(name) and "llmc" in runs:
+            speedup = runs["llmc"].generation.tpot_s / run.generation.tpot_s
+            lines.append(f"{name}: decode step {speedup:.2f}x faster than llmc float32; weights "
+                         f"{streamed[name][0] / 1e6:.1f} MB")
     return "\n".join(lines)
+
+
+def _agreement(g: Generation, eager: Generation, quantized: str | None) -> str:
+    """yes / NO for a float contender; for a quantized one the share of tokens equal to eager's."""
+    if quantized is None:
+        return "yes" if torch.equal(g.new_tokens, eager.new_tokens) else "NO"
+    return f"{float((g.new_tokens == eager.new_tokens).float().mean()):.0%} same"

@@ -340,7 +340,7 @@ class LinearOp(GraphOp):
 @irdl_op_definition
 class DequantizeOp(GraphOp):
     """The f32 weight [N, K] that integer codes stand for: (code - zero) * scale, a scale (and zero
-    point) per output channel or per group of K // groups input channels (llmc.quantization).
+    point) per output channel or per `group` consecutive input channels (llmc.quantization; the last group may be partial).
     int8 codes are [N, K]; int4 codes are two per byte along K ([N, ceil(K/2)], k even in the low
     nibble, values 0..15); without `zeros` the zero point is 0 (int8) or 8 (int4)."""
 
@@ -350,6 +350,7 @@ class DequantizeOp(GraphOp):
     zeros = opt_operand_def(TensorType)
     result = result_def(TensorType)
     format = attr_def(StringAttr)
+    group_attr = attr_def(IntegerAttr, attr_name="group")
     traits = traits_def(Pure())
     assembly_format = "$codes `,` $scales (`,` $zeros^)? attr-dict `:` functional-type(operands, results)"
 
@@ -360,7 +361,7 @@ class DequantizeOp(GraphOp):
     @property
     def group(self) -> int:
         """Input channels per scale."""
-        return shape_of(self.result)[1] // shape_of(self.scales)[1]
+        return self.group_attr.value.data
 
     def verify_(self):
         if self.format.data not in ("int8", "int4"):
@@ -371,8 +372,9 @@ class DequantizeOp(GraphOp):
             raise VerifyException(f"graph.dequantize: {self.format.data} codes of a [{n}, {k}] weight are "
                                   f"tensor<{n}x{columns}xi8>, got {self.codes.type}")
         groups = shape_of(self.scales)
-        if len(groups) != 2 or groups[0] != n or groups[1] < 1 or k % groups[1]:
-            raise VerifyException(f"graph.dequantize: scales must be [{n}, G] with G dividing {k}")
+        if self.group < 1 or len(groups) != 2 or groups != (n, -(-k // self.group)):
+            raise VerifyException(f"graph.dequantize: scales of a [{n}, {k}] weight in groups of {self.group} "
+                                  f"are [{n}, {-(-k // max(self.group, 1))}], got {list(groups)}")
         if self.zeros is not None and (shape_of(self.zeros) != groups or self.bits == 8):
             raise VerifyException("graph.dequantize: zero points are int4's, shaped like the scales")
         for value in (self.scales, self.zeros, self.result):

@@ -205,8 +205,9 @@ class GraphFunctions(InterpreterFunctions):
     @impl(graph.DequantizeOp)
     def run_dequantize(self, interpreter: Interpreter, op: graph.DequantizeOp, args: PythonValues):
         zeros = args[2] if op.zeros is not None else None
-        fmt = QuantFormat(op.bits, op.group, zeros is None)
-        return (dequantize(args[0], args[1], zeros, fmt, graph.shape_of(op.result)[1]),)
+        k = graph.shape_of(op.result)[1]
+        fmt = QuantFormat(op.bits, 0 if op.group == k else op.group, zeros is None)
+        return (dequantize(args[0], args[1], zeros, fmt, k),)
 
     @impl(graph.AttentionOp)
     def run_attention(self, interpreter: Interpreter, op: graph.AttentionOp, args: PythonValues):

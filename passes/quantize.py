@@ -15,8 +15,8 @@ values and its output replays from a dump. `fuse` keeps the dequantize inside
 the linear's kernel: the backends dequantize in registers, in the K loop.
 
 Defaults, as users of 4-bit formats report what breaks: every linear is
-quantized; for int4 the output projection (the linear whose result the function
-returns, the logits) stays int8. Embeddings are gathers, never linears, and
+quantized; for int4 the output projection (the last linear whose result the
+function returns: the logits) stays int8. Embeddings are gathers, never linears, and
 stay float.
 """
 
@@ -34,7 +34,7 @@ from xdsl.passes import ModulePass
 from llmc.dialects import graph
 from llmc.errors import PassOptionError
 from llmc.passes.fusion.views import view_chain
-from llmc.quantization import QuantFormat, check_shape, derived_name
+from llmc.quantization import QuantFormat, derived_name
 
 HEAD_CHOICES = ("auto", "same", "int8", "float")
 
@@ -50,12 +50,14 @@ class LayerChoice:
         return self.shape[0] * self.shape[1] * 4
 
     def bytes_after(self) -> int:
-        if self.format is None:
-            return self.bytes_before()
-        n, k = self.shape
-        fmt = self.format
-        groups = k // fmt.group_size(k)
-        return n * fmt.code_columns(k) + n * groups * 4 * (1 if fmt.symmetric else 2)
+        return self.bytes_before() if self.format is None else quantized_bytes(self.shape, self.format)
+
+
+def quantized_bytes(shape: tuple[int, int], fmt: QuantFormat) -> int:
+    """Codes, scales and zero points of an [N, K] weight."""
+    n, k = shape
+    groups = fmt.groups(k)
+    return n * fmt.code_columns(k) + n * groups * 4 * (1 if fmt.symmetric else 2)
 
 
 def describe_plan(choices: list[LayerChoice]) -> str:
@@ -97,10 +99,14 @@ def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "a
     choices: dict[str, LayerChoice] = {}
     for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
         returned = set(func_op.body.block.last_op.operands)
-        for linear, weight in _linear_weights(func_op):
+        linears = list(_linear_weights(func_op))
+        # the output projection: the last linear whose result the function returns (the logits; a KV
+        # projection an HF model also returns, as its cache, comes earlier)
+        heads = [linear for linear, _ in linears if _returned_through_views(linear.result, returned)]
+        for linear, weight in linears:
             name = weight.weight_name.data
             n, k = graph.shape_of(weight.result)
-            is_head = _returned_through_views(linear.result, returned)
+            is_head = bool(heads) and linear is heads[-1]
             if name in choices:
                 continue
             if weight.result.type.element_type != f32:
@@ -112,7 +118,6 @@ def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "a
             elif is_head and (head == "int8" or (head == "auto" and fmt.bits == 4)):
                 choice = LayerChoice(name, (n, k), QuantFormat(8), "output projection: int8 (head)")
             else:
-                check_shape(fmt, k, f"the linear weight '{name}' ({n}x{k})")
                 choice = LayerChoice(name, (n, k), fmt, "output projection" if is_head else "linear")
             choices[name] = choice
     return list(choices.values())
@@ -137,14 +142,14 @@ def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
 def _dequantized(weight: graph.WeightOp, choice: LayerChoice) -> SSAValue:
     n, k = choice.shape
     fmt = choice.format
-    groups = k // fmt.group_size(k)
+    groups = fmt.groups(k)
     parts = [("codes", (n, fmt.code_columns(k)), i8), ("scales", (n, groups), f32)]
     if not fmt.symmetric:
         parts.append(("zeros", (n, groups), f32))
     loc = weight.loc_str
     ops = [graph.WeightOp(derived_name(choice.weight, fmt, part), graph.tensor(shape, element), loc)
            for part, shape, element in parts]
-    attrs = {"format": StringAttr("int8" if fmt.bits == 8 else "int4")}
+    attrs = {"format": StringAttr("int8" if fmt.bits == 8 else "int4"), "group": graph.int_attr(fmt.group_size(k))}
     if loc:
         attrs["loc"] = StringAttr(loc)
     dequantize = graph.DequantizeOp(operands=[ops[0].result, ops[1].result, [o.result for o in ops[2:]]],

@@ -11,19 +11,31 @@
  * Larger products dequantize each [K x N] tile once into scratch and run the
  * float micro-kernel over it (llmc_dequant_panels). */
 
-typedef int8_t vb __attribute__((vector_size(LLMC_W)));
-typedef uint8_t vub __attribute__((vector_size(LLMC_W)));
-
-static inline vf llmc_q8(const int8_t *p) {
-    vb x;
-    memcpy(&x, p, sizeof x);
-    return __builtin_convertvector(x, vf);
+/* W codes widened to W int32 lanes (int8 sign-extended, int4 bytes zero-extended): one instruction where
+ * the ISA has it (GCC scalarises a byte -> int vector conversion). */
+#if defined(__AVX512F__) && LLMC_W == 16
+static inline vi llmc_widen_s8(const int8_t *p) { return (vi)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+static inline vi llmc_widen_u8(const int8_t *p) { return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+#elif defined(__AVX2__) && LLMC_W == 8
+static inline vi llmc_widen_s8(const int8_t *p) { return (vi)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline vi llmc_widen_u8(const int8_t *p) { return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+#else
+static inline vi llmc_widen_s8(const int8_t *p) {
+    vi w;
+    for (int j = 0; j < LLMC_W; j++) w[j] = p[j];
+    return w;
 }
+static inline vi llmc_widen_u8(const int8_t *p) {
+    vi w;
+    for (int j = 0; j < LLMC_W; j++) w[j] = (uint8_t)p[j];
+    return w;
+}
+#endif
+
+static inline vf llmc_q8(const int8_t *p) { return __builtin_convertvector(llmc_widen_s8(p), vf); }
 
 static inline void llmc_q4(const int8_t *p, vf *lo, vf *hi) {
-    vub x;
-    memcpy(&x, p, sizeof x);
-    vi w = __builtin_convertvector(x, vi);
+    vi w = llmc_widen_u8(p);
     *lo = __builtin_convertvector(w & 15, vf);
     *hi = __builtin_convertvector(w >> 4, vf);
 }
