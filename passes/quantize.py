@@ -83,11 +83,17 @@ def _returned_through_views(value: SSAValue, returned: set[SSAValue]) -> bool:
 
 
 def _linear_weights(func_op: func.FuncOp):
-    """(linear, weight op) for every linear whose weight is a model weight read as it is."""
+    """(linear, weight op) for every linear whose weight is a model weight read as it is, and every
+    x @ weight.T (what aot_autograd makes of a linear: a matmul of the transposed weight)."""
     for op in func_op.body.block.ops:
         if isinstance(op, graph.LinearOp):
             root, chain = view_chain(op.weight)
             if not chain and isinstance(root.owner, graph.WeightOp):
+                yield op, root.owner
+        elif isinstance(op, graph.MatmulOp) and len(graph.shape_of(op.rhs)) == 2:
+            root, chain = view_chain(op.rhs)
+            transposed = len(chain) == 1 and isinstance(chain[0], graph.PermuteOp) and list(chain[0].perm.get_values()) == [1, 0]
+            if transposed and isinstance(root.owner, graph.WeightOp):
                 yield op, root.owner
 
 
@@ -133,7 +139,17 @@ def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
                 continue
             if choice.weight not in made:
                 made[choice.weight] = _dequantized(weight, choice)
-            linear.operands[1] = made[choice.weight]
+            if isinstance(linear, graph.MatmulOp):  # x @ w.T is the linear of w
+                replacement = graph.LinearOp(operands=[linear.lhs, made[choice.weight], []],
+                                             result_types=[linear.result.type], attributes=dict(linear.attributes))
+                func_op.body.block.insert_op_before(replacement, linear)
+                linear.result.replace_all_uses_with(replacement.result)
+                func_op.body.block.erase_op(linear)
+            else:
+                linear.operands[1] = made[choice.weight]
+        for op in reversed(list(func_op.body.block.ops)):
+            if isinstance(op, graph.PermuteOp) and not op.result.uses:
+                func_op.body.block.erase_op(op)
         for op in reversed(list(func_op.body.block.ops)):
             if isinstance(op, graph.WeightOp) and not op.result.uses:
                 func_op.body.block.erase_op(op)
