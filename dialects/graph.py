@@ -377,9 +377,11 @@ class DequantizeOp(GraphOp):
                                   f"are [{n}, {-(-k // max(self.group, 1))}], got {list(groups)}")
         if self.zeros is not None and (shape_of(self.zeros) != groups or self.bits == 8):
             raise VerifyException("graph.dequantize: zero points are int4's, shaped like the scales")
-        for value in (self.scales, self.zeros, self.result):
+        for value in (self.scales, self.zeros):
             if value is not None and value.type.element_type != f32:
-                raise VerifyException("graph.dequantize: scales, zero points and the result are f32")
+                raise VerifyException("graph.dequantize: scales and zero points are f32")
+        if not is_float(self.result.type.element_type):
+            raise VerifyException("graph.dequantize: the weight is a float tensor (f32, bf16 or f16)")
 
 
 @irdl_op_definition

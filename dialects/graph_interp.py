@@ -207,7 +207,7 @@ class GraphFunctions(InterpreterFunctions):
         zeros = args[2] if op.zeros is not None else None
         k = graph.shape_of(op.result)[1]
         fmt = QuantFormat(op.bits, 0 if op.group == k else op.group, zeros is None)
-        return (dequantize(args[0], args[1], zeros, fmt, k),)
+        return (rounded(op, dequantize(args[0], args[1], zeros, fmt, k)),)
 
     @impl(graph.AttentionOp)
     def run_attention(self, interpreter: Interpreter, op: graph.AttentionOp, args: PythonValues):

@@ -115,9 +115,7 @@ def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "a
             is_head = bool(heads) and linear is heads[-1]
             if name in choices:
                 continue
-            if weight.result.type.element_type != f32:
-                choice = LayerChoice(name, (n, k), None, f"{weight.result.type.element_type} weight: quantize f32 models")
-            elif any(fnmatch.fnmatch(name, pattern) for pattern in skip):
+            if any(fnmatch.fnmatch(name, pattern) for pattern in skip):
                 choice = LayerChoice(name, (n, k), None, "skipped by the skip option")
             elif is_head and head == "float":
                 choice = LayerChoice(name, (n, k), None, "output projection kept float (head=float)")
@@ -168,8 +166,9 @@ def _dequantized(weight: graph.WeightOp, choice: LayerChoice) -> SSAValue:
     attrs = {"format": StringAttr("int8" if fmt.bits == 8 else "int4"), "group": graph.int_attr(fmt.group_size(k))}
     if loc:
         attrs["loc"] = StringAttr(loc)
+    element = weight.result.type.element_type  # a 16-bit model's weight dequantizes to its own type
     dequantize = graph.DequantizeOp(operands=[ops[0].result, ops[1].result, [o.result for o in ops[2:]]],
-                                    result_types=[graph.tensor((n, k))], attributes=attrs)
+                                    result_types=[graph.tensor((n, k), element)], attributes=attrs)
     block = weight.parent_block()
     anchor = weight
     for op in (*ops, dequantize):

@@ -148,8 +148,8 @@ def lower_matmul(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> li
 
     def k_step(kk: SSAValue, carried: list[SSAValue]) -> list[SSAValue]:
         a_tile = load(em, a_buf, a, a_base, m0, kk, (bm, bk))
-        if quantized is not None:
-            b_tile = quantized.tile(em, kk, n0, bk, bn)
+        if quantized is not None:  # f32 values, rounded to a 16-bit model's type as its dot operand
+            b_tile = narrowed(em, quantized.tile(em, kk, n0, bk, bn), a_tile.type.element_type)
         else:
             b_tile = load(em, b_buf, b, b_base, kk, n0, (bk, bn))
         return [em.value(tile.DotOp(operands=[a_tile, b_tile, carried[0]], result_types=[carried[0].type]))]
