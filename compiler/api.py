@@ -8,7 +8,6 @@ call and written back after it, so state lives where eager keeps it.
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from xdsl.dialects.builtin import ModuleOp
 
 from llmc.dtypes import to_numpy, torch_dtype
@@ -222,20 +221,5 @@ def _fallback_factory(fallback, model, example_inputs, build, imported: Imported
 
         return lambda: run_eager
     if fallback == "c":
-        def build_c():
-            # the C backend computes in float32: a 16-bit model falls back as a float32 copy of itself
-            def widen(tensors):
-                return tree_map(lambda x: x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x,
-                                tensors)
-
-            wide = copy.deepcopy(model).float()
-            compiled = compile(wide, widen(example_inputs), target="cpu", build=build, emit=lambda *_: None)
-            dtypes = [torch_dtype(imported.output_types[i].element_type) for i in imported.user_outputs]
-
-            def run_c(*args, **kwargs):
-                flat, spec = tree_flatten(compiled(*widen(args), **widen(kwargs)))
-                return tree_unflatten([o.to(d) for o, d in zip(flat, dtypes)], spec)
-
-            return run_c
-        return build_c
+        return lambda: compile(model, example_inputs, target="cpu", build=build, emit=lambda *_: None)
     return None

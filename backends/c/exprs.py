@@ -92,8 +92,11 @@ CASTS = {
 }
 WHERE = {"vf": "vsel({0}, {1}, {2})", "vl": "vsel_l({0}, {1}, {2})", "vi": "vsel_b({0}, {1}, {2})"}
 SPLAT = {"vf": "vsplat({0})", "vl": "vsplat_l({0})", "vi": "vsplat_b({0})"}
-C_TYPES = {"f32": "float", "i64": "int64_t", "i32": "int32_t", "i1": "uint8_t", "i8": "int8_t"}
-ACCESS = {"f32": "", "i64": "_l", "i32": "_i32", "i1": "_b"}  # llmc_load_vec / llmc_store_vec suffixes
+# 16-bit floats as their bit patterns (half.h converts)
+C_TYPES = {"f32": "float", "i64": "int64_t", "i32": "int32_t", "i1": "uint8_t", "i8": "int8_t", "bf16": "uint16_t",
+           "f16": "uint16_t"}
+ACCESS = {"f32": "", "i64": "_l", "i32": "_i32", "i1": "_b", "bf16": "_bf16", "f16": "_f16"}  # llmc_load_vec / llmc_store_vec suffixes
+HALF = ("bf16", "f16")
 # x ** c for the exponents models use, without powf.
 POWERS = {2.0: "({0} * {0})", 1.0: "{0}", 0.5: "vsqrt({0})", -0.5: "vrsqrt({0})", 3.0: "({0} * {0} * {0})"}
 GELU = {"tanh": "vgelu_tanh({0})", "none": "vgelu_erf({0})"}

@@ -9,11 +9,11 @@ Each op leaves a comment with its IR form and model source line.
 from __future__ import annotations
 
 from xdsl.dialects import arith, scf
-from xdsl.dialects.builtin import FloatAttr, f32, i1, i8, i32, i64
+from xdsl.dialects.builtin import FloatAttr, bf16, f16, f32, i1, i8, i32, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from llmc.backends import CMPI_SYMBOLS, shape2
-from llmc.backends.c.exprs import ACCESS, C_TYPES, INDEX_BINARY, SPLAT, WHERE, c_comment, c_identifier, float_literal, literal
+from llmc.backends.c.exprs import ACCESS, C_TYPES, HALF, INDEX_BINARY, SPLAT, WHERE, c_comment, c_identifier, float_literal, literal
 from llmc.backends.c.nest import Nest, element_key, kind_of
 from llmc.backends.c.plan import INLINE, QSOURCE, QUANT, KernelPlan, round_up
 from llmc.dialects import tile
@@ -116,7 +116,7 @@ class KernelRenderer:
         for index, note in enumerate(self.arg_notes):
             self.line(f" *   arg{index}: {c_comment(note)}")
         self.line(" */")
-        params = ", ".join(f"{c_type(arg.type.element_type)} *arg{i}" for i, arg in enumerate(block.args))
+        params = ", ".join(f"{arg_c_type(arg.type.element_type, i in self.plan.packs)} *arg{i}" for i, arg in enumerate(block.args))
         self.open(f"static void {self.function_name}({params}, float *scratch_base, int *status)")
         self.line("(void)status;")
         self.line("/* runs on every thread of the forward's one parallel region; the programs are shared out */")
@@ -250,6 +250,12 @@ class KernelRenderer:
         if info.transposed:
             self.load_transposed(op, info)
             return
+        key = element_key(op.buffer.type.element_type)
+        if key in HALF:  # widened into a zero-padded f32 copy
+            self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+            self.line(f"llmc_pack_block_{key}({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
+                      f"{height}, {width}, {s0}, {s1});")
+            return
         if s0 == 1 and s1 != 1:
             copy = (
                 f"llmc_pack_transposed({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
@@ -275,12 +281,15 @@ class KernelRenderer:
         (height, width), (_, s1) = op.shape.get_values(), op.strides.get_values()
         self.line("/* kept transposed (rows of K): the dot reads it as dot products, no transposing copy */")
         self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+        key = element_key(op.buffer.type.element_type)
+        copy = (f"llmc_pack_block{ACCESS[key] if key in HALF else ''}({v}.p, {info.ld}, {buf} + {base}, {col}, {row}, "
+                f"{info.cols}, {info.rows}, {width}, {height}, {s1}, 1);")
+        if key in HALF:  # widened: always a copy
+            self.line(copy)
+            return
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} + {col} * {s1}; {v}.ld = {s1}; }}")
-        self.line(
-            f"else llmc_pack_block({v}.p, {info.ld}, {buf} + {base}, {col}, {row}, {info.cols}, {info.rows}, "
-            f"{width}, {height}, {s1}, 1);"
-        )
+        self.line(f"else {copy}")
 
     def op_full(self, op: tile.FullOp) -> None:
         info = self.plan.values[op.result]
@@ -499,11 +508,17 @@ class KernelRenderer:
 
 
 def c_type(element) -> str:
-    """The C type of a buffer element (bool as one byte, as torch stores it)."""
+    """The C type of a buffer element (bool as one byte, as torch stores it; 16-bit floats as bits)."""
     key = element_key(element)
-    if element not in (f32, i64, i32, i1, i8):
+    if element not in (f32, i64, i32, i1, i8, bf16, f16):
         raise UnsupportedOpError(f"the C backend has no buffers of {element}")
     return C_TYPES[key]
+
+
+def arg_c_type(element, packed: bool) -> str:
+    """A kernel argument's C type: a 16-bit weight packed into panels is packed as f32 (the float
+    micro-kernels read it), any other argument has its element's type."""
+    return "float" if packed and element in (bf16, f16) else c_type(element)
 
 
 def _short(attr) -> str:

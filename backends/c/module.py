@@ -26,12 +26,11 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import BlockArgument
 
 from llmc.backends.c.exprs import c_comment
-from llmc.backends.c.kernel import KernelRenderer, c_type, function_name
+from llmc.backends.c.kernel import KernelRenderer, arg_c_type, c_type, function_name
 from llmc.backends.c.plan import PackSpec, plan_kernel, round_up
 from llmc.dialects import tile
-from llmc.dtypes import LOW_PRECISION, element_bytes, element_name
-from llmc.errors import MalformedIRError, UnsupportedOpError
-from llmc.ir_text import print_ir
+from llmc.dtypes import LOW_PRECISION, element_bytes, encode, storage_dtype
+from llmc.errors import MalformedIRError
 from llmc.passes.swizzle import weight_arguments
 from llmc.quantization import weight_value
 
@@ -40,15 +39,19 @@ ARENA_ATTR = "llmc.arena_bytes"
 
 @dataclass(frozen=True)
 class WeightSlot:
-    """One entry of the weights array llmc_init takes: a model weight, maybe packed."""
+    """One entry of the weights array llmc_init takes: a model weight, maybe packed. A 16-bit weight is
+    passed as its bit patterns, or packed into f32 panels."""
 
     name: str
     pack: PackSpec | None = None
+    element: object = None
 
     def materialise(self, weights: dict[str, np.ndarray]) -> np.ndarray:
         value = np.asarray(weight_value(weights, self.name))
         array = np.ascontiguousarray(value, dtype=value.dtype if value.dtype.kind in "bi" else np.float32)
-        return array if self.pack is None else pack_panels(array, self.pack)
+        if self.pack is not None:
+            return pack_panels(array, self.pack)
+        return encode(array, storage_dtype(self.element)) if self.element in LOW_PRECISION else array
 
 
 @dataclass
@@ -117,7 +120,6 @@ class ModuleRenderer:
         self.launch_order: list[str] = []
 
     def render(self) -> CSource:
-        self.check_types()
         weight_args = weight_arguments(self.module)
         plans, bodies, scratch = {}, [], 0
         for code, (name, kernel) in enumerate(self.kernels.items(), start=1):
@@ -127,7 +129,8 @@ class ModuleRenderer:
             notes = self.arg_notes(kernel, self.packs[name])
             bodies.append(KernelRenderer(kernel, plans[name], function_name(name), notes, code).render())
         entry = self.render_entry()
-        headers = ["runtime.h"] + (["quant.h"] if any(isinstance(o, tile.DequantOp) for o in self.module.walk()) else [])
+        headers = ["runtime.h"] + (["half.h"] if self.uses_half() else []) + \
+            (["quant.h"] if any(isinstance(o, tile.DequantOp) for o in self.module.walk()) else [])
         header = "\n".join(resources.files("llmc.backends.c").joinpath(h).read_text() for h in headers)
         args = self.func.body.block.args
         text = "\n\n".join(
@@ -153,18 +156,10 @@ class ModuleRenderer:
             {i: v.index for i, v in enumerate(returned) if isinstance(v, BlockArgument)},
         )
 
-    def check_types(self) -> None:
-        for op in self.module.walk():
-            for value in (*op.operands, *op.results):
-                memref = getattr(value.type, "element_type", None)
-                if memref is not None and value.type.name == "memref" and memref in LOW_PRECISION:
-                    kernel = op if isinstance(op, tile.KernelOp) else op.parent_op()
-                    where = f"kernel @{kernel.sym_name.data}" if isinstance(kernel, tile.KernelOp) else "the graph"
-                    raise UnsupportedOpError(
-                        f"the C backend computes in float32; {where} has a {element_name(memref)} buffer "
-                        f"({value.type}) in:\n  {print_ir(op).splitlines()[0]}\n"
-                        "compile the model in float32 (model.float() and float32 inputs), or for a GPU target "
-                        "(--target triton), where 16-bit floats run on tensor cores")
+    def uses_half(self) -> bool:
+        """Whether any buffer is bf16 or f16 (half.h is then included)."""
+        return any(getattr(v.type, "name", None) == "memref" and v.type.element_type in LOW_PRECISION
+                   for op in self.module.walk() for v in (*op.operands, *op.results))
 
     def arg_notes(self, kernel: tile.KernelOp, packs: dict[int, PackSpec]) -> list[str]:
         notes = []
@@ -176,8 +171,8 @@ class ModuleRenderer:
             notes.append(note)
         return notes
 
-    def weight_index(self, name: str, pack: PackSpec | None) -> int:
-        slot = WeightSlot(name, pack)
+    def weight_index(self, name: str, pack: PackSpec | None, element=None) -> int:
+        slot = WeightSlot(name, pack, element)
         if slot not in self.weight_slots:
             self.weight_slots.append(slot)
         return self.weight_slots.index(slot)
@@ -227,9 +222,9 @@ class ModuleRenderer:
         packs = self.packs[callee]
         pointers = []
         for index, buffer in enumerate(op.buffers):
-            ctype = c_type(buffer.type.element_type)
+            ctype = arg_c_type(buffer.type.element_type, index in packs)
             if isinstance(buffer.owner, tile.WeightOp):
-                slot = self.weight_index(buffer.owner.weight_name.data, packs.get(index))
+                slot = self.weight_index(buffer.owner.weight_name.data, packs.get(index), buffer.type.element_type)
                 pointers.append(f"(({ctype} *)ctx->weights[{slot}])")
             elif isinstance(buffer, BlockArgument):
                 pointers.append(f"(({ctype} *){names[buffer]})")

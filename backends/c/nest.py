@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from xdsl.dialects.builtin import i1, i8, i32, i64
+from xdsl.dialects.builtin import bf16, f16, i1, i8, i32, i64
 from xdsl.ir import SSAValue
 
 from llmc.backends import constant_exponent, shape2
-from llmc.backends.c.exprs import (ACCESS, BINARY, BINARY_INT, BINARY_MASK, CASTS, GELU, POWERS, SPLAT, UNARY,
+from llmc.backends.c.exprs import (ACCESS, BINARY, BINARY_INT, BINARY_MASK, CASTS, GELU, HALF, POWERS, SPLAT, UNARY,
                                    UNARY_INT, UNARY_MASK, WHERE, literal)
 from llmc.backends.c.plan import INLINE, OPERAND
 from llmc.dialects import graph, tile
@@ -35,7 +35,7 @@ def kind_of(value: SSAValue) -> str:
 
 
 def element_key(element) -> str:
-    return {i64: "i64", i32: "i32", i1: "i1", i8: "i8"}.get(element, "f32")
+    return {i64: "i64", i32: "i32", i1: "i1", i8: "i8", bf16: "bf16", f16: "f16"}.get(element, "f32")
 
 
 class Nest:
@@ -135,6 +135,9 @@ class Nest:
         converted = value if source == target else CASTS[(source, target)].format(value)
         if op.result.type.element_type == i32:  # an int32 result wraps to 32 bits
             converted = f"__builtin_convertvector(__builtin_convertvector({converted}, vi), vl)"
+        key = element_key(op.result.type.element_type)
+        if key in HALF and element_key(op.operand.type.element_type) != key:  # rounded, kept in f32 lanes
+            converted = f"llmc_round_{key}({converted})"
         return converted
 
     def load(self, op: tile.LoadOp) -> str:
@@ -144,15 +147,16 @@ class Nest:
         row = f"{name(op.row)} + r" if rows > 1 else name(op.row)
         where = f"{name(op.buffer)} + {name(op.base)}, {row}"
         key = element_key(op.buffer.type.element_type)
-        if key != "f32":
+        if key not in ("f32", *HALF):
             column = name(op.col) if cols == 1 else f"{name(op.col)} + c"
             vector = f"llmc_load_vec{ACCESS[key]}({where}, {column}, {height}, {width}, {s0}, {s1})"
             return self._splat_lane0(vector, kind_of(op.result)) if cols == 1 else vector
         pad = "-INFINITY" if op.padding is not None and op.padding.data == "neg_inf" else "0.0f"
         view = f"{height}, {width}, {s0}, {s1}, {pad}"
+        suffix = ACCESS[key]
         if cols == 1:
-            return f"vsplat(llmc_load_scalar({where}, {name(op.col)}, {view}))"
-        return f"llmc_load_vec({where}, {name(op.col)} + c, {view})"
+            return f"vsplat(llmc_load_scalar{suffix}({where}, {name(op.col)}, {view}))"
+        return f"llmc_load_vec{suffix}({where}, {name(op.col)} + c, {view})"
 
     @staticmethod
     def _splat_lane0(vector: str, kind: str) -> str:
@@ -168,8 +172,8 @@ class Nest:
         key = element_key(op.buffer.type.element_type)
         column = name(op.col) if cols == 1 else f"{name(op.col)} + c"
         where = f"{name(op.buffer)} + {name(op.base)}, {row}, {column}, {height}, {width}, {s0}, {s1}"
-        if key == "f32":
-            vector = f"llmc_load_vec({where}, 0.0f)"
+        if key in ("f32", *HALF):
+            vector = f"llmc_load_vec{ACCESS[key]}({where}, 0.0f)"
         else:
             vector = f"llmc_load_vec{ACCESS[key]}({where})"
         return self._splat_lane0(vector, kind_of(op.result)) if cols == 1 else vector
