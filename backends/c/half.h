@@ -142,3 +142,54 @@ static inline vf llmc_round_f16(vf x) {
     }
 LLMC_HALF_ACCESS(bf16)
 LLMC_HALF_ACCESS(f16)
+
+/* Products of a few rows (decode) with a 16-bit weight kept 16-bit in its panels: each vector of
+ * weights is widened as it is loaded, so the step streams half the bytes of an f32 weight. */
+#if LLMC_W >= 16
+#define LLMC_HV 8
+#else
+#define LLMC_HV 4
+#endif
+/* c[R x n .. n + V*W) (+)= a[R x K] * b, R <= ROWS */
+#define LLMC_HROWS(T, ROWS, V)                                                                                \
+    static inline void llmc_hrows_##T##_##ROWS(long R, long K, const float *a, long lda, const uint16_t *b,  \
+                                               long ps, long n, float *c, long ldc, int accumulate) {       \
+        const uint16_t *p[V];                                                                                 \
+        vf acc[ROWS][V];                                                                                      \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) p[j] = LLMC_PANEL_AT(b, ps, n + j * LLMC_W);     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++)                                                \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++)                                              \
+                acc[r][j] = accumulate && r < R ? vload(c + r * ldc + j * LLMC_W) : vsplat(0.0f);             \
+        for (long k = 0; k < K; k++) {                                                                        \
+            vf w[V];                                                                                          \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                             \
+                __builtin_prefetch(p[j] + (k + 32) * LLMC_NR);                                                \
+                w[j] = llmc_##T##_vec(p[j] + k * LLMC_NR);                                                    \
+            }                                                                                                 \
+            _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                                          \
+                if (r >= R) break;                                                                            \
+                vf av = vsplat(a[r * lda + k]);                                                               \
+                _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) acc[r][j] += av * w[j];                   \
+            }                                                                                                 \
+        }                                                                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++)                                                \
+            if (r < R)                                                                                        \
+                _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) vstore(c + r * ldc + j * LLMC_W, acc[r][j]); \
+    }
+/* acc[M x N] (+)= a[M x K] * b[K x N] for M <= 8, b 16-bit panels (N a multiple of LLMC_NR) */
+#define LLMC_HDOT(T)                                                                                           \
+    LLMC_HROWS(T, 1, LLMC_HV)                                                                                  \
+    LLMC_HROWS(T, 4, LLMC_HV / 4)                                                                              \
+    static void llmc_dot_##T(long M, long N, long K, llmc_tile a, const uint16_t *b, long ps, llmc_tile c,    \
+                             int accumulate) {                                                                 \
+        long n = 0;                                                                                            \
+        if (M == 1)                                                                                            \
+            for (; n + LLMC_HV * LLMC_W <= N; n += LLMC_HV * LLMC_W)                                           \
+                llmc_hrows_##T##_1(1, K, a.p, a.ld, b, ps, n, c.p + n, c.ld, accumulate);                      \
+        for (; n < N; n += (LLMC_HV / 4) * LLMC_W)                                                             \
+            for (long m = 0; m < M; m += 4)                                                                    \
+                llmc_hrows_##T##_4(M - m < 4 ? M - m : 4, K, a.p + m * a.ld, a.ld, b, ps, n, c.p + m * c.ld + n, \
+                                   c.ld, accumulate);                                                          \
+    }
+LLMC_HDOT(bf16)
+LLMC_HDOT(f16)

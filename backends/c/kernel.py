@@ -116,7 +116,7 @@ class KernelRenderer:
         for index, note in enumerate(self.arg_notes):
             self.line(f" *   arg{index}: {c_comment(note)}")
         self.line(" */")
-        params = ", ".join(f"{arg_c_type(arg.type.element_type, i in self.plan.packs)} *arg{i}" for i, arg in enumerate(block.args))
+        params = ", ".join(f"{arg_c_type(arg.type.element_type, self.plan.packs.get(i))} *arg{i}" for i, arg in enumerate(block.args))
         self.open(f"static void {self.function_name}({params}, float *scratch_base, int *status)")
         self.line("(void)status;")
         self.line("/* runs on every thread of the forward's one parallel region; the programs are shared out */")
@@ -245,6 +245,9 @@ class KernelRenderer:
             pack = self.plan.packs[op.buffer.index]
             self.line(f"/* weight packed at compile time into K-major panels of {pack.panel} columns: a view, no copy */")
             offset = f"({col} / {pack.panel}) * {pack.panel_stride} + {row} * {pack.panel}"
+            if pack.half:  # kept 16-bit (p points at the bits): the few-row dot widens it as it streams it
+                self.line(f"const llmc_tile {v} = {{(float *)({buf} + {offset}), {pack.panel}, {pack.panel_stride}}};")
+                return
             self.line(f"const llmc_tile {v} = {{{buf} + {offset}, {pack.panel}, {pack.panel_stride}}};")
             return
         if info.transposed:
@@ -355,6 +358,11 @@ class KernelRenderer:
         panel = self.plan.values[op.rhs].panel or self.plan.nr
         accumulate = 0 if acc.zero_acc else 1
         lhs, rhs, out = self.name(op.lhs), self.name(op.rhs), self.name(op.result)
+        half = self.plan.values[op.rhs].half
+        if half:
+            self.line(f"llmc_dot_{half}({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, (const uint16_t *){rhs}.p, {rhs}.ps, "
+                      f"{out}, {accumulate});")
+            return
         if self.plan.values[op.rhs].transposed:
             self.line(f"llmc_dot_nt({m}, {n}, {k}, {lhs}, {rhs}, {out}, {accumulate});")
             return
@@ -515,10 +523,10 @@ def c_type(element) -> str:
     return C_TYPES[key]
 
 
-def arg_c_type(element, packed: bool) -> str:
-    """A kernel argument's C type: a 16-bit weight packed into panels is packed as f32 (the float
-    micro-kernels read it), any other argument has its element's type."""
-    return "float" if packed and element in (bf16, f16) else c_type(element)
+def arg_c_type(element, pack) -> str:
+    """A kernel argument's C type: a 16-bit weight packed into f32 panels (the float micro-kernels read
+    it) is float, any other argument has its element's type."""
+    return "float" if pack is not None and not pack.half and element in (bf16, f16) else c_type(element)
 
 
 def _short(attr) -> str:

@@ -27,7 +27,8 @@ from xdsl.ir import BlockArgument
 
 from llmc.backends.c.exprs import c_comment
 from llmc.backends.c.kernel import KernelRenderer, arg_c_type, c_type, function_name
-from llmc.backends.c.plan import PackSpec, plan_kernel, round_up
+from llmc.backends.c.nest import element_key
+from llmc.backends.c.plan import MAX_FUSED_ROWS, PackSpec, dot_roles, plan_kernel, round_up
 from llmc.dialects import tile
 from llmc.dtypes import LOW_PRECISION, element_bytes, encode, storage_dtype
 from llmc.errors import MalformedIRError
@@ -50,7 +51,8 @@ class WeightSlot:
         value = np.asarray(weight_value(weights, self.name))
         array = np.ascontiguousarray(value, dtype=value.dtype if value.dtype.kind in "bi" else np.float32)
         if self.pack is not None:
-            return pack_panels(array, self.pack)
+            panels = pack_panels(array, self.pack)
+            return encode(panels, storage_dtype(self.element)) if self.pack.half else panels
         return encode(array, storage_dtype(self.element)) if self.element in LOW_PRECISION else array
 
 
@@ -91,7 +93,11 @@ def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int) -> dic
         if len(keys) == 1 and None not in keys:
             base, shape, strides, panel, tile_shape = keys.pop()
             padded = (round_up(shape[0], tile_shape[0]), round_up(shape[1], tile_shape[1]))
-            specs[arg.index] = PackSpec(base, shape, strides, panel, padded)
+            element = arg.type.element_type
+            roles = [role for load in loads for role in dot_roles(load.results[0])]
+            few_rows = bool(roles) and all(dot.lhs.type.get_shape()[0] <= MAX_FUSED_ROWS for dot, _ in roles)
+            half = element_key(element) if element in LOW_PRECISION and few_rows else ""
+            specs[arg.index] = PackSpec(base, shape, strides, panel, padded, half)
     return specs
 
 
@@ -222,7 +228,7 @@ class ModuleRenderer:
         packs = self.packs[callee]
         pointers = []
         for index, buffer in enumerate(op.buffers):
-            ctype = arg_c_type(buffer.type.element_type, index in packs)
+            ctype = arg_c_type(buffer.type.element_type, packs.get(index))
             if isinstance(buffer.owner, tile.WeightOp):
                 slot = self.weight_index(buffer.owner.weight_name.data, packs.get(index), buffer.type.element_type)
                 pointers.append(f"(({ctype} *)ctx->weights[{slot}])")

@@ -48,6 +48,7 @@ class PackSpec:
     strides: tuple[int, int]
     panel: int
     padded: tuple[int, int]  # rows, cols after padding to whole tiles
+    half: str = ""  # "bf16" / "f16": a 16-bit weight kept 16-bit (only few-row dots read it), else f32 panels
 
     @property
     def panel_stride(self) -> int:
@@ -69,6 +70,7 @@ class TileValue:
     rhs: bool = False  # read as a dot's B operand (its columns must be padded to whole panels)
     transposed: bool = False  # a B operand kept as rows of K (bt[n][k]) for the dot-product form
     wide: bool = False  # int64 elements (two float slots each)
+    half: str = ""  # a view of 16-bit weight panels ("bf16" / "f16"): the descriptor's p points at bits
 
     @property
     def slot_floats(self) -> int:
@@ -268,6 +270,7 @@ class Planner:
         info = TileValue(OPERAND, rows, cols, ld=round_up(cols, self.plan.nr))
         if op.pack is not None and isinstance(op.buffer, BlockArgument) and op.buffer.index in self.plan.packs:
             info.panel = self.plan.packs[op.buffer.index].panel
+            info.half = self.plan.packs[op.buffer.index].half
         roles = dot_roles(op.result)
         info.rhs = any(index == 1 for _, index in roles)
         s0, s1 = op.strides.get_values()
@@ -324,7 +327,7 @@ class Planner:
             rows, cols = shape2(arg)
             ld = source.ld or round_up(cols, self.plan.nr)
             info = TileValue(source.kind if source.kind != INLINE else BUFFER, rows, cols, ld=ld, panel=source.panel,
-                             rhs=source.rhs, transposed=source.transposed)
+                             rhs=source.rhs, transposed=source.transposed, half=source.half)
             shared = sum(1 for v in op.iter_args if v is init) > 1
             info.copy_init = source.kind == INLINE or (
                 source.kind == BUFFER and (shared or self.last_read(init, op.parent_block()) > self.pos(op.parent_block())[op])

@@ -40,9 +40,6 @@ static inline void llmc_q4(const int8_t *p, vf *lo, vf *hi) {
     *hi = __builtin_convertvector(w >> 4, vf);
 }
 
-/* Where column `col` of a panel-packed operand starts (row 0). */
-#define LLMC_PANEL_AT(base, ps, col) ((base) + ((col) / LLMC_NR) * (ps) + (col) % LLMC_NR)
-
 /* Vectors of columns one pass over K covers: one row keeps 2 x V accumulators in registers. */
 #if LLMC_W >= 16
 #define LLMC_QV 8

@@ -37,6 +37,8 @@ typedef struct {
     long ld;
     long ps;
 } llmc_tile;
+/* Where column `col` of a panel-packed operand starts (row 0). */
+#define LLMC_PANEL_AT(base, ps, col) ((base) + ((col) / LLMC_NR) * (ps) + (col) % LLMC_NR)
 
 /* Streaming (non-temporal) stores for outputs far larger than the caches: no
  * read-for-ownership, and they do not evict what the next kernel reads. */
