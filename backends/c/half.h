@@ -162,10 +162,9 @@ LLMC_HALF_ACCESS(f16)
                 acc[r][j] = accumulate && r < R ? vload(c + r * ldc + j * LLMC_W) : vsplat(0.0f);             \
         for (long k = 0; k < K; k++) {                                                                        \
             vf w[V];                                                                                          \
-            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                             \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j += 2) /* a panel row: two vectors, one line */    \
                 __builtin_prefetch(p[j] + (k + 32) * LLMC_NR);                                                \
-                w[j] = llmc_##T##_vec(p[j] + k * LLMC_NR);                                                    \
-            }                                                                                                 \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) w[j] = llmc_##T##_vec(p[j] + k * LLMC_NR);    \
             _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                                          \
                 if (r >= R) break;                                                                            \
                 vf av = vsplat(a[r * lda + k]);                                                               \

@@ -48,6 +48,30 @@ static inline void llmc_q4(const int8_t *p, vf *lo, vf *hi) {
 #endif
 
 /* c[R x n .. n + V*W) (+)= a[R x K] * dequant(codes), for R <= 2 rows (V vectors) or R <= 4 (V / 2). */
+/* One k of int8 codes (one k pair of int4 codes) against V vectors of columns, summed into part[][]. */
+#define LLMC_Q8_STEP(ROWS, V, K)                                                                           \
+    do {                                                                                                   \
+        vf w[V];                                                                                           \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) w[j] = llmc_q8(qp[j] + (K) * LLMC_NR);          \
+        _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                                           \
+            if (r >= R) break;                                                                             \
+            vf av = vsplat(a[r * lda + (K)]);                                                              \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) part[r][j] += av * w[j];                   \
+        }                                                                                                  \
+    } while (0)
+#define LLMC_Q4_STEP(ROWS, V, K)                                                                           \
+    do {                                                                                                   \
+        vf lo[V], hi[V];                                                                                   \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) llmc_q4(qp[j] + ((K) / 2) * LLMC_NR, &lo[j], &hi[j]); \
+        _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                                           \
+            if (r >= R) break;                                                                             \
+            float a0 = a[r * lda + (K)], a1 = (K) + 1 < g1 ? a[r * lda + (K) + 1] : 0.0f;                  \
+            asum[r] += a0 + a1;                                                                            \
+            vf av0 = vsplat(a0), av1 = vsplat(a1);                                                         \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) part[r][j] += av0 * lo[j] + av1 * hi[j];   \
+        }                                                                                                  \
+    } while (0)
+
 #define LLMC_QROWS(NAME, ROWS, V)                                                                          \
     static inline void NAME(long R, long K, const float *a, long lda, const int8_t *q, long qps, int bits,  \
                             const float *s, long sps, const float *z, long kpg, long n, float *c, long ldc, \
@@ -63,35 +87,24 @@ static inline void llmc_q4(const int8_t *p, vf *lo, vf *hi) {
             float asum[ROWS] = {0};                                                                        \
             _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++)                                         \
                 _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) part[r][j] = vsplat(0.0f);             \
+            /* one prefetch per cache line: a panel row of codes is LLMC_NR bytes, two vectors' worth */       \
+            long k = g0;                                                                                   \
             if (bits == 8) {                                                                               \
-                for (long k = g0; k < g1; k++) {                                                           \
-                    vf w[V];                                                                               \
-                    _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                  \
+                for (; k + 2 <= g1; k += 2) {                                                              \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < V; j += 2)                                 \
                         __builtin_prefetch(qp[j] + (k + 64) * LLMC_NR);                                    \
-                        w[j] = llmc_q8(qp[j] + k * LLMC_NR);                                               \
-                    }                                                                                      \
-                    _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                               \
-                        if (r >= R) break;                                                                 \
-                        vf av = vsplat(a[r * lda + k]);                                                    \
-                        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) part[r][j] += av * w[j];       \
-                    }                                                                                      \
+                    LLMC_Q8_STEP(ROWS, V, k);                                                              \
+                    LLMC_Q8_STEP(ROWS, V, k + 1);                                                          \
                 }                                                                                          \
+                for (; k < g1; k++) LLMC_Q8_STEP(ROWS, V, k);                                              \
             } else {                                                                                       \
-                for (long k = g0; k < g1; k += 2) {                                                        \
-                    vf lo[V], hi[V];                                                                       \
-                    _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                  \
+                for (; k + 4 <= g1; k += 4) {                                                              \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < V; j += 2)                                 \
                         __builtin_prefetch(qp[j] + (k / 2 + 64) * LLMC_NR);                                \
-                        llmc_q4(qp[j] + (k / 2) * LLMC_NR, &lo[j], &hi[j]);                                \
-                    }                                                                                      \
-                    _Pragma("GCC unroll 4") for (int r = 0; r < ROWS; r++) {                               \
-                        if (r >= R) break;                                                                 \
-                        float a0 = a[r * lda + k], a1 = k + 1 < g1 ? a[r * lda + k + 1] : 0.0f;            \
-                        asum[r] += a0 + a1;                                                                \
-                        vf av0 = vsplat(a0), av1 = vsplat(a1);                                             \
-                        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++)                                \
-                            part[r][j] += av0 * lo[j] + av1 * hi[j];                                       \
-                    }                                                                                      \
+                    LLMC_Q4_STEP(ROWS, V, k);                                                              \
+                    LLMC_Q4_STEP(ROWS, V, k + 2);                                                          \
                 }                                                                                          \
+                for (; k < g1; k += 2) LLMC_Q4_STEP(ROWS, V, k);                                           \
             }                                                                                              \
             long row = g0 / kpg;                                                                           \
             _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                          \

@@ -150,3 +150,28 @@ func.func @f(%c: tensor<8x16xi8>, %s: tensor<8x2xf32>) -> tensor<8x32xf32> {
     with pytest.raises(Exception, match="int8 codes of a \\[8, 32\\] weight"):
         parse_ir(bad).verify()
     assert graph.DequantizeOp in (type(op) for op in parse_ir(bad.replace('"int8"', '"int4"')).walk())
+
+
+def test_aot_autograds_linear_is_quantized_as_a_linear():
+    """torch.compile hands llmc x @ permute(w); the pass quantizes it and it becomes a graph.linear."""
+    text = """
+func.func @forward(%x: tensor<4x32xf32>) -> tensor<4x48xf32> {
+  %w = graph.weight "fc.weight" : tensor<48x32xf32>
+  %t = graph.permute %w {perm = array<i64: 1, 0>} : tensor<48x32xf32> -> tensor<32x48xf32>
+  %y = graph.matmul %x, %t : (tensor<4x32xf32>, tensor<32x48xf32>) -> tensor<4x48xf32>
+  %r = graph.relu %y : tensor<4x48xf32> -> tensor<4x48xf32>
+  func.return %r : tensor<4x48xf32>
+}"""
+    rng = np.random.default_rng(7)
+    weights = {"fc.weight": rng.standard_normal((48, 32)).astype(np.float32)}
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    quantized = run_passes(parse_ir(text), spec_of("int8"))
+    filecheck(print_ir(quantized), """
+// CHECK: graph.dequantize
+// CHECK-NOT: graph.permute
+// CHECK-NOT: graph.matmul
+// CHECK: graph.linear %x
+""")
+    (got,) = run_ir(quantized, [x], dict(weights))
+    codes, scales, _ = quantize(weights["fc.weight"], QuantFormat(8))
+    np.testing.assert_array_equal(got, np.maximum(x @ dequantize(codes, scales, None, QuantFormat(8), 32).T, 0))
