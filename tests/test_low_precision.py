@@ -214,3 +214,19 @@ def test_the_c_fallback_runs_a_16_bit_model(no_gpu):
     got = compiled(*inputs)
     assert got.dtype == torch.bfloat16
     assert_as_accurate_as_eager([got], model, inputs, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_16_bit_decode_step_streams_16_bit_weight_panels(dtype):
+    """Few-row products read their weights 16-bit (widened as they stream); larger ones from f32 panels."""
+    key = "bf16" if dtype == "bfloat16" else "f16"
+    model, inputs = as_dtype("llama_decode", DTYPES[dtype])
+    compiled = llmc.compile(model, inputs, target="cpu", emit=lambda _: None)
+    assert f"llmc_dot_{key}(" in compiled.program.source.text
+    packed = [slot for slot in compiled.program.source.weights if slot.pack is not None]
+    assert packed and all(slot.pack.half == key for slot in packed)
+    prefill_model, prefill_inputs = as_dtype("llama_block", DTYPES[dtype])
+    prefill = llmc.compile(prefill_model, prefill_inputs, target="cpu", emit=lambda _: None)
+    calls = [line for line in prefill.program.source.text.splitlines() if f"llmc_dot_{key}(" in line and "static" not in line]
+    assert calls == []
+    assert all(not slot.pack.half for slot in prefill.program.source.weights if slot.pack is not None)
