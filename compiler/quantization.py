@@ -39,15 +39,24 @@ class QuantFormat:
     bits: int  # 8 or 4
     group: int = 0  # input channels per scale; 0 = per output channel
     symmetric: bool = True
+    activations: str = "float"  # "int8": linears round their input to int8 per block of 32 (integer dot products)
 
     @staticmethod
     def parse(text: str) -> QuantFormat:
-        """'int8', 'int4' (G = 32), 'int4:128', 'int4:64:asym', 'int4:channel'."""
+        """'int8', 'int4' (G = 32), 'int4:128', 'int4:64:asym', 'int4:channel'; ':a8' (int4) rounds the
+        activations to int8 so products run as integer dot products."""
         parts = text.strip().lower().split(":")
+        act8 = "a8" in parts[1:]
+        parts = [p for p in parts if p != "a8"]
         kind, rest = parts[0], parts[1:]
         if kind not in ("int8", "int4"):
             raise PassOptionError(f"unknown quantization '{text}': use int8, int4, int4:G (G in 32, 64, 128, channel) "
-                                  "and optionally :asym")
+                                  "and optionally :asym and :a8")
+        if act8 and kind == "int8":
+            raise PassOptionError(f"'{text}': int8 activations (:a8) go with int4 weights")
+        if act8:
+            base = QuantFormat.parse(":".join(parts))
+            return QuantFormat(base.bits, base.group, base.symmetric, "int8")
         symmetric = True
         if rest and rest[-1] in ("sym", "asym"):
             symmetric = rest.pop() == "sym"
@@ -84,7 +93,8 @@ class QuantFormat:
         if self.bits == 8:
             return "int8, per channel"
         group = f"groups of {self.group}" if self.group else "per channel"
-        return f"int4, {group}, {'symmetric' if self.symmetric else 'asymmetric'}"
+        act = ", int8 activations" if self.activations == "int8" else ""
+        return f"int4, {group}, {'symmetric' if self.symmetric else 'asymmetric'}{act}"
 
     def group_size(self, k: int) -> int:
         return self.group or k
@@ -159,6 +169,23 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, 
     zero = np.full((n, groups), fmt.default_zero, np.float32) if zeros is None else np.asarray(zeros, np.float32)
     expand = lambda a: np.repeat(a, g, axis=1)[:, :k]  # noqa: E731
     return ((values - expand(zero)) * expand(np.asarray(scales, np.float32))).astype(np.float32)
+
+
+ACTIVATION_BLOCK = 32
+
+
+def round_activations(x: np.ndarray) -> np.ndarray:
+    """What a linear with int8 activations reads: x rounded to int8 per block of 32 along its last dim,
+    d = max|x| / 127 (f32), x' = rint(x / d) * d (round half to even; a block of zeros stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    k = x.shape[-1]
+    blocks = -(-k // ACTIVATION_BLOCK)
+    padded = np.zeros((*x.shape[:-1], blocks * ACTIVATION_BLOCK), np.float32)
+    padded[..., :k] = x
+    grouped = padded.reshape(*x.shape[:-1], blocks, ACTIVATION_BLOCK)
+    d = np.abs(grouped).max(axis=-1, keepdims=True) / np.float32(127)
+    q = np.rint(grouped / np.where(d > 0, d, np.float32(1)))
+    return (q * d).astype(np.float32).reshape(padded.shape)[..., :k]
 
 
 def derived_name(base: str, fmt: QuantFormat, part: str) -> str:

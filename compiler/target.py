@@ -62,6 +62,25 @@ def host_cpu_name() -> str:
     return platform.machine()
 
 
+@lru_cache(maxsize=1)
+def host_cpu_flags() -> frozenset[str]:
+    """The feature flags /proc/cpuinfo lists for this CPU (empty where it lists none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def host_has_vnni(lanes: int) -> bool:
+    """Whether a -march=native build at this vector width has integer dot products (vpdpbusd)."""
+    flags = host_cpu_flags()
+    return (lanes == 16 and {"avx512f", "avx512_vnni"} <= flags) or (lanes == 8 and "avx_vnni" in flags)
+
+
 def host_llc_bytes() -> int | None:
     """The largest cache the kernel reports for CPU 0 (the last level), in bytes; None if unknown."""
     sizes = []

@@ -324,6 +324,8 @@ class LinearOp(GraphOp):
     weight = operand_def(TensorType)
     bias = opt_operand_def(TensorType)
     result = result_def(TensorType)
+    # "int8": the input is rounded to int8 per block of 32 along K first (llmc.quantization.round_activations)
+    activations = opt_attr_def(StringAttr)
     traits = traits_def(Pure())
     assembly_format = "$input `,` $weight (`,` $bias^)? attr-dict `:` functional-type(operands, results)"
 
@@ -335,6 +337,8 @@ class LinearOp(GraphOp):
             raise VerifyException(f"graph.linear: bias must have shape ({w[0]},)")
         if shape_of(self.result) != (*x[:-1], w[0]):
             raise VerifyException("graph.linear: wrong result shape")
+        if self.activations is not None and self.activations.data != "int8":
+            raise VerifyException("graph.linear: activations must be \"int8\" when given")
 
 
 @irdl_op_definition

@@ -17,7 +17,7 @@ from xdsl.interpreter import Interpreter, InterpreterFunctions, PythonValues, im
 from llmc.dialects import graph
 from llmc.dtypes import is_float, round_to, storage_dtype
 from llmc.errors import InterpretError, with_loc
-from llmc.quantization import QuantFormat, dequantize, weight_value
+from llmc.quantization import QuantFormat, dequantize, round_activations, weight_value
 
 F32 = np.float32
 
@@ -197,7 +197,8 @@ class GraphFunctions(InterpreterFunctions):
 
     @impl(graph.LinearOp)
     def run_linear(self, interpreter: Interpreter, op: graph.LinearOp, args: PythonValues):
-        out = np.matmul(args[0], args[1].T)
+        x = round_activations(args[0]) if op.activations is not None else args[0]
+        out = np.matmul(x, args[1].T)
         if len(args) == 3:
             out = out + args[2]
         return (rounded(op, out),)

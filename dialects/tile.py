@@ -287,6 +287,8 @@ class DotOp(IRDLOperation):
     rhs = operand_def(TensorType)
     acc = operand_def(TensorType)
     result = result_def(TensorType)
+    # "int8": lhs rounded to int8 per block of 32 columns first (a linear's int8 activations)
+    activations = opt_attr_def(StringAttr)
     traits = traits_def(Pure())
     assembly_format = "$lhs `,` $rhs `,` $acc attr-dict `:` functional-type(operands, results)"
 

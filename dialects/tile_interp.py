@@ -28,7 +28,7 @@ from xdsl.interpreter import (
 from llmc.dialects import tile
 from llmc.dtypes import decode, encode, storage_dtype
 from llmc.errors import InterpretError
-from llmc.quantization import weight_value
+from llmc.quantization import round_activations, weight_value
 
 F32 = np.float32
 ARENA_ATTR = "llmc.arena_bytes"
@@ -174,6 +174,8 @@ class TileFunctions(InterpreterFunctions):
     @impl(tile.DotOp)
     def run_dot(self, interpreter: Interpreter, op: tile.DotOp, args: PythonValues):
         lhs, rhs, acc = args  # 16-bit operands hold exact values: f32 products, f32 accumulation
+        if op.activations is not None:  # the K tile starts at a multiple of 32: its blocks are the linear's
+            lhs = round_activations(lhs)
         return ((acc + lhs.astype(F32) @ rhs.astype(F32)).astype(F32),)
 
     @impl(tile.DequantOp)

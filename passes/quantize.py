@@ -143,8 +143,11 @@ def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
                 func_op.body.block.insert_op_before(replacement, linear)
                 linear.result.replace_all_uses_with(replacement.result)
                 func_op.body.block.erase_op(linear)
+                linear = replacement
             else:
                 linear.operands[1] = made[choice.weight]
+            if choice.format.activations == "int8":
+                linear.attributes["activations"] = StringAttr("int8")
         for op in reversed(list(func_op.body.block.ops)):
             if isinstance(op, graph.PermuteOp) and not op.result.uses:
                 func_op.body.block.erase_op(op)
@@ -187,6 +190,8 @@ class QuantizePass(ModulePass):
     """int4: input channels per scale (32, 64, 128), or 0 for one scale per output channel."""
     symmetric: bool = True
     """int4: False stores a zero point per group."""
+    activations: str = "float"
+    """int4: "int8" rounds each linear's input to int8 per block of 32, for integer dot products."""
     head: str = "auto"
     """The output projection: auto (int8 when weights=int4), same, int8 or float."""
     skip: tuple[str, ...] = ()
@@ -198,7 +203,10 @@ class QuantizePass(ModulePass):
         if self.weights != "int4":
             raise PassOptionError(f"quantize: weights must be int8 or int4, got '{self.weights}'")
         group = "channel" if self.group == 0 else str(self.group)
-        return QuantFormat.parse(f"int4:{group}:{'sym' if self.symmetric else 'asym'}")
+        if self.activations not in ("float", "int8"):
+            raise PassOptionError(f"quantize: activations must be float or int8, got '{self.activations}'")
+        act8 = ":a8" if self.activations == "int8" else ""
+        return QuantFormat.parse(f"int4:{group}:{'sym' if self.symmetric else 'asym'}{act8}")
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         apply_plan(op, plan_quantization(op, self.format(), self.head, tuple(self.skip)))
@@ -210,4 +218,6 @@ def pass_spec(fmt: QuantFormat, head: str = "auto") -> str:
         options = "weights=int8"
     else:
         options = f"weights=int4 group={fmt.group} symmetric={'true' if fmt.symmetric else 'false'}"
+        if fmt.activations == "int8":
+            options += " activations=int8"
     return f"quantize{{{options}{'' if head == 'auto' else f' head={head}'}}}"

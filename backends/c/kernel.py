@@ -38,6 +38,7 @@ class KernelRenderer:
         self.loop_counters: dict[object, str] = {}
         self.done: set[Operation] = set()  # reductions already computed inside their producer's nest
         self.quant_args: dict[SSAValue, str] = {}  # a dequantized tile's codes/scales arguments of llmc_qdot
+        self.vnni_args: dict[SSAValue, str] = {}  # the same for llmc_qdot_vnni (codes in the integer-dot layout)
         self.handlers = {
             arith.ConstantOp: self.op_constant,
             arith.CmpiOp: self.op_cmpi,
@@ -321,6 +322,8 @@ class KernelRenderer:
             self.line(f"const int8_t *q{v} = {codes};")
             self.line(f"const float *s{v} = {scales}, *z{v} = {zeros};")
             self.quant_args[op.result] = f"q{v}, {qps}, {op.bits}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
+            if self.plan.packs[loads[0].buffer.index].vnni:
+                self.vnni_args[op.result] = f"q{v}, {qps}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
             if info.kind == QUANT:
                 self.line("/* dequantized in registers by the dot below (llmc_qdot) */")
                 return
@@ -342,6 +345,31 @@ class KernelRenderer:
         m, n = shape2(op.result)
         k = shape2(op.lhs)[1]
         info, acc = self.plan.values[op.result], self.plan.values[op.acc]
+        if op.rhs in self.vnni_args:
+            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x int4 codes, integer dot products */")
+            self.line("#ifndef LLMC_VNNI")
+            self.line('#error "llmc: these weights were packed for vpdpbusd; build with -march=native on the compiling host"')
+            self.line("#endif")
+            self.fresh(op.result)
+            if info.alias is None:
+                self.line(f"llmc_copy_tile({self.name(op.result)}, {self.name(op.acc)}, {m}, {n});")
+            accumulate = 0 if acc.zero_acc else 1
+            self.line(f"llmc_qdot_vnni({m}, {n}, {k}, {self.name(op.lhs)}, {self.vnni_args[op.rhs]}, {self.name(op.result)}, "
+                      f"{accumulate});")
+            return
+        if op in self.plan.rounded:  # the linear reads its input rounded to int8 per block of 32
+            rounded, original = self.plan.rounded[op], self.name(op.lhs)
+            self.line(f"llmc_tile r{original} = {{scratch + {rounded.slot}, {rounded.ld}, {self.plan.nr}}};")
+            self.line(f"llmc_round_activations(r{original}, {original}, {m}, {k});")
+            self.names[op.lhs] = f"r{original}"
+            try:
+                self.op_dot_rows(op, m, n, k, info, acc)
+            finally:
+                self.names[op.lhs] = original
+            return
+        self.op_dot_rows(op, m, n, k, info, acc)
+
+    def op_dot_rows(self, op: tile.DotOp, m: int, n: int, k: int, info, acc) -> None:
         if self.plan.values[op.rhs].kind == QUANT:
             self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, the weight dequantized in registers */")
             self.fresh(op.result)

@@ -34,6 +34,9 @@ from llmc.dtypes import LOW_PRECISION, element_bytes, encode, storage_dtype
 from llmc.errors import MalformedIRError
 from llmc.passes.swizzle import weight_arguments
 from llmc.quantization import weight_value
+from llmc.target import host_has_vnni
+
+VNNI_MAX_K = 1024  # quant.h's LLMC_VNNI_MAX_K: the K tile llmc_qdot_vnni quantizes on its stack
 
 ARENA_ATTR = "llmc.arena_bytes"
 
@@ -52,6 +55,8 @@ class WeightSlot:
         array = np.ascontiguousarray(value, dtype=value.dtype if value.dtype.kind in "bi" else np.float32)
         if self.pack is not None:
             panels = pack_panels(array, self.pack)
+            if self.pack.vnni:
+                return vnni_panels(panels, self.pack.panel // 2)
             return encode(panels, storage_dtype(self.element)) if self.pack.half else panels
         return encode(array, storage_dtype(self.element)) if self.element in LOW_PRECISION else array
 
@@ -97,8 +102,38 @@ def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int) -> dic
             roles = [role for load in loads for role in dot_roles(load.results[0])]
             few_rows = bool(roles) and all(dot.lhs.type.get_shape()[0] <= MAX_FUSED_ROWS for dot, _ in roles)
             half = element_key(element) if element in LOW_PRECISION and few_rows else ""
-            specs[arg.index] = PackSpec(base, shape, strides, panel, padded, half)
+            specs[arg.index] = PackSpec(base, shape, strides, panel, padded, half, _vnni_codes(loads, lanes))
     return specs
+
+
+def _vnni_codes(loads: list, lanes: int) -> bool:
+    """int4 codes whose every product has few rows, int8 activations and whole blocks of 32 k per tile, on
+    a host with integer dot products: laid out for llmc_qdot_vnni."""
+    dequants = []
+    for load in loads:
+        for use in load.results[0].uses:
+            d = use.operation
+            if not (isinstance(d, tile.DequantOp) and d.bits == 4 and d.codes is load.results[0]):
+                return False
+            dequants.append(d)
+    if not dequants or not host_has_vnni(lanes):
+        return False
+    dots = [u.operation for d in dequants for u in d.result.uses]
+    return all(isinstance(dot, tile.DotOp) and dot.activations is not None and dot.rhs.owner in dequants
+               and dot.lhs.type.get_shape()[0] <= MAX_FUSED_ROWS and dot.lhs.type.get_shape()[1] % 32 == 0
+               and dot.lhs.type.get_shape()[1] <= VNNI_MAX_K for dot in dots)
+
+
+def vnni_panels(panels: np.ndarray, lanes: int) -> np.ndarray:
+    """Regular int4 panels (a byte per k pair and column, k even low) -> the integer-dot layout: per panel
+    and 8 k, for each vector of `lanes` columns, each column's 4 bytes hold k0..k0+3 in the low nibbles
+    and k0+4..k0+7 in the high ones."""
+    raw = panels.view(np.uint8)
+    count, pairs, width = raw.shape
+    codes = np.stack([raw & 15, raw >> 4], axis=2).reshape(count, pairs * 2, width)  # [panel, k, column]
+    k8 = codes.reshape(count, pairs // 4, 2, 4, width // lanes, lanes)  # [panel, k/8, nibble, t, vector, lane]
+    packed = k8[:, :, 0] | (k8[:, :, 1] << 4)  # [panel, k/8, t, vector, lane]
+    return np.ascontiguousarray(packed.transpose(0, 1, 3, 4, 2)).reshape(count, pairs, width).view(np.int8)
 
 
 def _pack_key(load, lanes: int):
@@ -135,8 +170,9 @@ class ModuleRenderer:
             notes = self.arg_notes(kernel, self.packs[name])
             bodies.append(KernelRenderer(kernel, plans[name], function_name(name), notes, code).render())
         entry = self.render_entry()
-        headers = ["runtime.h"] + (["half.h"] if self.uses_half() else []) + \
-            (["quant.h"] if any(isinstance(o, tile.DequantOp) for o in self.module.walk()) else [])
+        quantized = any(isinstance(o, tile.DequantOp) or (isinstance(o, tile.DotOp) and o.activations is not None)
+                        for o in self.module.walk())
+        headers = ["runtime.h"] + (["half.h"] if self.uses_half() else []) + (["quant.h"] if quantized else [])
         header = "\n".join(resources.files("llmc.backends.c").joinpath(h).read_text() for h in headers)
         args = self.func.body.block.args
         text = "\n\n".join(

@@ -49,6 +49,7 @@ class PackSpec:
     panel: int
     padded: tuple[int, int]  # rows, cols after padding to whole tiles
     half: str = ""  # "bf16" / "f16": a 16-bit weight kept 16-bit (only few-row dots read it), else f32 panels
+    vnni: bool = False  # int4 codes laid out for integer dot products (llmc_qdot_vnni)
 
     @property
     def panel_stride(self) -> int:
@@ -86,6 +87,8 @@ class KernelPlan:
     scratch_floats: int = 0
     # reductions computed in the loop nest that materialises their input (one pass, not two)
     fused_reductions: dict[Operation, list[tile.ReduceOp]] = field(default_factory=dict)
+    # a dot with int8 activations that rounds its lhs into a scratch copy first
+    rounded: dict[Operation, TileValue] = field(default_factory=dict)
 
     @property
     def nr(self) -> int:
@@ -297,6 +300,10 @@ class Planner:
         acc = op.acc
         in_place = self.dead_after(acc, op) or self.info(acc).zero_acc
         self.new_buffer(op.result, op, alias=acc if in_place else None)
+        if op.activations is not None:
+            rows, cols = shape2(op.lhs)
+            self.plan.rounded[op] = TileValue(BUFFER, rows, cols, ld=round_up(cols, self.plan.nr))
+            self.plan.allocate(self.plan.rounded[op])
 
     def plan_pointwise(self, op: Operation) -> None:
         value = op.results[0]

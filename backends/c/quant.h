@@ -176,3 +176,115 @@ static void llmc_dequant_view(float *dst, long ld, long K, long N, int bits, con
             dst[k * ld + n] = (code - zero) * scale;
         }
 }
+
+/* Int8 activations (a linear marked activations = "int8"): each row of the activation tile is rounded
+ * to int8 per block of 32 columns (d = max|a| / 127, q = rint(a / d), round half to even). */
+#define LLMC_ACT_BLOCK 32
+static inline float llmc_rint(float x) { return (x + 12582912.0f) - 12582912.0f; } /* |x| <= 2^22: half to even */
+
+static void llmc_quantize_block(const float *a, long n, int8_t *q, float *d, int32_t *sum) {
+    float amax = 0.0f;
+    for (long k = 0; k < n; k++) amax = fabsf(a[k]) > amax ? fabsf(a[k]) : amax;
+    float dd = amax / 127.0f, inv = dd > 0.0f ? dd : 1.0f;
+    int32_t total = 0;
+    for (long k = 0; k < LLMC_ACT_BLOCK; k++) {
+        int8_t v = k < n ? (int8_t)llmc_rint(a[k] / inv) : 0;
+        q[k] = v;
+        total += v;
+    }
+    *d = dd;
+    *sum = total;
+}
+
+/* dst = the activation tile as the linear reads it: each row rounded per block (the general path). */
+static void llmc_round_activations(llmc_tile dst, llmc_tile a, long M, long K) {
+    int8_t q[LLMC_ACT_BLOCK];
+    for (long r = 0; r < M; r++)
+        for (long k0 = 0; k0 < K; k0 += LLMC_ACT_BLOCK) {
+            long n = K - k0 < LLMC_ACT_BLOCK ? K - k0 : LLMC_ACT_BLOCK;
+            float d;
+            int32_t sum;
+            llmc_quantize_block(a.p + r * a.ld + k0, n, q, &d, &sum);
+            for (long k = 0; k < n; k++) dst.p[r * dst.ld + k0 + k] = (float)q[k] * d;
+        }
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512F__) && LLMC_W == 16
+#define LLMC_VNNI 1
+static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)u, (__m512i)s); }
+#elif defined(__AVXVNNI__) && LLMC_W == 8
+#define LLMC_VNNI 1
+static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm256_dpbusd_avx_epi32((__m256i)acc, (__m256i)u, (__m256i)s); }
+#endif
+
+#ifdef LLMC_VNNI
+/* Integer dot products of int4 codes with int8 activations (what the fastest CPU engines do for decode).
+ * The codes are packed for it: per panel and 8 rows of k, each column's 32-bit lane holds its codes for
+ * k0..k0+3 in the low nibbles and k0+4..k0+7 in the high ones, so one vpdpbusd multiplies 4 k of 16
+ * columns. Per block of 32 k: c += (sum_k qa_k q_k - z sum_k qa_k) * d_block * scale. */
+#define LLMC_VNNI_MAX_K 1024
+#define LLMC_QROW_VNNI(V)                                                                                   \
+    static inline void llmc_qrow_vnni_##V(long K, const int8_t *qa, const float *da, const int32_t *sa,    \
+                                          const int8_t *q, long qps, const float *s, long sps, const float *z, \
+                                          long kpg, long n, float *c, int accumulate) {                    \
+        const int8_t *qp[V];                                                                               \
+        vf acc[V];                                                                                         \
+        const vi low = (vi)LLMC_SPLAT(0x0F0F0F0F);                                                         \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                              \
+            long col = n + j * LLMC_W;                                                                     \
+            qp[j] = q + (col / LLMC_NR) * qps + ((col % LLMC_NR) / LLMC_W) * LLMC_W * 4;                   \
+            acc[j] = accumulate ? vload(c + j * LLMC_W) : vsplat(0.0f);                                    \
+        }                                                                                                  \
+        for (long b = 0; b < K / LLMC_ACT_BLOCK; b++) {                                                    \
+            vi isum[V];                                                                                    \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) isum[j] = (vi)LLMC_SPLAT(0);               \
+            _Pragma("GCC unroll 4") for (long k8 = b * 4; k8 < b * 4 + 4; k8++) {                          \
+                int32_t lo4, hi4;                                                                          \
+                memcpy(&lo4, qa + 8 * k8, 4);                                                              \
+                memcpy(&hi4, qa + 8 * k8 + 4, 4);                                                          \
+                vi alo = (vi)LLMC_SPLAT(lo4), ahi = (vi)LLMC_SPLAT(hi4);                                   \
+                _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                      \
+                    vi x;                                                                                  \
+                    memcpy(&x, qp[j] + k8 * LLMC_NR * 4, sizeof x);                                        \
+                    __builtin_prefetch(qp[j] + (k8 + 16) * LLMC_NR * 4);                                   \
+                    isum[j] = llmc_dpbusd(isum[j], x & low, alo);                                          \
+                    isum[j] = llmc_dpbusd(isum[j], (x >> 4) & low, ahi);                                   \
+                }                                                                                          \
+            }                                                                                              \
+            long row = (b * LLMC_ACT_BLOCK) / kpg;                                                         \
+            vf sumv = vsplat((float)sa[b]), dv = vsplat(da[b]);                                            \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                          \
+                long col = n + j * LLMC_W;                                                                 \
+                vf sv = vload(LLMC_PANEL_AT(s, sps, col) + row * LLMC_NR);                                 \
+                vf zv = z ? vload(LLMC_PANEL_AT(z, sps, col) + row * LLMC_NR) : vsplat(8.0f);              \
+                acc[j] += (__builtin_convertvector(isum[j], vf) - zv * sumv) * (sv * dv);                  \
+            }                                                                                              \
+        }                                                                                                  \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) vstore(c + j * LLMC_W, acc[j]);               \
+    }
+LLMC_QROW_VNNI(8)
+LLMC_QROW_VNNI(4)
+LLMC_QROW_VNNI(2)
+#if LLMC_QV == 8
+#define LLMC_QROW_VNNI_WIDE llmc_qrow_vnni_8
+#else
+#define LLMC_QROW_VNNI_WIDE llmc_qrow_vnni_4
+#endif
+
+/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout; K a multiple of 32 */
+static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, const float *s, long sps,
+                           const float *z, long kpg, llmc_tile c, int accumulate) {
+    int8_t qa[LLMC_VNNI_MAX_K];
+    float da[LLMC_VNNI_MAX_K / LLMC_ACT_BLOCK];
+    int32_t sa[LLMC_VNNI_MAX_K / LLMC_ACT_BLOCK];
+    for (long m = 0; m < M; m++) {
+        for (long b = 0; b < K / LLMC_ACT_BLOCK; b++)
+            llmc_quantize_block(a.p + m * a.ld + b * LLMC_ACT_BLOCK, LLMC_ACT_BLOCK, qa + b * LLMC_ACT_BLOCK, &da[b], &sa[b]);
+        long n = 0;
+        for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
+            LLMC_QROW_VNNI_WIDE(K, qa, da, sa, q, qps, s, sps, z, kpg, n, c.p + m * c.ld + n, accumulate);
+        for (; n < N; n += 2 * LLMC_W)
+            llmc_qrow_vnni_2(K, qa, da, sa, q, qps, s, sps, z, kpg, n, c.p + m * c.ld + n, accumulate);
+    }
+}
+#endif

@@ -262,15 +262,30 @@ class TritonKernelRenderer:
     def dot(self, op: tile.DotOp) -> None:
         lhs, rhs, acc = self.name(op.lhs), self.name(op.rhs), self.name(op.acc)
         rows = shape2(op.lhs)[0]
+        if op.activations is not None:
+            lhs = self.rounded_activations(op)
         low = is_low_precision(op.lhs.type.element_type)
         if rows < DOT_MIN_ROWS:  # tl.dot wants 16 rows: a decode step's few rows multiply-and-sum (in f32) instead
-            lhs, rhs = (self.operand(v) for v in (op.lhs, op.rhs))
+            lhs = f"{lhs}.to(tl.float32)" if op.activations is not None else self.operand(op.lhs)
+            rhs = self.operand(op.rhs)
             expr = f"{acc} + tl.sum({lhs}[:, :, None] * {rhs}[None, :, :], axis=1)"
         elif low:  # tensor cores, f32 accumulator
             expr = f"tl.dot(dot_operand({lhs}), dot_operand({rhs}), {acc})"
         else:
             expr = f'tl.dot({lhs}, {rhs}, {acc}, input_precision="ieee")'
         self.line(f"{self.name(op.result)} = {expr}{comment(op)}")
+
+    def rounded_activations(self, op: tile.DotOp) -> str:
+        """The lhs tile rounded to int8 per block of 32 columns (round half to even: adding and removing
+        1.5 * 2^23 rounds any |x| <= 2^22 to an integer in f32), as the linear's int8 activations."""
+        rows, cols = shape2(op.lhs)
+        block = min(32, cols)
+        v, lhs = self.name(op.result), self.name(op.lhs)
+        self.line(f"a_{v} = tl.reshape({lhs}.to(tl.float32), ({rows}, {cols // block}, {block}))")
+        self.line(f"d_{v} = tl.max(tl.abs(a_{v}), axis=2, keep_dims=True) / 127.0")
+        self.line(f"q_{v} = (a_{v} / tl.where(d_{v} > 0, d_{v}, 1.0) + 12582912.0) - 12582912.0")
+        self.line(f"r_{v} = tl.reshape(q_{v} * d_{v}, ({rows}, {cols})).to({lhs}.dtype)")
+        return f"r_{v}"
 
     def dequant(self, op: tile.DequantOp) -> None:
         """(code - zero) * scale in registers, right before the dot that reads it: the weight crosses

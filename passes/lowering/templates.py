@@ -21,6 +21,7 @@ from llmc.passes.fusion.views import StridedView, apply_views, store_view, view_
 from llmc.passes.lowering.emit import (Emitter, Operand2D, as_2d, load, narrowed, pow2_at_least, store, tile_type,
                                       widened)
 from llmc.passes.lowering.evaluate import TileEvaluator, TileSpace
+from llmc.quantization import ACTIVATION_BLOCK
 
 STAGES_ATTR = "llmc.pipeline_stages"
 LOWEST_F32 = -3.4028234663852886e38
@@ -128,6 +129,9 @@ def lower_matmul(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> li
     batch, (m, n) = shape[:-2], shape[-2:]
     k = graph.shape_of(anchor.operands[0])[-1]
     bm, bn, bk = tiles
+    act8 = isinstance(anchor, graph.LinearOp) and anchor.activations is not None
+    if act8 and bk < min(ACTIVATION_BLOCK, k):  # int8 activations are rounded per block of 32: whole blocks per tile
+        bk = ACTIVATION_BLOCK
     em = low.em
     a_buf, a = _operand(anchor.operands[0], low, (*batch, m, k))
     quantized = _quantized_weight(low, anchor, batch)
@@ -152,7 +156,10 @@ def lower_matmul(low: KernelLowering, tiles: tuple[int, ...], stages: int) -> li
             b_tile = narrowed(em, quantized.tile(em, kk, n0, bk, bn), a_tile.type.element_type)
         else:
             b_tile = load(em, b_buf, b, b_base, kk, n0, (bk, bn))
-        return [em.value(tile.DotOp(operands=[a_tile, b_tile, carried[0]], result_types=[carried[0].type]))]
+        dot = tile.DotOp(operands=[a_tile, b_tile, carried[0]], result_types=[carried[0].type])
+        if act8:
+            dot.attributes["activations"] = anchor.activations
+        return [em.value(dot)]
 
     (acc,) = low.loop(em.index(k), bk, [em.full(0.0, (bm, bn))], k_step, stages)
     space = TileSpace(shape, (bm, bn), batch_index, m0, n0)

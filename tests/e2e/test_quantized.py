@@ -11,6 +11,7 @@ import llmc
 from llmc.accuracy import dequantized_model, quantization_report
 from llmc.cli import main as cli_main
 from llmc.quantization import QuantFormat
+from llmc.target import get_target, host_has_vnni
 
 FORMATS = ["int8", "int4:32", "int4:64:asym", "int4:channel"]
 
@@ -52,6 +53,24 @@ def test_c_kernels_match_the_dequantized_reference(fmt, rows):
     # few rows dequantize in registers, more rows once per tile; the narrow weight is read unpacked
     assert ("llmc_qdot(" in source.split("static void llmc_dequant_view")[1]) == (rows <= 8)
     assert "llmc_dequant_view(v" in source
+
+
+@pytest.mark.parametrize("fmt", ["int4:32:a8", "int4:64:asym:a8"])
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_int8_activations_match_the_interpreter(fmt, rows):
+    """Integer dot products (vpdpbusd) where the host has them and a product has few rows, the activations
+    rounded into a scratch copy otherwise: the IR's semantics either way."""
+    torch.manual_seed(0)
+    model = ThreeLinears(80).eval()
+    x = (torch.randn(rows, 80),)
+    compiled = llmc.compile(model, x, quantize=fmt, emit=lambda *_: None)
+    expected = llmc.compile(model, x, quantize=fmt, backend="interpret", emit=lambda *_: None)(*x)
+    for g, e in zip(compiled(*x), expected):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), atol=2e-5, rtol=1e-4)
+    calls = [line for line in compiled.program.source.text.splitlines() if "llmc_qdot_vnni(" in line and "static" not in line]
+    lanes = get_target("cpu").vector_bytes // 4
+    assert bool(calls) == (rows <= 8 and host_has_vnni(lanes))
+    assert "llmc_round_activations(r" in compiled.program.source.text  # the narrow weight: rounded copy
 
 
 @pytest.mark.slow
@@ -102,10 +121,17 @@ def test_cli_prints_the_plan_bytes_and_accuracy(tmp_path, capsys):
     assert cli_main(["compile", "examples/hf_causal_lm.py", "--quantize", "int5"]) == 1
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4:32:asym"])
-def test_triton_kernels_match_the_dequantized_reference(fmt, monkeypatch):
+@pytest.mark.parametrize("fmt", ["int8", "int4:32:asym", "int4:32:a8"])
+def test_triton_kernels_match_the_reference(fmt, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's interpreter runs the kernels on CPU tensors
     torch.manual_seed(0)
     model = ThreeLinears(64).eval()
     for rows in (2, 20):
-        check_against_reference(model, (torch.randn(rows, 64),), fmt, target="triton")
+        x = (torch.randn(rows, 64),)
+        if not fmt.endswith("a8"):
+            check_against_reference(model, x, fmt, target="triton")
+            continue
+        got = llmc.compile(model, x, quantize=fmt, target="triton", emit=lambda *_: None)(*x)
+        expected = llmc.compile(model, x, quantize=fmt, backend="interpret", emit=lambda *_: None)(*x)
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g.numpy(), e.numpy(), atol=2e-5, rtol=1e-4)

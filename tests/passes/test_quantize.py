@@ -175,3 +175,41 @@ func.func @forward(%x: tensor<4x32xf32>) -> tensor<4x48xf32> {
     (got,) = run_ir(quantized, [x], dict(weights))
     codes, scales, _ = quantize(weights["fc.weight"], QuantFormat(8))
     np.testing.assert_array_equal(got, np.maximum(x @ dequantize(codes, scales, None, QuantFormat(8), 32).T, 0))
+
+
+def test_int8_activations_round_per_block_of_32_half_to_even():
+    from llmc.quantization import round_activations
+
+    x = np.zeros((2, 40), np.float32)
+    x[0, 0], x[0, 1] = 127.0, 2.5  # d = 1: 2.5 rounds to 2 (even), as rint does
+    x[0, 32:] = 0.0  # an all-zero block stays zero
+    x[1, :] = np.linspace(-1, 1, 40, dtype=np.float32)
+    got = round_activations(x)
+    assert got[0, 0] == 127.0 and got[0, 1] == 2.0 and not got[0, 32:].any()
+    d = np.abs(x[1, 32:]).max() / np.float32(127)
+    np.testing.assert_array_equal(got[1, 32:], np.rint(x[1, 32:] / d) * d)  # the partial last block alone
+    assert QuantFormat.parse("int4:64:a8") == QuantFormat(4, 64, True, "int8")
+    with pytest.raises(PassOptionError, match="int4 weights"):
+        QuantFormat.parse("int8:a8")
+
+
+def test_int8_activations_mark_the_linear_and_the_dot():
+    from llmc.quantization import round_activations
+
+    rng = np.random.default_rng(8)
+    weights = mlp_weights(rng)
+    x = rng.standard_normal((1, 24, 32)).astype(np.float32)
+    quantized = run_passes(parse_ir(MLP), spec_of("int4:32:a8"))
+    assert print_ir(quantized).count('activations = "int8"') == 2
+    (got,) = run_ir(quantized, [x], dict(weights))
+    reference = dequantized_reference(weights, QuantFormat.parse("int4:32"))
+    hidden = round_activations(x) @ reference["fc.weight"].T + reference["fc.bias"]
+    g = 0.5 * hidden * (1 + np.tanh(np.float32(np.sqrt(2 / np.pi)) * (hidden + np.float32(0.044715) * hidden**3)))
+    expected = round_activations(g) @ reference["proj.weight"].T + x
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    lowered = run_passes(quantized, "fuse,tile{matmul=16,32,16},lower-tile")
+    text = print_ir(lowered)
+    dots = [line for line in text.splitlines() if "tile.dot" in line]
+    assert dots and all('activations = "int8"' in line and "(tensor<16x32xf32>, tensor<32x32xf32>" in line for line in dots)
+    (tiled,) = run_ir(lowered, [x], dict(weights))
+    np.testing.assert_allclose(tiled, got, atol=2e-5, rtol=2e-5)
