@@ -137,23 +137,25 @@ def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
                 continue
             if choice.weight not in made:
                 made[choice.weight] = _dequantized(weight, choice)
-            if isinstance(linear, graph.MatmulOp):  # x @ w.T is the linear of w
-                replacement = graph.LinearOp(operands=[linear.lhs, made[choice.weight], []],
-                                             result_types=[linear.result.type], attributes=dict(linear.attributes))
-                func_op.body.block.insert_op_before(replacement, linear)
-                linear.result.replace_all_uses_with(replacement.result)
-                func_op.body.block.erase_op(linear)
-                linear = replacement
-            else:
-                linear.operands[1] = made[choice.weight]
+            linear = _read_dequantized(func_op, linear, made[choice.weight])
             if choice.format.activations == "int8":
                 linear.attributes["activations"] = StringAttr("int8")
-        for op in reversed(list(func_op.body.block.ops)):
-            if isinstance(op, graph.PermuteOp) and not op.result.uses:
+        for op in reversed(list(func_op.body.block.ops)):  # the float weights and transposes left unread
+            if isinstance(op, (graph.PermuteOp, graph.WeightOp)) and not op.result.uses:
                 func_op.body.block.erase_op(op)
-        for op in reversed(list(func_op.body.block.ops)):
-            if isinstance(op, graph.WeightOp) and not op.result.uses:
-                func_op.body.block.erase_op(op)
+
+
+def _read_dequantized(func_op: func.FuncOp, linear, weight: SSAValue) -> graph.LinearOp:
+    """The linear reading `weight`: x @ w.T (a matmul of the transposed weight) becomes the linear of w."""
+    if isinstance(linear, graph.LinearOp):
+        linear.operands[1] = weight
+        return linear
+    replacement = graph.LinearOp(operands=[linear.lhs, weight, []], result_types=[linear.result.type],
+                                 attributes=dict(linear.attributes))
+    func_op.body.block.insert_op_before(replacement, linear)
+    linear.result.replace_all_uses_with(replacement.result)
+    func_op.body.block.erase_op(linear)
+    return replacement
 
 
 def _dequantized(weight: graph.WeightOp, choice: LayerChoice) -> SSAValue:
