@@ -172,7 +172,9 @@ def test_cli_generate_prints_the_serving_table(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["generate", "gpt3"], "unknown model 'gpt3'"),
-    (["generate", "llama", "--only", "vllm"], "unknown contender(s) vllm"),
+    (["generate", "llama", "--only", "vllm"], "unknown contender 'vllm'"),
+    (["generate", "llama", "--quantize", "int3"], "unknown quantization 'int3'"),
+    (["generate", "llama", "--only", "llmc-int4:48"], "int4 group 48 is not supported"),
     (["generate", "llama", "--new-tokens", "0"], "must be at least 1"),
 ])
 def test_cli_generate_refuses_bad_arguments(argv, message, capsys):
