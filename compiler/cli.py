@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--rounds", type=int, default=1, help="generations per contender, in rotation (medians over all)")
     gen.add_argument("--quantize", metavar="FORMAT[,FORMAT]",
                      help="also run llmc with quantized weights: int8, int4 (groups of 32), int4:64, int4:128:asym, "
-                          "int4:channel (each a contender llmc-FORMAT)")
+                          "int4:channel, int4:32:a8 (int8 activations) (each a contender llmc-FORMAT)")
     opt = sub.add_parser("opt", help="replay passes on an IR dump, mlir-opt style")
     opt.add_argument("file", help="an .mlir file (- for standard input)")
     opt.add_argument("-p", "--passes", required=True, help="pass pipeline, e.g. 'pipeline{stages=3},coalesce'")
@@ -194,7 +194,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from llmc.quantization import QuantFormat
 
-    quantized = [f"llmc-{QuantFormat.parse(q) and q}" for q in _names(args.quantize or "")]
+    quantized = [f"llmc-{QuantFormat.parse(q) and q.strip()}" for q in (args.quantize or "").split(",") if q.strip()]
     contenders = tuple(_names(args.only)) if args.only else ("eager", "inductor", "llmc", *quantized)
     for name in contenders:
         if name.startswith("llmc-"):
