@@ -176,7 +176,8 @@ ACTIVATION_BLOCK = 32
 
 def round_activations(x: np.ndarray) -> np.ndarray:
     """What a linear with int8 activations reads: x rounded to int8 per block of 32 along its last dim,
-    d = max|x| / 127 (f32), x' = rint(x / d) * d (round half to even; a block of zeros stays zero)."""
+    d = max|x| / 127, x' = rint(x * (1 / d)) * d (f32; round half to even; a block of zeros stays zero),
+    as llama.cpp's Q8_0 rounds its activations."""
     x = np.asarray(x, dtype=np.float32)
     k = x.shape[-1]
     blocks = -(-k // ACTIVATION_BLOCK)
@@ -184,7 +185,8 @@ def round_activations(x: np.ndarray) -> np.ndarray:
     padded[..., :k] = x
     grouped = padded.reshape(*x.shape[:-1], blocks, ACTIVATION_BLOCK)
     d = np.abs(grouped).max(axis=-1, keepdims=True) / np.float32(127)
-    q = np.rint(grouped / np.where(d > 0, d, np.float32(1)))
+    inverse = np.float32(1) / np.where(d > 0, d, np.float32(1))
+    q = np.rint(grouped * inverse)
     return (q * d).astype(np.float32).reshape(padded.shape)[..., :k]
 
 

@@ -178,17 +178,35 @@ static void llmc_dequant_view(float *dst, long ld, long K, long N, int bits, con
 }
 
 /* Int8 activations (a linear marked activations = "int8"): each row of the activation tile is rounded
- * to int8 per block of 32 columns (d = max|a| / 127, q = rint(a / d), round half to even). */
+ * to int8 per block of 32 columns (d = max|a| / 127, q = rint(a * (1 / d)), round half to even). */
 #define LLMC_ACT_BLOCK 32
 static inline float llmc_rint(float x) { return (x + 12582912.0f) - 12582912.0f; } /* |x| <= 2^22: half to even */
 
 static void llmc_quantize_block(const float *a, long n, int8_t *q, float *d, int32_t *sum) {
+#if LLMC_W >= 8
+    if (n == LLMC_ACT_BLOCK) { /* the whole block in vectors: one division per lane, no scalar loop */
+        vf amaxv = vsplat(0.0f);
+        for (int k = 0; k < LLMC_ACT_BLOCK; k += LLMC_W) amaxv = vmax(amaxv, (vf)((vi)vload(a + k) & 0x7FFFFFFF));
+        float dd = vhmax(amaxv) / 127.0f;
+        vf inv = vsplat(1.0f / (dd > 0.0f ? dd : 1.0f)), magic = vsplat(12582912.0f);
+        vi total = (vi)LLMC_SPLAT(0);
+        for (int k = 0; k < LLMC_ACT_BLOCK; k += LLMC_W) {
+            vi v = __builtin_convertvector((vload(a + k) * inv + magic) - magic, vi);
+            total += v;
+            for (int j = 0; j < LLMC_W; j++) q[k + j] = (int8_t)v[j];
+        }
+        *d = dd;
+        *sum = 0;
+        for (int j = 0; j < LLMC_W; j++) *sum += total[j];
+        return;
+    }
+#endif
     float amax = 0.0f;
     for (long k = 0; k < n; k++) amax = fabsf(a[k]) > amax ? fabsf(a[k]) : amax;
-    float dd = amax / 127.0f, inv = dd > 0.0f ? dd : 1.0f;
+    float dd = amax / 127.0f, inv = 1.0f / (dd > 0.0f ? dd : 1.0f);
     int32_t total = 0;
     for (long k = 0; k < LLMC_ACT_BLOCK; k++) {
-        int8_t v = k < n ? (int8_t)llmc_rint(a[k] / inv) : 0;
+        int8_t v = k < n ? (int8_t)llmc_rint(a[k] * inv) : 0;
         q[k] = v;
         total += v;
     }

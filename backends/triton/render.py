@@ -283,7 +283,7 @@ class TritonKernelRenderer:
         v, lhs = self.name(op.result), self.name(op.lhs)
         self.line(f"a_{v} = tl.reshape({lhs}.to(tl.float32), ({rows}, {cols // block}, {block}))")
         self.line(f"d_{v} = tl.max(tl.abs(a_{v}), axis=2, keep_dims=True) / 127.0")
-        self.line(f"q_{v} = (a_{v} / tl.where(d_{v} > 0, d_{v}, 1.0) + 12582912.0) - 12582912.0")
+        self.line(f"q_{v} = (a_{v} * (1.0 / tl.where(d_{v} > 0, d_{v}, 1.0)) + 12582912.0) - 12582912.0")
         self.line(f"r_{v} = tl.reshape(q_{v} * d_{v}, ({rows}, {cols})).to({lhs}.dtype)")
         return f"r_{v}"
 

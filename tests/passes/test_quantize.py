@@ -187,7 +187,7 @@ def test_int8_activations_round_per_block_of_32_half_to_even():
     got = round_activations(x)
     assert got[0, 0] == 127.0 and got[0, 1] == 2.0 and not got[0, 32:].any()
     d = np.abs(x[1, 32:]).max() / np.float32(127)
-    np.testing.assert_array_equal(got[1, 32:], np.rint(x[1, 32:] / d) * d)  # the partial last block alone
+    np.testing.assert_array_equal(got[1, 32:], np.rint(x[1, 32:] * (np.float32(1) / d)) * d)  # the partial last block alone
     assert QuantFormat.parse("int4:64:a8") == QuantFormat(4, 64, True, "int8")
     with pytest.raises(PassOptionError, match="int4 weights"):
         QuantFormat.parse("int8:a8")
