@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--run", action="store_true", help="run the compiled model, compare with PyTorch eager, time each kernel")
     comp.add_argument("--quantize", metavar="FORMAT",
                       help="weight-only quantization of the linear layers: int8 (per channel), int4 (groups of 32), "
-                           "int4:64, int4:128, int4:channel, each int4 optionally :asym")
+                           "int4:64, int4:128, int4:channel, each int4 optionally :asym and :a8 (int8 activations, "
+                           "integer dot products)")
     comp.add_argument("--explain", action="store_true",
                       help="say which ops torch.compile(backend='llmc') runs in llmc kernels and which in eager, and why")
     _add_dump_flags(comp)
