@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--position", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--formats", default="int8,int4,int4:32:a8")
+    parser.add_argument("--formats", default="int8,int8:a8,int4,int4:32:a8")
     args = parser.parse_args()
     max_len = args.position + 8
     model = builtin_model("tinyllama", args.layers)
@@ -94,7 +94,8 @@ def main() -> None:
         print(f"| {name} | {medians[name] * 1e3:.2f} | {weights / 1e6:.1f} | {weights / llc:.1f} | {gbs:.1f} | "
               f"{100 * gbs / read_gbs:.0f}% | {base / medians[name]:.2f} |")
     print("\nbars:")
-    for name, bar in (("llmc int8", 3.2), ("llmc int4", 5.0), ("llmc int4:32:a8", 5.0), ("llmc bf16", 1.8)):
+    for name, bar in (("llmc int8", 3.2), ("llmc int8:a8", 3.2), ("llmc int4", 5.0), ("llmc int4:32:a8", 5.0),
+                      ("llmc bf16", 1.8)):
         if name in medians:
             gbs = contenders[name][1] / medians[name] / 1e9
             print(f"  {name}: {base / medians[name]:.2f}x faster than llmc fp32 (>= {bar}); "

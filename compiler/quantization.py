@@ -43,7 +43,7 @@ class QuantFormat:
 
     @staticmethod
     def parse(text: str) -> QuantFormat:
-        """'int8', 'int4' (G = 32), 'int4:128', 'int4:64:asym', 'int4:channel'; ':a8' (int4) rounds the
+        """'int8', 'int4' (G = 32), 'int4:128', 'int4:64:asym', 'int4:channel'; ':a8' rounds the
         activations to int8 so products run as integer dot products."""
         parts = text.strip().lower().split(":")
         act8 = "a8" in parts[1:]
@@ -52,8 +52,6 @@ class QuantFormat:
         if kind not in ("int8", "int4"):
             raise PassOptionError(f"unknown quantization '{text}': use int8, int4, int4:G (G in 32, 64, 128, channel) "
                                   "and optionally :asym and :a8")
-        if act8 and kind == "int8":
-            raise PassOptionError(f"'{text}': int8 activations (:a8) go with int4 weights")
         if act8:
             base = QuantFormat.parse(":".join(parts))
             return QuantFormat(base.bits, base.group, base.symmetric, "int8")
@@ -91,7 +89,7 @@ class QuantFormat:
 
     def describe(self) -> str:
         if self.bits == 8:
-            return "int8, per channel"
+            return "int8, per channel" + (", int8 activations" if self.activations == "int8" else "")
         group = f"groups of {self.group}" if self.group else "per channel"
         act = ", int8 activations" if self.activations == "int8" else ""
         return f"int4, {group}, {'symmetric' if self.symmetric else 'asymmetric'}{act}"

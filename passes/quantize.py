@@ -120,7 +120,8 @@ def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "a
             elif is_head and head == "float":
                 choice = LayerChoice(name, (n, k), None, "output projection kept float (head=float)")
             elif is_head and (head == "int8" or (head == "auto" and fmt.bits == 4)):
-                choice = LayerChoice(name, (n, k), QuantFormat(8), "output projection: int8 (head)")
+                head_fmt = QuantFormat(8, activations=fmt.activations)
+                choice = LayerChoice(name, (n, k), head_fmt, "output projection: int8 (head)")
             else:
                 choice = LayerChoice(name, (n, k), fmt, "output projection" if is_head else "linear")
             choices[name] = choice
@@ -193,21 +194,21 @@ class QuantizePass(ModulePass):
     symmetric: bool = True
     """int4: False stores a zero point per group."""
     activations: str = "float"
-    """int4: "int8" rounds each linear's input to int8 per block of 32, for integer dot products."""
+    """"int8" rounds each quantized linear's input to int8 per block of 32, for integer dot products."""
     head: str = "auto"
     """The output projection: auto (int8 when weights=int4), same, int8 or float."""
     skip: tuple[str, ...] = ()
     """Weight-name patterns (fnmatch) left in float."""
 
     def format(self) -> QuantFormat:
-        if self.weights == "int8":
-            return QuantFormat.parse("int8")
-        if self.weights != "int4":
-            raise PassOptionError(f"quantize: weights must be int8 or int4, got '{self.weights}'")
-        group = "channel" if self.group == 0 else str(self.group)
         if self.activations not in ("float", "int8"):
             raise PassOptionError(f"quantize: activations must be float or int8, got '{self.activations}'")
         act8 = ":a8" if self.activations == "int8" else ""
+        if self.weights == "int8":
+            return QuantFormat.parse(f"int8{act8}")
+        if self.weights != "int4":
+            raise PassOptionError(f"quantize: weights must be int8 or int4, got '{self.weights}'")
+        group = "channel" if self.group == 0 else str(self.group)
         return QuantFormat.parse(f"int4:{group}:{'sym' if self.symmetric else 'asym'}{act8}")
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
@@ -217,7 +218,7 @@ class QuantizePass(ModulePass):
 def pass_spec(fmt: QuantFormat, head: str = "auto") -> str:
     """The pipeline text that applies `fmt`: quantize{weights=int4 group=32}."""
     if fmt.bits == 8:
-        options = "weights=int8"
+        options = "weights=int8" + (" activations=int8" if fmt.activations == "int8" else "")
     else:
         options = f"weights=int4 group={fmt.group} symmetric={'true' if fmt.symmetric else 'false'}"
         if fmt.activations == "int8":

@@ -323,7 +323,7 @@ class KernelRenderer:
             self.line(f"const float *s{v} = {scales}, *z{v} = {zeros};")
             self.quant_args[op.result] = f"q{v}, {qps}, {op.bits}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
             if self.plan.packs[loads[0].buffer.index].vnni:
-                self.vnni_args[op.result] = f"q{v}, {qps}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
+                self.vnni_args[op.result] = f"q{v}, {qps}, {op.bits}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
             if info.kind == QUANT:
                 self.line("/* dequantized in registers by the dot below (llmc_qdot) */")
                 return
@@ -346,7 +346,7 @@ class KernelRenderer:
         k = shape2(op.lhs)[1]
         info, acc = self.plan.values[op.result], self.plan.values[op.acc]
         if op.rhs in self.vnni_args:
-            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x int4 codes, integer dot products */")
+            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x codes, integer dot products */")
             self.line("#ifndef LLMC_VNNI")
             self.line('#error "llmc: these weights were packed for vpdpbusd; build with -march=native on the compiling host"')
             self.line("#endif")

@@ -56,7 +56,7 @@ class WeightSlot:
         if self.pack is not None:
             panels = pack_panels(array, self.pack)
             if self.pack.vnni:
-                return vnni_panels(panels, self.pack.panel // 2)
+                return vnni_panels(panels, self.pack.panel // 2, self.pack.vnni)
             return encode(panels, storage_dtype(self.element)) if self.pack.half else panels
         return encode(array, storage_dtype(self.element)) if self.element in LOW_PRECISION else array
 
@@ -106,28 +106,32 @@ def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int) -> dic
     return specs
 
 
-def _vnni_codes(loads: list, lanes: int) -> bool:
-    """int4 codes whose every product has few rows, int8 activations and whole blocks of 32 k per tile, on
-    a host with integer dot products: laid out for llmc_qdot_vnni."""
+def _vnni_codes(loads: list, lanes: int) -> int:
+    """The bits of codes whose every product has few rows, int8 activations and whole blocks of 32 k per tile,
+    on a host with integer dot products (laid out for llmc_qdot_vnni); else 0."""
     dequants = []
     for load in loads:
         for use in load.results[0].uses:
             d = use.operation
-            if not (isinstance(d, tile.DequantOp) and d.bits == 4 and d.codes is load.results[0]):
-                return False
+            if not (isinstance(d, tile.DequantOp) and d.codes is load.results[0] and (d.zeros is None or d.bits == 4)):
+                return 0
             dequants.append(d)
-    if not dequants or not host_has_vnni(lanes):
-        return False
+    if not dequants or not host_has_vnni(lanes) or len({d.bits for d in dequants}) != 1:
+        return 0
     dots = [u.operation for d in dequants for u in d.result.uses]
-    return all(isinstance(dot, tile.DotOp) and dot.activations is not None and dot.rhs.owner in dequants
+    return dequants[0].bits * all(isinstance(dot, tile.DotOp) and dot.activations is not None and dot.rhs.owner in dequants
                and dot.lhs.type.get_shape()[0] <= MAX_FUSED_ROWS and dot.lhs.type.get_shape()[1] % 32 == 0
                and dot.lhs.type.get_shape()[1] <= VNNI_MAX_K for dot in dots)
 
 
-def vnni_panels(panels: np.ndarray, lanes: int) -> np.ndarray:
-    """Regular int4 panels (a byte per k pair and column, k even low) -> the integer-dot layout: per panel
-    and 8 k, for each vector of `lanes` columns, each column's 4 bytes hold k0..k0+3 in the low nibbles
-    and k0+4..k0+7 in the high ones."""
+def vnni_panels(panels: np.ndarray, lanes: int, bits: int) -> np.ndarray:
+    """Regular panels -> the integer-dot layout, for each vector of `lanes` columns 4 bytes per column: int8
+    codes k0..k0+3 per 4 k; int4 (a byte per k pair and column, k even low) k0..k0+3 in the low nibbles and
+    k0+4..k0+7 in the high ones per 8 k."""
+    if bits == 8:
+        count, rows, width = panels.shape
+        grouped = panels.reshape(count, rows // 4, 4, width // lanes, lanes)  # [panel, k/4, t, vector, lane]
+        return np.ascontiguousarray(grouped.transpose(0, 1, 3, 4, 2)).reshape(count, rows, width)
     raw = panels.view(np.uint8)
     count, pairs, width = raw.shape
     codes = np.stack([raw & 15, raw >> 4], axis=2).reshape(count, pairs * 2, width)  # [panel, k, column]

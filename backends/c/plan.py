@@ -49,7 +49,7 @@ class PackSpec:
     panel: int
     padded: tuple[int, int]  # rows, cols after padding to whole tiles
     half: str = ""  # "bf16" / "f16": a 16-bit weight kept 16-bit (only few-row dots read it), else f32 panels
-    vnni: bool = False  # int4 codes laid out for integer dot products (llmc_qdot_vnni)
+    vnni: int = 0  # 4 / 8: int4 / int8 codes laid out for integer dot products (llmc_qdot_vnni)
 
     @property
     def panel_stride(self) -> int:

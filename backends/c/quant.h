@@ -283,22 +283,76 @@ static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm256_dpbusd_avx_
 LLMC_QROW_VNNI(8)
 LLMC_QROW_VNNI(4)
 LLMC_QROW_VNNI(2)
+
+/* int8 codes (signed) against int8 activations: vpdpbusd wants one unsigned operand, so the activations go
+ * in as q + 128 and each block subtracts 128 * sum_k q_k, the column sums coming from one more vpdpbusd of
+ * the codes with ones. The codes are packed 4 k to a lane. */
+#define LLMC_QROW_VNNI8(V)                                                                                  \
+    static inline void llmc_qrow_vnni8_##V(long K, const uint8_t *qau, const float *da, const int8_t *q,   \
+                                           long qps, const float *s, long sps, long kpg, long n, float *c,  \
+                                           int accumulate) {                                                \
+        const int8_t *qp[V];                                                                               \
+        vf acc[V];                                                                                         \
+        const vi ones = (vi)LLMC_SPLAT(0x01010101);                                                        \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                              \
+            long col = n + j * LLMC_W;                                                                     \
+            qp[j] = q + (col / LLMC_NR) * qps + ((col % LLMC_NR) / LLMC_W) * LLMC_W * 4;                   \
+            acc[j] = accumulate ? vload(c + j * LLMC_W) : vsplat(0.0f);                                    \
+        }                                                                                                  \
+        for (long b = 0; b < K / LLMC_ACT_BLOCK; b++) {                                                    \
+            vi isum[V], wsum[V];                                                                           \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) isum[j] = wsum[j] = (vi)LLMC_SPLAT(0);     \
+            _Pragma("GCC unroll 8") for (long k4 = b * 8; k4 < b * 8 + 8; k4++) {                          \
+                int32_t a4;                                                                                \
+                memcpy(&a4, qau + 4 * k4, 4);                                                              \
+                vi av = (vi)LLMC_SPLAT(a4);                                                                \
+                _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                      \
+                    vi x;                                                                                  \
+                    memcpy(&x, qp[j] + k4 * LLMC_NR * 4, sizeof x);                                        \
+                    __builtin_prefetch(qp[j] + (k4 + 16) * LLMC_NR * 4);                                   \
+                    isum[j] = llmc_dpbusd(isum[j], av, x);                                                 \
+                    wsum[j] = llmc_dpbusd(wsum[j], ones, x);                                               \
+                }                                                                                          \
+            }                                                                                              \
+            long row = (b * LLMC_ACT_BLOCK) / kpg;                                                         \
+            vf dv = vsplat(da[b]);                                                                         \
+            _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                          \
+                vf sv = vload(LLMC_PANEL_AT(s, sps, n + j * LLMC_W) + row * LLMC_NR);                      \
+                acc[j] += __builtin_convertvector(isum[j] - (wsum[j] << 7), vf) * (sv * dv);               \
+            }                                                                                              \
+        }                                                                                                  \
+        _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) vstore(c + j * LLMC_W, acc[j]);               \
+    }
+LLMC_QROW_VNNI8(8)
+LLMC_QROW_VNNI8(4)
+LLMC_QROW_VNNI8(2)
 #if LLMC_QV == 8
 #define LLMC_QROW_VNNI_WIDE llmc_qrow_vnni_8
+#define LLMC_QROW_VNNI8_WIDE llmc_qrow_vnni8_8
 #else
 #define LLMC_QROW_VNNI_WIDE llmc_qrow_vnni_4
+#define LLMC_QROW_VNNI8_WIDE llmc_qrow_vnni8_4
 #endif
 
 /* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout; K a multiple of 32 */
-static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, const float *s, long sps,
-                           const float *z, long kpg, llmc_tile c, int accumulate) {
+static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
+                           long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
     int8_t qa[LLMC_VNNI_MAX_K];
+    uint8_t qau[LLMC_VNNI_MAX_K];
     float da[LLMC_VNNI_MAX_K / LLMC_ACT_BLOCK];
     int32_t sa[LLMC_VNNI_MAX_K / LLMC_ACT_BLOCK];
     for (long m = 0; m < M; m++) {
         for (long b = 0; b < K / LLMC_ACT_BLOCK; b++)
             llmc_quantize_block(a.p + m * a.ld + b * LLMC_ACT_BLOCK, LLMC_ACT_BLOCK, qa + b * LLMC_ACT_BLOCK, &da[b], &sa[b]);
         long n = 0;
+        if (bits == 8) {
+            for (long k = 0; k < K; k++) qau[k] = (uint8_t)(qa[k] ^ 0x80); /* q + 128, as unsigned bytes */
+            for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
+                LLMC_QROW_VNNI8_WIDE(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
+            for (; n < N; n += 2 * LLMC_W)
+                llmc_qrow_vnni8_2(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
+            continue;
+        }
         for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
             LLMC_QROW_VNNI_WIDE(K, qa, da, sa, q, qps, s, sps, z, kpg, n, c.p + m * c.ld + n, accumulate);
         for (; n < N; n += 2 * LLMC_W)

@@ -55,7 +55,7 @@ def test_c_kernels_match_the_dequantized_reference(fmt, rows):
     assert "llmc_dequant_view(v" in source
 
 
-@pytest.mark.parametrize("fmt", ["int4:32:a8", "int4:64:asym:a8"])
+@pytest.mark.parametrize("fmt", ["int8:a8", "int4:32:a8", "int4:64:asym:a8"])
 @pytest.mark.parametrize("rows", [1, 3, 20])
 def test_int8_activations_match_the_interpreter(fmt, rows):
     """Integer dot products (vpdpbusd) where the host has them and a product has few rows, the activations

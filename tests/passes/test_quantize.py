@@ -189,8 +189,9 @@ def test_int8_activations_round_per_block_of_32_half_to_even():
     d = np.abs(x[1, 32:]).max() / np.float32(127)
     np.testing.assert_array_equal(got[1, 32:], np.rint(x[1, 32:] * (np.float32(1) / d)) * d)  # the partial last block alone
     assert QuantFormat.parse("int4:64:a8") == QuantFormat(4, 64, True, "int8")
-    with pytest.raises(PassOptionError, match="int4 weights"):
-        QuantFormat.parse("int8:a8")
+    assert QuantFormat.parse("int8:a8") == QuantFormat(8, 0, True, "int8")
+    with pytest.raises(PassOptionError, match="unknown quantization"):
+        QuantFormat.parse("int2:a8")
 
 
 def test_int8_activations_mark_the_linear_and_the_dot():
