@@ -60,6 +60,7 @@ class BenchResult:
             self.title,
             f"graph: {self.flops / 1e9:.3f} GFLOP, {self.bytes / 1e6:.2f} MB compulsory traffic; "
             f"machine peak {self.peak_gflops:.1f} GFLOP/s, {self.peak_gbs:.1f} GB/s (probe)",
+            "x eager, x best: time over eager's and over the faster of eager and Inductor (lower is faster)",
             f"{'':<10}{'median ms':>10}{'x eager':>9}{'x best':>8}{'GFLOP/s':>9}{'%peak':>7}{'GB/s':>8}{'%bw':>6}{'compile s':>11}",
         ]
         for c in self.contenders:

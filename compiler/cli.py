@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmc.errors import LlmcError
+from llmc.errors import LlmcError, PassOptionError
 from llmc.pipeline import DumpOptions, PassRunner
 
 
@@ -16,6 +16,14 @@ def _names(value: str | None) -> frozenset[str]:
 
 
 def _dump_options(args: argparse.Namespace) -> DumpOptions:
+    from llmc.registry import available_passes
+
+    known = available_passes()
+    for flag, value in (("--print-ir-after", args.print_ir_after), ("--print-ir-before", args.print_ir_before)):
+        unknown = sorted(_names(value) - set(known))
+        if unknown:  # a typo would otherwise print nothing and succeed
+            raise PassOptionError(f"unknown pass {', '.join(repr(u) for u in unknown)} in {flag}; "
+                                  f"known passes: {', '.join(known)}")
     return DumpOptions(
         print_after_all=args.print_ir_after_all,
         print_after=_names(args.print_ir_after),
@@ -33,7 +41,9 @@ def _add_dump_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="cpu", help="cpu (= cpu-avx2 = c), cpu-avx512, cpu-neon, cpu-scalar, gpu")
+    parser.add_argument("--target", default="cpu",
+                        help="cpu (this host: its widest vector ISA and its cores; also c, native), cpu-avx2, "
+                             "cpu-avx512, cpu-neon, cpu-scalar, gpu (= triton)")
     parser.add_argument("--backend", choices=["c", "triton", "interpret"],
                         help="default: c for CPU targets, triton for GPU targets")
     parser.add_argument("-p", "--passes", help="pass pipeline in xDSL syntax (default: the full pipeline)")
@@ -86,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "int4:channel, int4:32:a8 (int8 activations) (each a contender llmc-FORMAT)")
     opt = sub.add_parser("opt", help="replay passes on an IR dump, mlir-opt style")
     opt.add_argument("file", help="an .mlir file (- for standard input)")
-    opt.add_argument("-p", "--passes", required=True, help="pass pipeline, e.g. 'pipeline{stages=3},coalesce'")
+    opt.add_argument("-p", "--passes", help="pass pipeline, e.g. 'pipeline{stages=3},coalesce' (none: parse, verify "
+                                           "and print, as mlir-opt does)")
     opt.add_argument("-o", "--output", help="write the result here instead of standard output")
     _add_dump_flags(opt)
     return parser
@@ -98,13 +109,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from llmc.ir_text import print_ir
     from llmc.model_file import load_model_file
 
+    dumps = _dump_options(args)  # bad flags and pipelines are refused before the model is exported
+    if args.passes:
+        from llmc.registry import parse_passes
+
+        parse_passes(args.passes)
     model, inputs = load_model_file(args.model)
     if args.explain:
         print(llmc.explain(model, inputs, options={"target": args.target}))
         return 0
     print(f"llmc: compiling {args.model} for {args.target}", file=sys.stderr)
     compiled = llmc.compile(
-        model, inputs, target=args.target, passes=args.passes, dumps=_dump_options(args),
+        model, inputs, target=args.target, passes=args.passes, dumps=dumps,
         backend=args.backend, build=build_options(args), quantize=args.quantize,
     )
     if args.quantize:
@@ -216,7 +232,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
     from llmc.ir_text import parse_ir, print_ir
     from llmc.registry import parse_passes
 
-    passes = parse_passes(args.passes)
+    passes = parse_passes(args.passes) if args.passes else []
     text = sys.stdin.read() if args.file == "-" else _read(args.file)
     module = parse_ir(text, args.file)
     runner = PassRunner(passes, _dump_options(args))

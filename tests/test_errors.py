@@ -72,3 +72,27 @@ def test_cli_opt_replays_a_pass_and_rejects_bad_ir(tmp_path):
     bad.write_text("func.func @f( {")
     result = run_cli("opt", str(bad), "-p", "fuse")
     assert result.returncode == 1 and "bad.mlir:1" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--print-ir-after=fsue", "--print-ir-before=lower_tile"])
+def test_a_misspelt_pass_in_a_dump_flag_is_an_error_before_export(flag, tmp_path):
+    never_loaded = tmp_path / "model.py"
+    never_loaded.write_text("raise SystemExit('the model file was imported')\n")
+    result = run_cli("compile", str(never_loaded), flag)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "unknown pass" in result.stderr and "known passes: quantize, fuse" in result.stderr
+    piped = run_cli("compile", str(never_loaded), "-p", "fuse,nope")
+    assert piped.returncode == 1 and "nope" in piped.stderr and "imported" not in piped.stderr
+
+
+def test_cli_opt_without_passes_parses_verifies_and_prints(tmp_path):
+    from conftest import MLP
+
+    good = tmp_path / "mlp.mlir"
+    good.write_text(MLP)
+    result = run_cli("opt", str(good))
+    assert result.returncode == 0 and "graph.linear" in result.stdout and "func.func @forward" in result.stdout
+    bad = tmp_path / "bad.mlir"
+    bad.write_text(MLP.replace("32x48xf32", "32x40xf32"))  # proj's weight no longer matches its input
+    rejected = run_cli("opt", str(bad))
+    assert rejected.returncode == 1 and "does not verify" in rejected.stderr
