@@ -25,12 +25,6 @@ static inline float llmc_bf16_to_f32(uint16_t h) {
     memcpy(&f, &u, sizeof f);
     return f;
 }
-static inline uint16_t llmc_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if (f != f) return 0x7FC0;
-    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
 static inline vf llmc_bf16_vec(const uint16_t *p) { return (vf)(llmc_widen_u16(p) << 16); }
 static inline vi llmc_bf16_bits(vf x) {
     vi u = (vi)x;

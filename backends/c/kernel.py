@@ -345,56 +345,40 @@ class KernelRenderer:
         m, n = shape2(op.result)
         k = shape2(op.lhs)[1]
         info, acc = self.plan.values[op.result], self.plan.values[op.acc]
+        lhs, out = self.name(op.lhs), self.name(op.result)
         if op.rhs in self.vnni_args:
             self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x codes, integer dot products */")
             self.line("#ifndef LLMC_VNNI")
             self.line('#error "llmc: these weights were packed for vpdpbusd; build with -march=native on the compiling host"')
             self.line("#endif")
-            self.fresh(op.result)
-            if info.alias is None:
-                self.line(f"llmc_copy_tile({self.name(op.result)}, {self.name(op.acc)}, {m}, {n});")
-            accumulate = 0 if acc.zero_acc else 1
-            self.line(f"llmc_qdot_vnni({m}, {n}, {k}, {self.name(op.lhs)}, {self.vnni_args[op.rhs]}, {self.name(op.result)}, "
-                      f"{accumulate});")
-            return
-        if op in self.plan.rounded:  # the linear reads its input rounded to int8 per block of 32
-            rounded, original = self.plan.rounded[op], self.name(op.lhs)
-            self.line(f"llmc_tile r{original} = {{scratch + {rounded.slot}, {rounded.ld}, {self.plan.nr}}};")
-            self.line(f"llmc_round_activations(r{original}, {original}, {m}, {k});")
-            self.names[op.lhs] = f"r{original}"
-            try:
-                self.op_dot_rows(op, m, n, k, info, acc)
-            finally:
-                self.names[op.lhs] = original
-            return
-        self.op_dot_rows(op, m, n, k, info, acc)
-
-    def op_dot_rows(self, op: tile.DotOp, m: int, n: int, k: int, info, acc) -> None:
-        if self.plan.values[op.rhs].kind == QUANT:
-            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, the weight dequantized in registers */")
-            self.fresh(op.result)
-            if info.alias is None:
-                self.line(f"llmc_copy_tile({self.name(op.result)}, {self.name(op.acc)}, {m}, {n});")
-            accumulate = 0 if acc.zero_acc else 1
-            lhs, out = self.name(op.lhs), self.name(op.result)
-            self.line(f"llmc_qdot({m}, {n}, {k}, {lhs}, {self.quant_args[op.rhs]}, {out}, {accumulate});")
-            return
-        self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, micro-kernel {8 if self.plan.lanes >= 16 else 6}x{self.plan.nr} */")
+        else:
+            if op in self.plan.rounded:  # the linear reads its input rounded to int8 per block of 32
+                rounded = self.plan.rounded[op]
+                self.line(f"llmc_tile r{lhs} = {{scratch + {rounded.slot}, {rounded.ld}, {self.plan.nr}}};")
+                self.line(f"llmc_round_activations(r{lhs}, {lhs}, {m}, {k});")
+                lhs = f"r{lhs}"
+            how = ("the weight dequantized in registers" if self.plan.values[op.rhs].kind == QUANT
+                   else f"micro-kernel {8 if self.plan.lanes >= 16 else 6}x{self.plan.nr}")
+            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, {how} */")
         self.fresh(op.result)
         if info.alias is None:
-            self.line(f"llmc_copy_tile({self.name(op.result)}, {self.name(op.acc)}, {m}, {n});")
-        panel = self.plan.values[op.rhs].panel or self.plan.nr
-        accumulate = 0 if acc.zero_acc else 1
-        lhs, rhs, out = self.name(op.lhs), self.name(op.rhs), self.name(op.result)
-        half = self.plan.values[op.rhs].half
-        if half:
-            self.line(f"llmc_dot_{half}({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, (const uint16_t *){rhs}.p, {rhs}.ps, "
-                      f"{out}, {accumulate});")
-            return
-        if self.plan.values[op.rhs].transposed:
-            self.line(f"llmc_dot_nt({m}, {n}, {k}, {lhs}, {rhs}, {out}, {accumulate});")
-            return
-        self.line(f"llmc_dot({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, {rhs}, {panel}, {out}, {accumulate});")
+            self.line(f"llmc_copy_tile({out}, {self.name(op.acc)}, {m}, {n});")
+        self.line(self.dot_call(op, (m, n, k), lhs, out, 0 if acc.zero_acc else 1))
+
+    def dot_call(self, op: tile.DotOp, mnk: tuple[int, int, int], lhs: str, out: str, accumulate: int) -> str:
+        """The micro-kernel call that computes `op` into `out`, by what its rhs is."""
+        (m, n, k), rhs, rhs_info = mnk, self.name(op.rhs), self.plan.values[op.rhs]
+        if op.rhs in self.vnni_args:
+            return f"llmc_qdot_vnni({m}, {n}, {k}, {lhs}, {self.vnni_args[op.rhs]}, {out}, {accumulate});"
+        if rhs_info.kind == QUANT:
+            return f"llmc_qdot({m}, {n}, {k}, {lhs}, {self.quant_args[op.rhs]}, {out}, {accumulate});"
+        if rhs_info.half:
+            return (f"llmc_dot_{rhs_info.half}({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, (const uint16_t *){rhs}.p, "
+                    f"{rhs}.ps, {out}, {accumulate});")
+        if rhs_info.transposed:
+            return f"llmc_dot_nt({m}, {n}, {k}, {lhs}, {rhs}, {out}, {accumulate});"
+        panel = rhs_info.panel or self.plan.nr
+        return f"llmc_dot({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, {rhs}, {panel}, {out}, {accumulate});"
 
     def op_reduce(self, op: tile.ReduceOp) -> None:
         rows = shape2(op.result)[0]

@@ -240,7 +240,9 @@ static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm256_dpbusd_avx_
  * The codes are packed for it: per panel and 8 rows of k, each column's 32-bit lane holds its codes for
  * k0..k0+3 in the low nibbles and k0+4..k0+7 in the high ones, so one vpdpbusd multiplies 4 k of 16
  * columns. Per block of 32 k: c += (sum_k qa_k q_k - z sum_k qa_k) * d_block * scale. */
-#define LLMC_VNNI_MAX_K 1024
+/* Where the vector of LLMC_W columns starting at `col` starts in codes packed for integer dot products
+ * (4 bytes a column, the panel's two vectors side by side). */
+#define LLMC_VNNI_AT(q, qps, col) ((q) + ((col) / LLMC_NR) * (qps) + (((col) % LLMC_NR) / LLMC_W) * LLMC_W * 4)
 #define LLMC_QROW_VNNI(V)                                                                                   \
     static inline void llmc_qrow_vnni_##V(long K, const int8_t *qa, const float *da, const int32_t *sa,    \
                                           const int8_t *q, long qps, const float *s, long sps, const float *z, \
@@ -250,7 +252,7 @@ static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm256_dpbusd_avx_
         const vi low = (vi)LLMC_SPLAT(0x0F0F0F0F);                                                         \
         _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                              \
             long col = n + j * LLMC_W;                                                                     \
-            qp[j] = q + (col / LLMC_NR) * qps + ((col % LLMC_NR) / LLMC_W) * LLMC_W * 4;                   \
+            qp[j] = LLMC_VNNI_AT(q, qps, col);                                                             \
             acc[j] = accumulate ? vload(c + j * LLMC_W) : vsplat(0.0f);                                    \
         }                                                                                                  \
         for (long b = 0; b < K / LLMC_ACT_BLOCK; b++) {                                                    \
@@ -296,7 +298,7 @@ LLMC_QROW_VNNI(2)
         const vi ones = (vi)LLMC_SPLAT(0x01010101);                                                        \
         _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                              \
             long col = n + j * LLMC_W;                                                                     \
-            qp[j] = q + (col / LLMC_NR) * qps + ((col % LLMC_NR) / LLMC_W) * LLMC_W * 4;                   \
+            qp[j] = LLMC_VNNI_AT(q, qps, col);                                                             \
             acc[j] = accumulate ? vload(c + j * LLMC_W) : vsplat(0.0f);                                    \
         }                                                                                                  \
         for (long b = 0; b < K / LLMC_ACT_BLOCK; b++) {                                                    \
