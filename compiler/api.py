@@ -160,7 +160,7 @@ def compile(
     imported = export_model(model, example_inputs)
     export_seconds = time.perf_counter() - begin
     compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
-                                _fallback_factory(fallback, model, example_inputs, build, imported), quantize)
+                                _fallback_factory(fallback, model, example_inputs, build, quantize), quantize)
     compiled.seconds = {"export": export_seconds, **compiled.seconds}
     compiled.model = model
     return compiled
@@ -213,7 +213,7 @@ def _build_triton(module, imported, build, seconds):
     return program
 
 
-def _fallback_factory(fallback, model, example_inputs, build, imported: ImportedModel):
+def _fallback_factory(fallback, model, example_inputs, build, quantize: str | None):
     if fallback == "eager":
         def run_eager(*args, **kwargs):
             with torch.no_grad():
@@ -221,5 +221,6 @@ def _fallback_factory(fallback, model, example_inputs, build, imported: Imported
 
         return lambda: run_eager
     if fallback == "c":
-        return lambda: compile(model, example_inputs, target="cpu", build=build, emit=lambda *_: None)
+        # the same graph on the CPU: quantized as asked
+        return lambda: compile(model, example_inputs, target="cpu", build=build, emit=lambda *_: None, quantize=quantize)
     return None

@@ -96,6 +96,17 @@ def test_a_hugging_face_model_int8_keeps_its_top1_and_int4_its_reference():
     assert ok4
 
 
+def test_the_c_fallback_of_the_triton_target_stays_quantized(no_gpu):
+    torch.manual_seed(0)
+    model = ThreeLinears(64).eval()
+    x = (torch.randn(3, 64),)
+    with pytest.warns(UserWarning, match="falling back"):
+        compiled = llmc.compile(model, x, target="triton", fallback="c", quantize="int4", emit=lambda *_: None)
+    reference = llmc.compile(model, x, quantize="int4", emit=lambda *_: None)(*x)
+    for g, r in zip(compiled(*x), reference):
+        np.testing.assert_allclose(g.numpy(), r.numpy(), atol=1e-6, rtol=1e-6)
+
+
 def test_torch_compile_takes_the_quantize_option():
     torch.manual_seed(0)
     model = ThreeLinears(64).eval()
