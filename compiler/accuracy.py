@@ -18,22 +18,60 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from llmc.exporter import split_inputs
 from llmc.dialects import graph
-from llmc.quantization import QuantFormat, dequantize, parse_derived, quantize
+from llmc.quantization import QuantFormat, dequantize, parse_derived, quantize, round_activations
 
 
 def dequantized_model(model: torch.nn.Module, quantized_module) -> torch.nn.Module:
-    """A copy of `model` whose weights the quantized IR reads as codes are replaced by what the codes stand for."""
+    """A copy of `model` whose weights the quantized IR reads as codes are replaced by what the codes stand for,
+    the products the IR marks `activations = "int8"` reading their input rounded as it says."""
     reference = copy.deepcopy(model)
+    rounded = {_codes_name(op.weight) for op in quantized_module.walk()
+               if isinstance(op, graph.LinearOp) and op.activations is not None}
     with torch.no_grad():
         for op in quantized_module.walk():
             derived = parse_derived(op.weight_name.data) if isinstance(op, graph.WeightOp) else None
-            if derived is None or derived[2] != "codes":
+            if derived is None or derived.part != "codes":
                 continue
-            name, fmt, _ = derived
-            weight = reference.get_parameter(name)
-            codes, scales, zeros = quantize(weight.detach().float().numpy(), fmt)
-            weight.copy_(torch.from_numpy(dequantize(codes, scales, zeros, fmt, weight.shape[1])))
+            weight = reference.get_parameter(derived.base)
+            values = weight.detach().float().numpy()
+            values = values.T if derived.transposed else values
+            codes, scales, zeros = quantize(values, derived.format)
+            dequantized = dequantize(codes, scales, zeros, derived.format, values.shape[1])
+            readers = _replace_in_products(reference, weight,
+                                           torch.from_numpy(dequantized.T if derived.transposed else dequantized))
+            if op.weight_name.data in rounded:
+                for module in readers:
+                    module.register_forward_pre_hook(_round_input)
     return reference
+
+
+def _codes_name(weight) -> str | None:
+    """The codes weight behind a linear's dequantized weight."""
+    dequantize = weight.owner
+    if not isinstance(dequantize, graph.DequantizeOp) or not isinstance(dequantize.codes.owner, graph.WeightOp):
+        return None
+    return dequantize.codes.owner.weight_name.data
+
+
+def _round_input(module, args):
+    x = args[0]
+    rounded = torch.from_numpy(round_activations(x.detach().float().numpy())).to(x.dtype)
+    return (rounded, *args[1:])
+
+
+def _replace_in_products(model: torch.nn.Module, weight: torch.nn.Parameter, values: torch.Tensor) -> list:
+    """`values` wherever a product reads `weight`; an embedding tied to it (GPT-2's lm_head and wte) keeps
+    the float rows, as the quantized graph gathers them from the float weight. Returns the modules whose
+    products read the new values."""
+    owners = [(module, name) for module in model.modules() for name, p in module.named_parameters(recurse=False)
+              if p is weight]
+    products = [(module, name) for module, name in owners if not isinstance(module, torch.nn.Embedding)]
+    if not products or len(products) == len(owners):  # untied (or read only through the embedding module)
+        weight.copy_(values)
+        return [module for module, _ in products]
+    for module, name in products:
+        setattr(module, name, torch.nn.Parameter(values.to(weight.dtype), requires_grad=False))
+    return [module for module, _ in products]
 
 
 def _outputs(model, inputs) -> list[torch.Tensor]:

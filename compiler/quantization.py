@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from llmc.errors import PassOptionError
 
 GROUPS = (32, 64, 128)
 PARTS = ("codes", "scales", "zeros")
-_DERIVED = re.compile(r"^(?P<base>.+)#(?P<spec>int8|int4(?:g\d+|c)a?)\.(?P<part>codes|scales|zeros)$")
+_DERIVED = re.compile(r"^(?P<base>.+)#(?P<spec>int8|int4(?:g\d+|c)a?)(?P<t>t?)\.(?P<part>codes|scales|zeros)$")
 
 
 @dataclass(frozen=True)
@@ -188,15 +189,26 @@ def round_activations(x: np.ndarray) -> np.ndarray:
     return (q * d).astype(np.float32).reshape(padded.shape)[..., :k]
 
 
-def derived_name(base: str, fmt: QuantFormat, part: str) -> str:
-    return f"{base}#{fmt.tag}.{part}"
+class Derived(NamedTuple):
+    """What a quantized weight's name says: the float weight, the format, the part, and whether the codes
+    are those of the float weight's transpose (a weight stored [K, N], read as x @ w)."""
+
+    base: str
+    format: QuantFormat
+    part: str
+    transposed: bool = False
 
 
-def parse_derived(name: str) -> tuple[str, QuantFormat, str] | None:
+def derived_name(base: str, fmt: QuantFormat, part: str, transposed: bool = False) -> str:
+    return f"{base}#{fmt.tag}{'t' if transposed else ''}.{part}"
+
+
+def parse_derived(name: str) -> Derived | None:
     match = _DERIVED.match(name)
     if match is None:
         return None
-    return match.group("base"), QuantFormat.from_tag(match.group("spec")), match.group("part")
+    return Derived(match.group("base"), QuantFormat.from_tag(match.group("spec")), match.group("part"),
+                   bool(match.group("t")))
 
 
 def weight_value(weights: MutableMapping, name: str):
@@ -205,11 +217,12 @@ def weight_value(weights: MutableMapping, name: str):
     if name in weights:
         return weights[name]
     derived = parse_derived(name)
-    if derived is None or derived[0] not in weights:
+    if derived is None or derived.base not in weights:
         return None
-    base, fmt, _ = derived
-    codes, scales, zeros = quantize(np.asarray(weights[base], dtype=np.float32), fmt)
+    base, fmt, _, transposed = derived
+    weight = np.asarray(weights[base], dtype=np.float32)
+    codes, scales, zeros = quantize(weight.T if transposed else weight, fmt)
     for part, value in zip(PARTS, (codes, scales, zeros)):
         if value is not None:
-            weights[derived_name(base, fmt, part)] = value
+            weights[derived_name(base, fmt, part, transposed)] = value
     return weights.get(name)

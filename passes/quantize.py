@@ -42,9 +42,10 @@ HEAD_CHOICES = ("auto", "same", "int8", "float")
 @dataclass(frozen=True)
 class LayerChoice:
     weight: str
-    shape: tuple[int, int]
+    shape: tuple[int, int]  # [N, K], as the linear reads it
     format: QuantFormat | None
     reason: str
+    transposed: bool = False  # the weight is stored [K, N] (read as x @ w): its transpose is quantized
 
     def bytes_before(self) -> int:
         return self.shape[0] * self.shape[1] * 4
@@ -83,18 +84,22 @@ def _returned_through_views(value: SSAValue, returned: set[SSAValue]) -> bool:
 
 
 def _linear_weights(func_op: func.FuncOp):
-    """(linear, weight op) for every linear whose weight is a model weight read as it is, and every
-    x @ weight.T (what aot_autograd makes of a linear: a matmul of the transposed weight)."""
+    """(linear, weight op, stored [K, N]) for every linear whose weight is a model weight read as it is,
+    every x @ weight.T (what aot_autograd makes of a linear: a matmul of the transposed weight), and
+    every x @ weight of a weight stored [K, N] (GPT-2's Conv1D)."""
     for op in func_op.body.block.ops:
         if isinstance(op, graph.LinearOp):
             root, chain = view_chain(op.weight)
             if not chain and isinstance(root.owner, graph.WeightOp):
-                yield op, root.owner
+                yield op, root.owner, False
         elif isinstance(op, graph.MatmulOp) and len(graph.shape_of(op.rhs)) == 2:
             root, chain = view_chain(op.rhs)
-            transposed = len(chain) == 1 and isinstance(chain[0], graph.PermuteOp) and list(chain[0].perm.get_values()) == [1, 0]
-            if transposed and isinstance(root.owner, graph.WeightOp):
-                yield op, root.owner
+            if not isinstance(root.owner, graph.WeightOp):
+                continue
+            if not chain:
+                yield op, root.owner, True
+            elif len(chain) == 1 and isinstance(chain[0], graph.PermuteOp) and list(chain[0].perm.get_values()) == [1, 0]:
+                yield op, root.owner, False
 
 
 def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "auto",
@@ -102,43 +107,46 @@ def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "a
     """One choice per distinct linear weight, in program order."""
     if head not in HEAD_CHOICES:
         raise PassOptionError(f"quantize: head must be one of {', '.join(HEAD_CHOICES)}, got '{head}'")
-    choices: dict[str, LayerChoice] = {}
+    choices: dict[tuple[str, bool], LayerChoice] = {}
     for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
         returned = set(func_op.body.block.last_op.operands)
         linears = list(_linear_weights(func_op))
         # the output projection: the last linear whose result the function returns (the logits; a KV
         # projection an HF model also returns, as its cache, comes earlier)
-        heads = [linear for linear, _ in linears if _returned_through_views(linear.result, returned)]
-        for linear, weight in linears:
+        heads = [linear for linear, _, _ in linears if _returned_through_views(linear.result, returned)]
+        for linear, weight, transposed in linears:
             name = weight.weight_name.data
-            n, k = graph.shape_of(weight.result)
-            is_head = bool(heads) and linear is heads[-1]
-            if name in choices:
+            if (name, transposed) in choices:
                 continue
+            shape = graph.shape_of(weight.result)
+            n, k = shape[::-1] if transposed else shape
+            is_head = bool(heads) and linear is heads[-1]
             if any(fnmatch.fnmatch(name, pattern) for pattern in skip):
-                choice = LayerChoice(name, (n, k), None, "skipped by the skip option")
+                chosen, reason = None, "skipped by the skip option"
             elif is_head and head == "float":
-                choice = LayerChoice(name, (n, k), None, "output projection kept float (head=float)")
+                chosen, reason = None, "output projection kept float (head=float)"
             elif is_head and (head == "int8" or (head == "auto" and fmt.bits == 4)):
-                head_fmt = QuantFormat(8, activations=fmt.activations)
-                choice = LayerChoice(name, (n, k), head_fmt, "output projection: int8 (head)")
+                chosen, reason = QuantFormat(8, activations=fmt.activations), "output projection: int8 (head)"
             else:
-                choice = LayerChoice(name, (n, k), fmt, "output projection" if is_head else "linear")
-            choices[name] = choice
+                chosen, reason = fmt, "output projection" if is_head else "linear"
+            if transposed:
+                reason += " (stored [K, N]: its transpose is quantized)"
+            choices[name, transposed] = LayerChoice(name, (n, k), chosen, reason, transposed)
     return list(choices.values())
 
 
 def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
-    chosen = {c.weight: c for c in choices if c.format is not None}
+    chosen = {(c.weight, c.transposed): c for c in choices if c.format is not None}
     for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
-        made: dict[str, SSAValue] = {}
-        for linear, weight in list(_linear_weights(func_op)):
-            choice = chosen.get(weight.weight_name.data)
+        made: dict[tuple[str, bool], SSAValue] = {}
+        for linear, weight, transposed in list(_linear_weights(func_op)):
+            key = (weight.weight_name.data, transposed)
+            choice = chosen.get(key)
             if choice is None:
                 continue
-            if choice.weight not in made:
-                made[choice.weight] = _dequantized(weight, choice)
-            linear = _read_dequantized(func_op, linear, made[choice.weight])
+            if key not in made:
+                made[key] = _dequantized(weight, choice)
+            linear = _read_dequantized(func_op, linear, made[key])
             if choice.format.activations == "int8":
                 linear.attributes["activations"] = StringAttr("int8")
         for op in reversed(list(func_op.body.block.ops)):  # the float weights and transposes left unread
@@ -147,7 +155,8 @@ def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
 
 
 def _read_dequantized(func_op: func.FuncOp, linear, weight: SSAValue) -> graph.LinearOp:
-    """The linear reading `weight`: x @ w.T (a matmul of the transposed weight) becomes the linear of w."""
+    """The linear reading `weight`: x @ w.T and x @ w (a [K, N] weight) become the linear of the dequantized
+    [N, K] weight."""
     if isinstance(linear, graph.LinearOp):
         linear.operands[1] = weight
         return linear
@@ -167,7 +176,7 @@ def _dequantized(weight: graph.WeightOp, choice: LayerChoice) -> SSAValue:
     if not fmt.symmetric:
         parts.append(("zeros", (n, groups), f32))
     loc = weight.loc_str
-    ops = [graph.WeightOp(derived_name(choice.weight, fmt, part), graph.tensor(shape, element), loc)
+    ops = [graph.WeightOp(derived_name(choice.weight, fmt, part, choice.transposed), graph.tensor(shape, element), loc)
            for part, shape, element in parts]
     attrs = {"format": StringAttr("int8" if fmt.bits == 8 else "int4"), "group": graph.int_attr(fmt.group_size(k))}
     if loc:

@@ -91,9 +91,10 @@ def test_a_hugging_face_model_int8_keeps_its_top1_and_int4_its_reference():
     assert ok, report
     share = float(report.split("sequences: ")[1].split("%")[0])
     assert share >= 95.0, report
-    compiled4 = llmc.compile(model, inputs, quantize="int4", emit=lambda *_: None)
-    _, ok4 = quantization_report(compiled4, model, inputs, QuantFormat.parse("int4"), sequences=0)
-    assert ok4
+    for fmt in ("int4", "int4:32:a8"):  # the reference rounds the activations where the IR says so
+        compiled4 = llmc.compile(model, inputs, quantize=fmt, emit=lambda *_: None)
+        report4, ok4 = quantization_report(compiled4, model, inputs, QuantFormat.parse(fmt), sequences=0)
+        assert ok4, report4
 
 
 def test_the_c_fallback_of_the_triton_target_stays_quantized(no_gpu):
@@ -105,6 +106,18 @@ def test_the_c_fallback_of_the_triton_target_stays_quantized(no_gpu):
     reference = llmc.compile(model, x, quantize="int4", emit=lambda *_: None)(*x)
     for g, r in zip(compiled(*x), reference):
         np.testing.assert_allclose(g.numpy(), r.numpy(), atol=1e-6, rtol=1e-6)
+
+
+def test_gpt2s_conv1d_layers_are_quantized_too():
+    """GPT-2 stores its projections [K, N] (Conv1D, x @ w): every one is quantized, against its reference."""
+    model = hf_model("gpt2", layers=1)
+    inputs = hf_inputs(2, 12)
+    compiled = llmc.compile(model, inputs, quantize="int4", emit=lambda *_: None)
+    quantized = [op.weight_name.data for op in compiled.runner.snapshots["quantize"].walk()
+                 if op.name == "graph.weight" and op.weight_name.data.endswith(".codes")]
+    assert sum("int4g32t.codes" in name for name in quantized) == 4  # c_attn, c_proj, c_fc, mlp.c_proj
+    report, ok = quantization_report(compiled, model, inputs, QuantFormat.parse("int4"), sequences=0)
+    assert ok, report
 
 
 def test_torch_compile_takes_the_quantize_option():

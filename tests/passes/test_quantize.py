@@ -214,3 +214,30 @@ def test_int8_activations_mark_the_linear_and_the_dot():
     assert dots and all('activations = "int8"' in line and "(tensor<16x32xf32>, tensor<32x32xf32>" in line for line in dots)
     (tiled,) = run_ir(lowered, [x], dict(weights))
     np.testing.assert_allclose(tiled, got, atol=2e-5, rtol=2e-5)
+
+
+def test_a_weight_stored_k_by_n_is_quantized_as_its_transpose():
+    """GPT-2's Conv1D: x @ w with w [K, N]. The linear of w.T, with codes of the transpose."""
+    text = """
+func.func @forward(%x: tensor<4x32xf32>) -> tensor<4x48xf32> {
+  %w = graph.weight "c_fc.weight" : tensor<32x48xf32>
+  %y = graph.matmul %x, %w : (tensor<4x32xf32>, tensor<32x48xf32>) -> tensor<4x48xf32>
+  %r = graph.relu %y : tensor<4x48xf32> -> tensor<4x48xf32>
+  func.return %r : tensor<4x48xf32>
+}"""
+    rng = np.random.default_rng(9)
+    weights = {"c_fc.weight": rng.standard_normal((32, 48)).astype(np.float32)}
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    choices = plan_quantization(parse_ir(text), QuantFormat.parse("int4:32"))
+    assert [(c.shape, c.transposed) for c in choices] == [((48, 32), True)] and "transpose" in choices[0].reason
+    quantized = run_passes(parse_ir(text), spec_of("int4:32"))
+    filecheck(print_ir(quantized), """
+// CHECK: graph.weight "c_fc.weight#int4g32t.codes" : tensor<48x16xi8>
+// CHECK: graph.dequantize
+// CHECK-NOT: graph.matmul
+// CHECK: graph.linear %x
+""")
+    (got,) = run_ir(quantized, [x], dict(weights))
+    fmt = QuantFormat.parse("int4:32")
+    codes, scales, zeros = quantize(weights["c_fc.weight"].T, fmt)
+    np.testing.assert_array_equal(got, np.maximum(x @ dequantize(codes, scales, zeros, fmt, 32).T, 0))
