@@ -95,9 +95,10 @@ def streamed_bytes(lm: torch.nn.Module, position: int, quantize: str | None = No
             if p.data_ptr() in seen:
                 continue
             seen.add(p.data_ptr())
-            if fmt is not None and isinstance(module, torch.nn.Linear) and name == "weight":
+            conv1d = type(module).__name__ == "Conv1D"  # GPT-2's projections, their weight stored [K, N]
+            if fmt is not None and (isinstance(module, torch.nn.Linear) or conv1d) and name == "weight":
                 chosen = QuantFormat(8) if module is head and fmt.bits == 4 else fmt
-                weights += quantized_bytes(tuple(p.shape), chosen)
+                weights += quantized_bytes(tuple(p.shape)[::-1] if conv1d else tuple(p.shape), chosen)
             else:
                 weights += p.numel() * p.element_size()
     kv = sum(b.numel() // b.shape[-2] * (position + 1) * b.element_size() for b in lm.cache_buffers())
