@@ -1,0 +1,91 @@
+"""The products of a tile kernel in C: `tile.dot` as a call of the micro-kernel its operands call for
+(float, 16-bit panels, dequantized in registers, integer dot products), and `tile.dequant` as pointers
+into the compile-time panels of a quantized weight (or a tile dequantized once into scratch).
+
+A mixin of `KernelRenderer` (kernel.py), which holds the names, the plan and the output lines.
+"""
+
+from __future__ import annotations
+
+from llmc.backends import shape2
+from llmc.backends.c.plan import QUANT, round_up
+from llmc.dialects import tile
+
+
+class ProductRenderer:
+    def panel_pointer(self, load: tile.LoadOp) -> tuple[str, int]:
+        """Where a packed load's tile starts in its compile-time panels, and the panel stride."""
+        pack = self.plan.packs[load.buffer.index]
+        buf, row, col = (self.name(x) for x in (load.buffer, load.row, load.col))
+        return f"{buf} + ({col} / {pack.panel}) * {pack.panel_stride} + {row} * {pack.panel}", pack.panel_stride
+
+    def op_dequant(self, op: tile.DequantOp) -> None:
+        """Pointers into the packed codes / scales / zero points; a tile of a large product is also
+        dequantized here, once, into scratch."""
+        v, info = self.name(op.result), self.plan.values[op.result]
+        rows, cols = shape2(op.result)
+        loads = [value.owner for value in op.operands]
+        self.line(f"/* {self.describe(op)} */")
+        if self.plan.values[op.codes].panel:
+            (codes, qps), (scales, sps) = self.panel_pointer(loads[0]), self.panel_pointer(loads[1])
+            zeros = self.panel_pointer(loads[2])[0] if op.zeros is not None else "NULL"
+            self.line(f"const int8_t *q{v} = {codes};")
+            self.line(f"const float *s{v} = {scales}, *z{v} = {zeros};")
+            self.quant_args[op.result] = f"q{v}, {qps}, {op.bits}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
+            if self.plan.packs[loads[0].buffer.index].vnni:
+                self.vnni_args[op.result] = f"q{v}, {qps}, {op.bits}, s{v}, {sps}, z{v}, {op.rows_per_scale}"
+            if info.kind == QUANT:
+                self.line("/* dequantized in registers by the dot below (llmc_qdot) */")
+                return
+            self.fresh(op.result)
+            self.line(f"llmc_dequant_panels({v}.p, {v}.ld, {rows}, {cols}, {self.quant_args[op.result]});")
+            return
+        self.fresh(op.result)
+        code, scale = loads[0], loads[1]
+        (ch, cw), (cs0, cs1) = code.shape.get_values(), code.strides.get_values()
+        (sh, _), (ss0, ss1) = scale.shape.get_values(), scale.strides.get_values()
+        cb, crow, ccol = (self.name(x) for x in (code.buffer, code.row, code.col))
+        sb, srow = self.name(scale.buffer), self.name(scale.row)
+        zb = f"{self.name(loads[2].buffer)} + {self.name(loads[2].base)}" if op.zeros is not None else "NULL"
+        self.line(f"llmc_dequant_view({v}.p, {v}.ld, {rows}, {cols}, {op.bits}, {cb} + {self.name(code.base)}, {crow}, "
+                  f"{ccol}, {ch}, {cw}, {cs0}, {cs1}, {sb} + {self.name(scale.base)}, {srow}, {sh}, {ss0}, {ss1}, "
+                  f"{zb}, {op.rows_per_scale});")
+
+    def op_dot(self, op: tile.DotOp) -> None:
+        m, n = shape2(op.result)
+        k = shape2(op.lhs)[1]
+        info, acc = self.plan.values[op.result], self.plan.values[op.acc]
+        lhs, out = self.name(op.lhs), self.name(op.result)
+        if op.rhs in self.vnni_args:
+            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x codes, integer dot products */")
+            self.line("#ifndef LLMC_VNNI")
+            self.line('#error "llmc: these weights were packed for vpdpbusd; build with -march=native on the compiling host"')
+            self.line("#endif")
+        else:
+            if op in self.plan.rounded:  # the linear reads its input rounded to int8 per block of 32
+                rounded = self.plan.rounded[op]
+                self.line(f"llmc_tile r{lhs} = {{scratch + {rounded.slot}, {rounded.ld}, {self.plan.nr}}};")
+                self.line(f"llmc_round_activations(r{lhs}, {lhs}, {m}, {k});")
+                lhs = f"r{lhs}"
+            how = ("the weight dequantized in registers" if self.plan.values[op.rhs].kind == QUANT
+                   else f"micro-kernel {8 if self.plan.lanes >= 16 else 6}x{self.plan.nr}")
+            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, {how} */")
+        self.fresh(op.result)
+        if info.alias is None:
+            self.line(f"llmc_copy_tile({out}, {self.name(op.acc)}, {m}, {n});")
+        self.line(self.dot_call(op, (m, n, k), lhs, out, 0 if acc.zero_acc else 1))
+
+    def dot_call(self, op: tile.DotOp, mnk: tuple[int, int, int], lhs: str, out: str, accumulate: int) -> str:
+        """The micro-kernel call that computes `op` into `out`, by what its rhs is."""
+        (m, n, k), rhs, rhs_info = mnk, self.name(op.rhs), self.plan.values[op.rhs]
+        if op.rhs in self.vnni_args:
+            return f"llmc_qdot_vnni({m}, {n}, {k}, {lhs}, {self.vnni_args[op.rhs]}, {out}, {accumulate});"
+        if rhs_info.kind == QUANT:
+            return f"llmc_qdot({m}, {n}, {k}, {lhs}, {self.quant_args[op.rhs]}, {out}, {accumulate});"
+        if rhs_info.half:
+            return (f"llmc_dot_{rhs_info.half}({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, (const uint16_t *){rhs}.p, "
+                    f"{rhs}.ps, {out}, {accumulate});")
+        if rhs_info.transposed:
+            return f"llmc_dot_nt({m}, {n}, {k}, {lhs}, {rhs}, {out}, {accumulate});"
+        panel = rhs_info.panel or self.plan.nr
+        return f"llmc_dot({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, {rhs}, {panel}, {out}, {accumulate});"
