@@ -4,8 +4,16 @@ Public surface: `llmc.compile`, `llmc.explain`, `llmc.generate`, the `llmc` CLI,
 torch.compile backend "llmc" and the pass registry (`llmc.registry`).
 """
 
-from llmc.api import CompiledModel, compile
 from llmc.errors import LlmcError
+
+
+def __getattr__(name: str):
+    # torch loads only when the API is used: `llmc opt` on an IR file starts without it
+    if name in ("compile", "CompiledModel"):
+        import llmc.api
+
+        return getattr(llmc.api, name)
+    raise AttributeError(f"module 'llmc' has no attribute '{name}'")
 
 
 def explain(model, example_inputs, **compile_options) -> str:

@@ -20,14 +20,16 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from xdsl.dialects.builtin import ModuleOp
 
 from llmc.dtypes import to_numpy, torch_dtype
-from llmc.errors import LlmcError, internal
+from llmc.errors import LlmcError
 from llmc.exporter import ImportedModel, Source, export_model, split_inputs
 from llmc.interpret import interpret
+from llmc.ir_text import print_ir
 from llmc.passes.quantize import pass_spec
 from llmc.pipeline import DumpOptions, PassRunner
 from llmc.quantization import QuantFormat
 from llmc.registry import default_pipeline, parse_passes
 from llmc.report import kernel_table
+from llmc.reproducer import backend_reproducer, internal_error
 from llmc.target import get_target
 
 BACKENDS = ("c", "triton", "interpret")
@@ -157,10 +159,15 @@ def compile(
     if fallback not in (None, "c", "eager"):
         raise LlmcError(f"unknown fallback '{fallback}'; choose c or eager")
     begin = time.perf_counter()
-    imported = export_model(model, example_inputs)
-    export_seconds = time.perf_counter() - begin
-    compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
-                                _fallback_factory(fallback, model, example_inputs, build, quantize), quantize)
+    try:
+        imported = export_model(model, example_inputs)
+        export_seconds = time.perf_counter() - begin
+        compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
+                                    _fallback_factory(fallback, model, example_inputs, build, quantize), quantize)
+    except LlmcError:
+        raise
+    except Exception as error:  # the stages wrap their own failures with a reproducer; this is the rest
+        raise internal_error("llmc.compile", error) from error
     compiled.seconds = {"export": export_seconds, **compiled.seconds}
     compiled.model = model
     return compiled
@@ -192,7 +199,7 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
         except LlmcError:
             raise
         except Exception as error:
-            raise internal("the C backend", error) from error
+            raise backend_reproducer("c", error, print_ir(module)) from error
         seconds["build"] = time.perf_counter() - begin
     elif backend == "triton":
         compiled.fallback = fallback
@@ -208,7 +215,12 @@ def _build_triton(module, imported, build, seconds):
     from llmc.backends.triton import compile_triton
 
     begin = time.perf_counter()
-    program = compile_triton(module, imported.weights, (build or BuildOptions.from_environment()).cache_dir)
+    try:
+        program = compile_triton(module, imported.weights, (build or BuildOptions.from_environment()).cache_dir)
+    except LlmcError:
+        raise
+    except Exception as error:
+        raise backend_reproducer("triton", error, print_ir(module)) from error
     seconds["build"] = time.perf_counter() - begin
     return program
 

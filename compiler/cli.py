@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmc.errors import LlmcError, PassOptionError
+from llmc.errors import LlmcError, MalformedIRError, OutputError, PassOptionError, write_output
 from llmc.pipeline import DumpOptions, PassRunner
 
 
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("-p", "--passes", help="pass pipeline, e.g. 'pipeline{stages=3},coalesce' (none: parse, verify "
                                            "and print, as mlir-opt does)")
     opt.add_argument("-o", "--output", help="write the result here instead of standard output")
+    opt.add_argument("--emit", choices=["ir", "c", "triton"], default="ir",
+                     help="what to write: the IR (default), or the C translation unit or Triton module the backends "
+                          "render from tile-level IR")
+    opt.add_argument("--target", default="cpu", help="the CPU target whose vector width --emit c renders for")
     _add_dump_flags(opt)
     return parser
 
@@ -144,7 +148,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(compiled.runner.timing_table())
         print("  ".join(f"{stage} {seconds:.3f} s" for stage, seconds in compiled.seconds.items()))
     if args.output:
-        Path(args.output).write_text(print_ir(compiled.module))
+        write_output(args.output, print_ir(compiled.module))
     write_artifacts(compiled, Path(args.out_dir or Path("llmc-out") / Path(args.model).stem), report)
     return status
 
@@ -163,7 +167,7 @@ def write_artifacts(compiled, directory: Path, report: str) -> None:
             (directory / "kernels_triton.py").write_text(compiled.program.source)
             written.append(directory / "kernels_triton.py")
     except OSError as error:
-        raise LlmcError(f"cannot write to {directory}: {error.strerror}") from None
+        raise OutputError(f"cannot write to {directory}: {error.strerror}") from None
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
 
 
@@ -229,22 +233,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
-    from llmc.ir_text import parse_ir, print_ir
+    from llmc.ir_text import parse_ir
     from llmc.registry import parse_passes
 
     passes = parse_passes(args.passes) if args.passes else []
-    text = sys.stdin.read() if args.file == "-" else _read(args.file)
+    text = sys.stdin.buffer.read().decode(errors="replace") if args.file == "-" else _read(args.file)
     module = parse_ir(text, args.file)
     runner = PassRunner(passes, _dump_options(args))
     runner.run(module)
     if args.timing:
         print(runner.timing_table(), file=sys.stderr)
-    result = print_ir(module)
+    result = emit(module, args.emit, args.target)
     if args.output:
-        Path(args.output).write_text(result)
+        write_output(args.output, result)
     else:
         sys.stdout.write(result)
     return 0
+
+
+def emit(module, what: str, target: str) -> str:
+    from llmc.ir_text import print_ir
+    from llmc.target import get_target
+
+    if what == "c":
+        from llmc.backends.c.module import render_module
+
+        return render_module(module, lanes=max(1, get_target(target).vector_bytes // 4)).text
+    if what == "triton":
+        from llmc.backends.triton import render_triton
+
+        return render_triton(module)[0]
+    return print_ir(module)
 
 
 def _read(path: str) -> str:
@@ -252,13 +271,20 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError as error:
         raise LlmcError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise MalformedIRError(f"{path}: not IR text (not UTF-8: {error.reason} at byte {error.start})") from None
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command; an LlmcError propagates (main prints it)."""
+    args = build_parser().parse_args(argv)
+    commands = {"compile": cmd_compile, "opt": cmd_opt, "bench": cmd_bench, "generate": cmd_generate}
+    return commands[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        commands = {"compile": cmd_compile, "opt": cmd_opt, "bench": cmd_bench, "generate": cmd_generate}
-        return commands[args.command](args)
+        return run(argv)
     except LlmcError as error:
         print(f"llmc: error: {error}", file=sys.stderr)
         return 1

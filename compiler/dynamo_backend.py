@@ -79,7 +79,17 @@ def llmc_backend(gm: torch.fx.GraphModule, example_inputs: list, mode: str | Non
             warn_once(f"llmc: {report.note}")
             return aot_gm
         graph = PartitionedGraph(aot_gm, list(example_inputs), params, buffers, names, settings, report, STATS)
-        return graph.build()
+        try:
+            return graph.build()
+        except Exception as error:  # partitioning failed: llmc's bug, reported, and the graph runs in eager
+            from llmc.errors import LlmcError
+            from llmc.reproducer import internal_error
+
+            if not isinstance(error, LlmcError):
+                error = internal_error("the torch.compile backend's partitioner", error)
+            report.note = f"ran in eager: {error}"
+            warn_once(f"llmc: this graph runs in eager: {error}")
+            return aot_gm
 
     def training(aot_gm: torch.fx.GraphModule, aot_inputs: list):
         STATS.graphs.append(report)

@@ -20,6 +20,7 @@ from torch.fx.passes.operator_support import OperatorSupportBase
 from llmc.dtypes import element_of
 from llmc.dynamo_backend import BackendStats, GraphReport, source_name, warn_once
 from llmc.errors import LlmcError
+from llmc.reproducer import internal_error
 from llmc.exporter import import_graph_module
 from llmc.exporter import OP_HANDLERS, source_loc
 from llmc.folding import foldable
@@ -156,7 +157,9 @@ class LlmcPartition(torch.nn.Module):
             return lambda a: self.sub(*a)
         try:
             return self._compile(args)
-        except LlmcError as error:
+        except Exception as error:  # never a failed torch.compile: llmc's bugs come back as InternalError
+            if not isinstance(error, LlmcError):
+                error = internal_error("the torch.compile backend", error)
             warn_once(f"llmc: a partition of {self.op_count} ops runs in eager: {error}")
             return lambda a: self.sub(*a)
 

@@ -25,6 +25,26 @@ class ModelFileError(LlmcError):
     """A model.py that does not follow the model-file convention."""
 
 
+class ModelError(LlmcError):
+    """The model fails in eager PyTorch on its example inputs: there is nothing correct to compile."""
+
+
+class OutputError(LlmcError):
+    """A file or folder llmc was asked to write cannot be written."""
+
+
+def write_output(path, text: str) -> None:
+    """Write a file llmc was asked to produce, creating its folder; failure is an OutputError."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 class InterpretError(LlmcError):
     """The IR interpreter could not execute an op."""
 
@@ -39,9 +59,5 @@ class BuildError(LlmcError):
 
 
 class InternalError(LlmcError):
-    """llmc itself failed on a model it accepted: a bug to report, named with the stage it happened in."""
-
-
-def internal(stage: str, error: Exception) -> InternalError:
-    return InternalError(f"llmc failed in {stage}: {type(error).__name__}: {error} "
-                         "(an llmc bug: please report it with the model)")
+    """llmc itself failed on a model it accepted: a bug to report, named with the stage it happened in
+    (llmc.reproducer writes the files that replay it)."""

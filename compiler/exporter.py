@@ -38,7 +38,7 @@ import llmc.exporter_views  # noqa: F401 - registers the view and indexing handl
 import llmc.exporter_writes  # noqa: F401 - registers index_copy and index_put
 from llmc.dialects import graph
 from llmc.dtypes import element_of
-from llmc.errors import LlmcError, UnsupportedOpError, internal, with_loc
+from llmc.errors import LlmcError, ModelError, UnsupportedOpError, with_loc
 import llmc.exporter_ops  # noqa: F401 - registers the arithmetic, contraction and reduction handlers
 from llmc.import_context import OP_HANDLERS, ImportContext, source_loc, tensor_type
 from llmc.folding import fold_constants
@@ -110,24 +110,40 @@ def trace_model(model: torch.nn.Module, example_inputs):
             register_dynamic_cache_export_support()
         except Exception:  # an older or newer transformers without it: export reports what it cannot take
             pass
+    args, kwargs = split_inputs(example_inputs)
     try:
-        args, kwargs = split_inputs(example_inputs)
         return torch.export.export(model.eval(), args, kwargs)
     except LlmcError:
         raise
     except Exception as error:
-        raise UnsupportedOpError(_export_failure(error)) from None
+        eager = _eager_failure(model, args, kwargs)
+        if eager is not None:  # the model's own bug, not a limit of export or llmc
+            raise ModelError(f"the model's forward fails in eager PyTorch too{_user_line(eager)}: "
+                             f"{_first_line(eager)}") from None
+        raise UnsupportedOpError(f"torch.export could not trace the model{_user_line(error)}: "
+                                 f"{_first_line(error)}") from None
 
 
-def _export_failure(error: Exception) -> str:
-    """torch.export's complaint, with the model line it names, without torch's traceback."""
+def _eager_failure(model: torch.nn.Module, args, kwargs) -> Exception | None:
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as error:
+        return error
+    return None
+
+
+def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
-    first = next((line for line in text if line.strip()), type(error).__name__)
+    return f"{type(error).__name__}: {next((line for line in text if line.strip()), '')[:400]}"
+
+
+def _user_line(error: Exception) -> str:
+    """' (at model.py:12)': the innermost frame of the user's code, not torch's or llmc's."""
     frames = re.findall(r'File "([^"]+)", line (\d+)', "".join(traceback.format_tb(error.__traceback__)))
     own = str(Path(__file__).resolve().parents[1])  # llmc's own frames: the repository's folders
     user = [f"{Path(f).name}:{line}" for f, line in frames if "/torch/" not in f and not f.startswith(own)]
-    where = f" (at {user[-1]})" if user else ""
-    return f"torch.export could not trace the model{where}: {type(error).__name__}: {first[:400]}"
+    return f" (at {user[-1]})" if user else ""
 
 
 def export_model(model: torch.nn.Module, example_inputs) -> ImportedModel:
@@ -252,7 +268,9 @@ def import_graph_module(
     except LlmcError:
         raise
     except Exception as error:
-        raise internal("the importer", error) from error
+        from llmc.reproducer import importer_reproducer
+
+        raise importer_reproducer(error, gm, {**weights, **(constants or {})}) from error
 
 
 def _import(gm, weights, weight_names, constants, sources) -> ImportedModel:

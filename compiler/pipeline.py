@@ -9,11 +9,11 @@ from pathlib import Path
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
-from xdsl.utils.exceptions import VerifyException
 
-from llmc.errors import LlmcError, MalformedIRError, internal
+from llmc.errors import LlmcError, write_output
 from llmc.ir_text import print_ir
 from llmc.registry import make_context
+from llmc.reproducer import pass_reproducer
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class PassRunner:
     def run(self, module: ModuleOp, start_index: int = 0) -> ModuleOp:
         ctx = make_context()
         self._dump(module, start_index, "input")
+        before = module.clone()  # the input of the pass that runs next: what a reproducer replays
         for i, p in enumerate(self.passes, start=start_index + 1):
             if self.dumps.print_before and p.name in self.dumps.print_before:
                 self.emit(f"// -----// IR Dump Before {p.name} //----- //\n{print_ir(module)}")
@@ -50,12 +51,11 @@ class PassRunner:
                 module.verify()
             except LlmcError:
                 raise
-            except VerifyException as error:
-                raise MalformedIRError(f"pass '{p.name}' produced IR that does not verify: {error}") from error
-            except Exception as error:
-                raise internal(f"pass '{p.name}'", error) from error
+            except Exception as error:  # a verifier failure after a pass is the pass's bug too
+                spec = str(p.pipeline_pass_spec())
+                raise pass_reproducer(f"pass '{p.name}'", error, print_ir(before), spec) from error
             self.timings.append(PassTiming(p.name, time.perf_counter() - begin))
-            self.snapshots[p.name] = module.clone()
+            before = self.snapshots[p.name] = module.clone()
             if self.dumps.print_after_all or p.name in self.dumps.print_after:
                 self.emit(f"// -----// IR Dump After {p.name} //----- //\n{print_ir(module)}")
             self._dump(module, i, p.name)
@@ -64,8 +64,7 @@ class PassRunner:
     def _dump(self, module: ModuleOp, index: int, name: str) -> None:
         if self.dumps.dump_dir is None:
             return
-        self.dumps.dump_dir.mkdir(parents=True, exist_ok=True)
-        (self.dumps.dump_dir / f"{index:02d}-{name}.mlir").write_text(print_ir(module))
+        write_output(self.dumps.dump_dir / f"{index:02d}-{name}.mlir", print_ir(module))
 
     def timing_table(self) -> str:
         total = sum(t.seconds for t in self.timings) or 1e-9

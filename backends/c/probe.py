@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
@@ -104,6 +105,7 @@ class MachinePeak:
     gflops: float  # fp32 FMA throughput, all cores
     bandwidth_gbs: float  # main-memory copy bandwidth, all cores
     threads: int
+    measured_at: str = ""  # UTC, "2026-11-22 14:05": a probe taken under load reads low; say when it ran
 
 
 def measure(options: BuildOptions, lanes: int) -> MachinePeak:
@@ -116,7 +118,8 @@ def measure(options: BuildOptions, lanes: int) -> MachinePeak:
     lib.llmc_probe_fma(2_000_000)  # warm up the cores' clocks
     gflops = max(lib.llmc_probe_fma(20_000_000) for _ in range(3)) / 1e9
     bandwidth = lib.llmc_probe_copy(64 * 1024 * 1024, 5) / 1e9
-    return MachinePeak(round(gflops, 1), round(bandwidth, 1), host_cpu_target().cores)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return MachinePeak(round(gflops, 1), round(bandwidth, 1), host_cpu_target().cores, when)
 
 
 def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
@@ -133,7 +136,7 @@ def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
 def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> MachinePeak:
     """Cached per host, compiler and flags; measured (a few seconds) the first time."""
     identity = compiler_identity(find_compiler(options.compiler))
-    key = cache_key(f"probe-v2-{lanes}-{host_cpu_target().cores}", identity, options.flags)
+    key = cache_key(f"probe-v3-{lanes}-{host_cpu_target().cores}", identity, options.flags)
     path = options.cache_dir / f"probe-{key[:24]}.json"
     if not remeasure:
         try:

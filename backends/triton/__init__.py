@@ -130,7 +130,8 @@ def compile_triton(module: ModuleOp, weights: Mapping[str, np.ndarray], cache_di
         import triton
         import triton.language as tl
     except ImportError:
-        raise BuildError("the Triton backend needs the `triton` package (pip install 'triton>=3.0')") from None
+        raise BuildError("the Triton backend needs the `triton` package, an extra of llmc: "
+                         "pip install 'llmc[triton]' (the C backend runs without it)") from None
     if int(triton.__version__.split(".")[0]) < MIN_TRITON_MAJOR:
         raise BuildError(f"the Triton backend needs triton >= {MIN_TRITON_MAJOR}.0; this is {triton.__version__}")
     source, weight_names = render_triton(module)
