@@ -244,8 +244,12 @@ def _float_operands(ctx, *values):
 def _linear(ctx, node, x, weight, bias=None):
     operands = [ctx.value(x), ctx.value(weight)] + ([ctx.value(bias)] if bias is not None else [])
     _float_operands(ctx, *operands)
+    vector = len(shape(operands[0])) == 1  # a product of one row: tiled as a [1, K] matrix
+    if vector:
+        operands[0] = reshape(ctx, operands[0], (1, *shape(operands[0])))
     out = (*shape(operands[0])[:-1], shape(operands[1])[0])
-    return ctx.result(graph.LinearOp(operands=[operands[0], operands[1], operands[2:]], result_types=[ctx.tensor(out)]))
+    product = ctx.result(graph.LinearOp(operands=[operands[0], operands[1], operands[2:]], result_types=[ctx.tensor(out)]))
+    return reshape(ctx, product, out[1:]) if vector else product
 
 
 @handles(aten.matmul.default, aten.bmm.default, aten.mm.default)
@@ -384,6 +388,21 @@ def along_last(ctx, x: SSAValue, dim: int, cls) -> SSAValue:
 @handles(aten.softmax.int, aten._softmax.default)
 def _softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
     return along_last(ctx, ctx.cast(ctx.value(x), ctx.element), dim, graph.SoftmaxOp)
+
+
+@handles(aten.reciprocal.default)
+def _reciprocal(ctx, node, x):
+    x = ctx.cast(ctx.value(x), ctx.element)
+    return ctx.result(graph.DivOp(ctx.scalar(1.0, x.type.element_type), x))
+
+
+@handles(aten.log_softmax.int, aten._log_softmax.default)
+def _log_softmax(ctx, node, x, dim, half_to_float=False, dtype=None):
+    """x - max - log(sum(exp(x - max))), as torch computes it (log(softmax) would lose the small terms)."""
+    x = ctx.cast(ctx.value(x), ctx.element)
+    shifted = ctx.result(graph.SubOp(x, reduced(ctx, graph.ReduceMaxOp, x, [dim], True)))
+    total = reduced(ctx, graph.ReduceSumOp, ctx.result(graph.ExpOp(shifted)), [dim], True)
+    return ctx.result(graph.SubOp(shifted, ctx.result(graph.LogOp(total))))
 
 
 @handles(aten._safe_softmax.default)

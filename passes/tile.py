@@ -55,6 +55,11 @@ class TilePass(ModulePass):
             decision = decide_tiles(kop, target)
             kind = kop.kind.data
             override = self.override(kind)
+            if override and kind == "row" and override[1] < decision.tiles[1]:
+                # a row kernel (softmax, norms) keeps its whole row in one tile: a narrower one would need a
+                # split reduction, which lower-tile does not emit
+                raise PassOptionError(f"tile: row tiles span the whole row; this model's row kernels need "
+                                      f"{decision.tiles[1]} columns, got row={','.join(map(str, override))}")
             # the decision's depth was clamped to its own trip count; `pipeline` clamps an override's
             default_stages = target.default_stages if override and kind in ("matmul", "attention") else decision.stages
             kop.attributes["tiles"] = graph.dense(override or decision.tiles)

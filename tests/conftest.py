@@ -153,3 +153,26 @@ def private_build_cache(tmp_path_factory):
         os.environ.pop("LLMC_CACHE_DIR", None)
     else:
         os.environ["LLMC_CACHE_DIR"] = previous
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true",
+                     help="differential fuzzing with fresh random seeds and 20x the programs of a CI run")
+
+
+def pytest_configure(config):
+    from hypothesis import HealthCheck, settings
+
+    # CI: the same programs every run (derandomized), so a red build is reproducible; --fuzz-long
+    # explores new ones on every run
+    quiet = dict(deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
+    settings.register_profile("ci", derandomize=True, **quiet)
+    settings.register_profile("long", derandomize=False, **quiet)
+    settings.load_profile("long" if config.getoption("--fuzz-long") else "ci")
+
+
+def pytest_terminal_summary(terminalreporter):
+    from fuzz_counts import COUNTS
+
+    if COUNTS:
+        terminalreporter.write_line("fuzzing: " + ", ".join(f"{n} {what}" for what, n in sorted(COUNTS.items())))

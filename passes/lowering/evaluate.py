@@ -49,9 +49,12 @@ class TileSpace:
         return (1,) * (len(full) - len(shape)) + shape
 
     def tile_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
-        norm = self.normalize(shape)
-        cols = 1 if norm[-1] == 1 and self.shape2d[-1] != 1 else self.block[1]
-        return (self.block[0], cols)
+        return (self.block[0], 1 if self.one_column(shape) else self.block[1])
+
+    def one_column(self, shape: tuple[int, ...]) -> bool:
+        """A value one column wide in a wider space: it broadcasts along the row, or it is a width-1 piece
+        of a concat. (Not the same as a tile one column wide: `tile{matmul=1,1,1}` makes every tile so.)"""
+        return self.normalize(shape)[-1] == 1 and self.shape2d[-1] != 1
 
 
 @dataclass
@@ -110,7 +113,7 @@ class TileEvaluator:
     def _column(self, space_shape, shift) -> SSAValue:
         """Where a tile's columns start: a value one column wide (it broadcasts along the row, or it is a
         width-1 piece of a concat) has only column 0; any other value starts at the program's column."""
-        if self.space.tile_shape(space_shape)[1] == 1 and self.space.shape2d[-1] != 1:
+        if self.space.one_column(space_shape):
             return self.em.index(0)
         return _shifted(self.em, self.space.col, shift[1])
 

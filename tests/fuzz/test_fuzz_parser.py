@@ -1,0 +1,69 @@
+"""Parsing has a time bound: random bytes and mutated dumps given to `llmc opt` end, within a second each,
+in printed IR or a MalformedIRError (never a hang, never another exception)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from fuzz_counts import COUNTS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_fuzz_graphs import examples
+from test_fuzz_passes import dump
+
+from llmc.cli import run
+from llmc.errors import MalformedIRError
+
+TOKENS = st.sampled_from(['"', "{", "}", "(", ")", "<", ">", "%", ":", "=", ",", "x", "0", "-", "\\", "#", "^",
+                          "tensor<", "graph.add", "func.func", "\n", " " * 40, "a" * 60])
+
+
+def opt(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "input.mlir"
+        path.write_bytes(data)
+        begin = time.perf_counter()
+        try:
+            run(["opt", str(path), "-o", str(Path(folder) / "out.mlir")])
+        except MalformedIRError:
+            pass
+        assert time.perf_counter() - begin < 1.0, f"llmc opt took {time.perf_counter() - begin:.1f} s on {data[:200]!r}"
+    COUNTS["inputs thrown at llmc opt"] += 1
+
+
+def test_random_bytes(request):
+    @settings(max_examples=examples(request, 150))
+    @given(st.binary(max_size=4000))
+    def check(data):
+        opt(data)
+
+    check()
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    text = dump(draw(st.sampled_from(("gpt2_block", "llama_decode"))))[0]
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(text)))
+        span = draw(st.integers(0, 80))
+        kind = draw(st.sampled_from(("delete", "insert", "duplicate", "truncate")))
+        if kind == "delete":
+            text = text[:at] + text[at + span:]
+        elif kind == "insert":
+            text = text[:at] + "".join(draw(st.lists(TOKENS, max_size=8))) + text[at:]
+        elif kind == "duplicate":
+            text = text[:at] + text[at:at + span] + text[at:]
+        else:
+            text = text[:at]
+    return text.encode()
+
+
+def test_mutated_dumps(request):
+    @settings(max_examples=examples(request, 150))
+    @given(mutated())
+    def check(data):
+        opt(data)
+
+    check()
