@@ -9,11 +9,14 @@ from llmc.errors import LlmcError
 
 def __getattr__(name: str):
     # torch loads only when the API is used: `llmc opt` on an IR file starts without it
-    if name in ("compile", "CompiledModel"):
-        import llmc.api
+    import importlib
 
-        return getattr(llmc.api, name)
-    raise AttributeError(f"module 'llmc' has no attribute '{name}'")
+    if name in ("compile", "CompiledModel"):
+        return getattr(importlib.import_module("llmc.api"), name)
+    try:  # llmc.dynamo_backend, llmc.exporter, ...: submodules load on first use
+        return importlib.import_module(f"llmc.{name}")
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'llmc' has no attribute '{name}'") from None
 
 
 def explain(model, example_inputs, **compile_options) -> str:

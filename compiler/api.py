@@ -125,11 +125,16 @@ class CompiledModel:
         args, kwargs = split_inputs(inputs)
         return self.program.library.profile(tuple(self.graph_inputs(*args, **kwargs)), repeats)
 
-    def report(self, measured: dict[str, float] | None = None) -> str:
-        kernels = self.runner.snapshots.get("tile") or self.runner.snapshots.get("fuse")
+    def report(self, measured: dict[str, float] | None = None, ceilings=None) -> str:
+        """The per-kernel table; `ceilings` (llmc.roofline.Ceilings) are the host's measured ones."""
+        kernels = self.kernels_ir()
         if not kernels:
             return "(not fused)"
-        return kernel_table(kernels, self.module, get_target(self.target), measured, self.backend)
+        return kernel_table(kernels, self.module, get_target(self.target), measured, self.backend, ceilings)
+
+    def kernels_ir(self) -> ModuleOp | None:
+        """The IR after `tile` (after `fuse` when not tiled): one kernel op per kernel, with its decisions."""
+        return self.runner.snapshots.get("tile") or self.runner.snapshots.get("fuse")
 
 
 def compile(
@@ -143,6 +148,7 @@ def compile(
     build=None,
     fallback: str | None = None,
     quantize: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> CompiledModel:
     """Export, run the pass pipeline (default: all passes for `target`) and build the backend.
 
@@ -155,15 +161,19 @@ def compile(
     backend cannot build or run a kernel; without it such a failure is an error naming the
     kernel and its IR. `quantize` ("int8", "int4", "int4:128", "int4:64:asym", "int4:channel") runs
     the `quantize` pass first: weight-only quantization of the linear layers (llmc.quantization).
+    `progress` is told the name of each stage (export, each pass, build) as it starts.
     """
     if fallback not in (None, "c", "eager"):
         raise LlmcError(f"unknown fallback '{fallback}'; choose c or eager")
     begin = time.perf_counter()
     try:
+        if progress:
+            progress("export")
         imported = export_model(model, example_inputs)
         export_seconds = time.perf_counter() - begin
         compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
-                                    _fallback_factory(fallback, model, example_inputs, build, quantize), quantize)
+                                    _fallback_factory(fallback, model, example_inputs, build, quantize), quantize,
+                                    progress)
     except LlmcError:
         raise
     except Exception as error:  # the stages wrap their own failures with a reproducer; this is the rest
@@ -175,7 +185,8 @@ def compile(
 
 def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str | None = None,
                      dumps: DumpOptions | None = None, emit=print, backend: str | None = None, build=None,
-                     fallback: Callable[[], Callable] | None = None, quantize: str | None = None) -> CompiledModel:
+                     fallback: Callable[[], Callable] | None = None, quantize: str | None = None,
+                     progress: Callable[[str], None] | None = None) -> CompiledModel:
     """Run the pass pipeline on an imported graph and build its backend."""
     chosen = get_target(target)
     backend = backend or ("c" if chosen.kind == "cpu" else "triton")
@@ -184,7 +195,7 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
     spec = passes or default_pipeline(target)
     if quantize:
         spec = f"{pass_spec(QuantFormat.parse(quantize))},{spec}"
-    runner = PassRunner(parse_passes(spec), dumps or DumpOptions(), emit)
+    runner = PassRunner(parse_passes(spec), dumps or DumpOptions(), emit, progress=progress)
     begin = time.perf_counter()
     module = runner.run(imported.module)
     seconds = {"passes": time.perf_counter() - begin}
@@ -194,6 +205,8 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
         from llmc.backends.c.build import BuildOptions
 
         begin = time.perf_counter()
+        if progress:
+            progress("build C")
         try:
             compiled.program = compile_c(module, imported.weights, chosen, build or BuildOptions.from_environment())
         except LlmcError:

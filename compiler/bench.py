@@ -25,6 +25,8 @@ from torch.utils._pytree import tree_leaves
 from llmc.cost_model import kernel_cost
 from llmc.dialects import kernel
 from llmc.exporter import split_inputs
+from llmc.progress import Progress
+from llmc.roofline import Ceilings, roofline, write_json, write_svg
 from llmc.target import get_target
 
 
@@ -47,6 +49,13 @@ class BenchResult:
     max_abs_error: float = 0.0
     kernel_ms: float | None = None  # llmc's kernels alone, outputs reused (no first-touch page faults)
     peak_note: str = ""  # when the probe ran, and whether this run re-measured it
+    roofline: object | None = None  # llmc.roofline.Roofline of llmc's kernels, on the probe's ceilings
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "flops": self.flops, "bytes": self.bytes,
+                "contenders": [vars(c) for c in self.contenders], "llmc_warm_compile_s": self.llmc_warm_s,
+                "max_abs_error": self.max_abs_error, "llmc_kernels_ms": self.kernel_ms,
+                **(self.roofline.as_dict() if self.roofline else {})}
 
     def get(self, name: str) -> Contender | None:
         return next((c for c in self.contenders if c.name == name), None)
@@ -95,16 +104,18 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, war
         for fn in runs.values():
             for _ in range(warmup):
                 fn()
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                begin = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - begin)
+        with Progress(repeats, "timing rounds") as progress:
+            for round_ in range(repeats):
+                for name, fn in runs.items():
+                    begin = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - begin)
+                progress.stage(f"round {round_ + 1}")
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def graph_cost(compiled) -> tuple[int, int]:
-    kernels = compiled.runner.snapshots.get("tile") or compiled.runner.snapshots.get("fuse")
+    kernels = compiled.kernels_ir()
     costs = [kernel_cost(k) for k in kernels.walk() if isinstance(k, kernel.KernelOp)]
     return sum(c.flops for c in costs), sum(c.bytes for c in costs)
 
@@ -160,14 +171,17 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     log(f"[bench] timing {', '.join(runs)} in rotation, {repeats} rounds")
     medians = interleaved_medians(runs, repeats)
     contenders = [Contender(name, medians[name], colds.get(name)) for name in runs]
-    kernel_ms = sum(compiled.profile(inputs, repeats).values()) / 1e3
+    per_kernel = compiled.profile(inputs, repeats)
+    kernel_ms = sum(per_kernel.values()) / 1e3
     with torch.no_grad():
         expected, got = tree_leaves(model(*args, **kwargs)), tree_leaves(compiled(*args, **kwargs))
     error = max(float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected))
     warm = statistics.median(warm_runs)
     flops, moved = graph_cost(compiled)
     peak, note = plausible_peak(peak, flops, moved, kernel_ms, chosen.llc_bytes, build, chosen, log)
-    return BenchResult(title, flops, moved, peak.gflops, peak.bandwidth_gbs, contenders, warm, error, kernel_ms, note)
+    kernels = roofline(compiled.kernels_ir(), Ceilings.from_probe(peak), per_kernel) if compiled.kernels_ir() else None
+    return BenchResult(title, flops, moved, peak.gflops, peak.bandwidth_gbs, contenders, warm, error, kernel_ms, note,
+                       kernels)
 
 
 def plausible_peak(peak, flops: int, moved: int, kernel_ms: float, llc_bytes: int, build, target, log):
@@ -195,4 +209,11 @@ def bench_model_file(path: str, args, build) -> str:
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     result = bench(model, inputs, title, args.target, args.passes, build, args.repeats,
                    not args.no_inductor, args.remeasure_peak, log)
+    if result.roofline is not None:
+        svg = Path(args.out_dir or Path("llmc-out") / Path(path).stem) / "roofline.svg"
+        write_svg(svg, result.roofline, title)
+        log(f"wrote {svg}")
+    if args.json:
+        write_json(Path(args.json), result.as_dict())
+        log(f"wrote {args.json}")
     return result.format()

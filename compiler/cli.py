@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llmc.errors import LlmcError, MalformedIRError, OutputError, PassOptionError, write_output
 from llmc.pipeline import DumpOptions, PassRunner
+from llmc.progress import Progress
 
 
 def _names(value: str | None) -> frozenset[str]:
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="weight-only quantization of the linear layers: int8 (per channel), int4 (groups of 32), "
                            "int4:64, int4:128, int4:channel, each int4 optionally :asym and :a8 (int8 activations, "
                            "integer dot products)")
+    comp.add_argument("--json", metavar="FILE", help="write the report as data: kernels, decisions, costs, "
+                                                     "measured times, the host's ceilings, pass timings")
     comp.add_argument("--explain", action="store_true",
                       help="say which ops torch.compile(backend='llmc') runs in llmc kernels and which in eager, and why")
     _add_dump_flags(comp)
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=30, help="timed calls per contender (median reported)")
     bench.add_argument("--no-inductor", action="store_true", help="skip torch.compile (its cold compile is slow)")
     bench.add_argument("--remeasure-peak", action="store_true", help="re-run the machine peak probe")
+    bench.add_argument("--out-dir", help="where roofline.svg goes (default llmc-out/<model>)")
+    bench.add_argument("--json", metavar="FILE", help="write the results as data")
     gen = sub.add_parser("generate", help="greedy generation with a static KV cache: TTFT, TPOT, tokens/s and "
                                           "decode GB/s for eager, Inductor and llmc side by side")
     gen.add_argument("model", help="a model file defining `model` (a Hugging Face causal LM, or a module in "
@@ -123,10 +128,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(llmc.explain(model, inputs, options={"target": args.target}))
         return 0
     print(f"llmc: compiling {args.model} for {args.target}", file=sys.stderr)
-    compiled = llmc.compile(
-        model, inputs, target=args.target, passes=args.passes, dumps=dumps,
-        backend=args.backend, build=build_options(args), quantize=args.quantize,
-    )
+    with Progress(_stage_count(args), "llmc compile") as progress:
+        compiled = llmc.compile(
+            model, inputs, target=args.target, passes=args.passes, dumps=dumps,
+            backend=args.backend, build=build_options(args), quantize=args.quantize, progress=progress.stage,
+        )
     if args.quantize:
         from llmc.passes.quantize import describe_plan, plan_quantization
 
@@ -141,16 +147,65 @@ def cmd_compile(args: argparse.Namespace) -> int:
         text, ok = quantization_report(compiled, model, inputs, fmt)
         print(text)
         status = 0 if ok else 1
-    measured = compiled.profile(inputs) if args.run and compiled.backend == "c" else None
-    report = compiled.report(measured)
+    measured, ceilings = None, None
+    if args.run and compiled.backend == "c":
+        measured, ceilings = compiled.profile(inputs), host_ceilings(args)
+    report = compiled.report(measured, ceilings)
     print(report)
     if args.timing:
         print(compiled.runner.timing_table())
         print("  ".join(f"{stage} {seconds:.3f} s" for stage, seconds in compiled.seconds.items()))
     if args.output:
         write_output(args.output, print_ir(compiled.module))
-    write_artifacts(compiled, Path(args.out_dir or Path("llmc-out") / Path(args.model).stem), report)
+    directory = Path(args.out_dir or Path("llmc-out") / Path(args.model).stem)
+    write_artifacts(compiled, directory, report)
+    if measured is not None or args.json:
+        write_roofline(compiled, args, directory, measured, ceilings, status)
     return status
+
+
+def _stage_count(args: argparse.Namespace) -> int:
+    from llmc.registry import default_pipeline, parse_passes
+
+    return 2 + len(parse_passes(args.passes or default_pipeline(args.target))) + bool(args.quantize)
+
+
+def host_ceilings(args: argparse.Namespace):
+    """The host's measured roofline (the probe: a few seconds the first time, then cached)."""
+    from llmc.backends.c.probe import machine_peak
+    from llmc.roofline import Ceilings
+    from llmc.target import get_target
+
+    lanes = max(1, get_target(args.target).vector_bytes // 4)
+    return Ceilings.from_probe(machine_peak(build_options(args), lanes, getattr(args, "remeasure_peak", False)))
+
+
+def write_roofline(compiled, args, directory: Path, measured, ceilings, status: int) -> None:
+    """roofline.svg beside the other artifacts when kernels were measured; --json FILE always."""
+    from llmc.roofline import Ceilings, roofline, write_json, write_svg
+    from llmc.target import get_target, host_cpu_name
+
+    kernels = compiled.kernels_ir()
+    if kernels is None:
+        return
+    ceilings = ceilings or Ceilings.from_target(get_target(args.target))
+    model = roofline(kernels, ceilings, measured)
+    written = []
+    if measured is not None:
+        write_svg(directory / "roofline.svg", model, f"llmc compile {args.model} on {host_cpu_name()}")
+        written.append(directory / "roofline.svg")
+    if args.json:
+        tiles = {k.kernel_name.data: {"tiles": list(k.tiles.get_values()) if k.tiles else None,
+                                      "stages": k.stages.value.data if k.stages else None}
+                 for k in kernels.walk() if k.name == "kernel.kernel"}
+        data = {"model": args.model, "target": compiled.target, "backend": compiled.backend, "host": host_cpu_name(),
+                **model.as_dict(), "decisions": tiles,
+                "passes": [{"name": t.name, "seconds": t.seconds} for t in compiled.runner.timings],
+                "seconds": compiled.seconds, "matches_eager": status == 0 if args.run else None}
+        write_json(Path(args.json), data)
+        written.append(Path(args.json))
+    if written:
+        print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
 
 
 def write_artifacts(compiled, directory: Path, report: str) -> None:

@@ -37,6 +37,7 @@ class PassRunner:
     emit: Callable[[str], None] = print
     timings: list[PassTiming] = field(default_factory=list)
     snapshots: dict[str, ModuleOp] = field(default_factory=dict)
+    progress: Callable[[str], None] | None = None  # told each pass's name as it starts
 
     def run(self, module: ModuleOp, start_index: int = 0) -> ModuleOp:
         ctx = make_context()
@@ -45,6 +46,8 @@ class PassRunner:
         for i, p in enumerate(self.passes, start=start_index + 1):
             if self.dumps.print_before and p.name in self.dumps.print_before:
                 self.emit(f"// -----// IR Dump Before {p.name} //----- //\n{print_ir(module)}")
+            if self.progress:
+                self.progress(p.name)
             begin = time.perf_counter()
             try:
                 p.apply(ctx, module)

@@ -8,7 +8,7 @@ from xdsl.dialects.builtin import ModuleOp
 import math
 
 from llmc.backends.c.plan import MAX_FUSED_ROWS
-from llmc.cost_model import kernel_cost
+from llmc.roofline import Ceilings, percent, roofline
 from llmc.dialects import graph, kernel, tile
 from llmc.dtypes import element_bytes
 from llmc.passes.lowering.templates import STAGES_ATTR
@@ -40,35 +40,42 @@ def kernel_table(
     target: Target,
     measured: dict[str, float] | None = None,
     backend: str = "interpret",
+    ceilings: Ceilings | None = None,
 ) -> str:
     """One row per kernel; `kernels` is the IR after `tile`, `tiled` the final tile IR (if lowered),
-    `measured` microseconds per kernel from a native run."""
+    `measured` microseconds per kernel from a native run, `ceilings` the host's measured roofline
+    (the target's nominal figures without it)."""
+    ceilings = ceilings or Ceilings.from_target(target)
     tile_kernels = {op.sym_name.data: op for op in tiled.walk() if isinstance(op, tile.KernelOp)} if tiled else {}
-    header = f"{'kernel':<28}{'kind':<10}{'MFLOP':>9}{'KB':>9}{'FLOP/B':>8}  {'bound':<8}{'pred us':>9}  {'tiles':<12}{'stages':<7}{'layout':<24}measured"
+    header = (f"{'kernel':<28}{'kind':<10}{'MFLOP':>9}{'KB':>9}{'FLOP/B':>8}  {'bound':<8}{'pred us':>9}  "
+              f"{'tiles':<12}{'stages':<7}{'layout':<24}{'measured':>11}{'% roof':>8}")
     rows = [header, "-" * len(header)]
-    total, total_measured = 0.0, 0.0
+    points = {k.name: k for k in roofline(kernels, ceilings, measured).kernels}
+    ridge = ceilings.gflops / ceilings.dram_gbs
     for kop in (op for op in kernels.walk() if isinstance(op, kernel.KernelOp)):
-        cost = kernel_cost(kop)
         name = kop.kernel_name.data
+        point = points[name]
         tiles = "x".join(map(str, kop.tiles.get_values())) if kop.tiles else "-"
         lowered = tile_kernels.get(name)
         stages = _stages(lowered) if lowered else "-"
         layout = _layouts(lowered) if lowered else "-"
-        predicted = cost.predicted_us(target)
-        total += predicted
-        if measured and name in measured:
-            total_measured += measured[name]
-            seen = f"{measured[name]:.1f} us"
-        else:
-            seen = "-" if backend != "interpret" else "- (interpreted)"
+        seen = f"{point.measured_us:.1f} us" if point.measured_us else "-" if backend != "interpret" else "(interp.)"
+        bound = "compute" if point.intensity >= ridge else "memory"
         rows.append(
-            f"{name:<28}{kop.kind.data:<10}{cost.flops / 1e6:>9.2f}{cost.bytes / 1024:>9.1f}{cost.intensity:>8.1f}  "
-            f"{cost.bound(target):<8}{predicted:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}{seen}"
+            f"{name:<28}{kop.kind.data:<10}{point.flops / 1e6:>9.2f}{point.bytes / 1024:>9.1f}{point.intensity:>8.1f}  "
+            f"{bound:<8}{point.predicted_us:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}{seen:>11}"
+            f"{percent(point.percent_of_roofline):>8}"
         )
-    summary = f"{len(rows) - 2} kernels on {target.name} (ridge {target.ridge:.1f} FLOP/B); predicted total {total:.1f} us"
+    total = sum(p.predicted_us for p in points.values())
+    summary = (f"{len(rows) - 2} kernels on {target.name} (ridge {ridge:.1f} FLOP/B; ceilings: {ceilings.source}); "
+               f"predicted total {total:.1f} us")
     if measured:
-        summary += f", measured total {total_measured:.1f} us"
+        total_measured = sum(p.measured_us or 0.0 for p in points.values())
+        summary += f", measured total {total_measured:.1f} us ({percent(100 * total / total_measured)} of roofline)"
     rows.append(summary)
+    if measured:
+        rows.append("% roof: the measured speed over the roofline's at the kernel's intensity (above 100%: its "
+                    "data stayed in a cache)")
     rows += _quantized_rows(kernels, backend)
     return "\n".join(rows)
 

@@ -15,7 +15,11 @@ from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
-from llmc.target import host_cpu_target
+from llmc.target import host_cpu_flags, host_cpu_name, host_cpu_target
+
+# the flags code generation can use, as /proc/cpuinfo spells them (asimd: NEON on AArch64)
+ISA_FEATURES = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                          "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve"})
 
 PROBE_SOURCE = r"""
 #include <omp.h>
@@ -62,6 +66,32 @@ double llmc_probe_copy(long floats, int repeats) {
     return 2.0 * floats * sizeof(float) / best;
 }
 
+/* Bytes per second of a copy that stays in a cache level: each thread copies its own share back and
+ * forth `repeats` times inside one parallel region (no fork/join per pass, which would dominate). */
+double llmc_probe_copy_resident(long floats, int repeats) {
+    float *a = aligned_alloc(64, floats * sizeof(float)), *b = aligned_alloc(64, floats * sizeof(float));
+    if (!a || !b) return 0.0;
+    double seconds = 0.0;
+    #pragma omp parallel reduction(max : seconds)
+    {
+        long share = floats / omp_get_num_threads();
+        float *x = a + omp_get_thread_num() * share, *y = b + omp_get_thread_num() * share;
+        for (long i = 0; i < share; i++) { x[i] = 1.0f; y[i] = 0.0f; }
+        for (int r = 0; r < 8; r++) for (long i = 0; i < share; i++) y[i] = x[i];  /* warm */
+        #pragma omp barrier
+        double begin = omp_get_wtime();
+        for (int r = 0; r < repeats; r++) {
+            float *from = r & 1 ? y : x, *to = r & 1 ? x : y;
+            for (long i = 0; i < share; i++) to[i] = from[i] + 0.0f;
+            __asm__ volatile("" : : "r"(to) : "memory");
+        }
+        seconds = omp_get_wtime() - begin;
+    }
+    free(a);
+    free(b);
+    return 2.0 * floats * sizeof(float) * repeats / seconds;
+}
+
 /* Bytes per second of a parallel read: each thread sums its share as 8 interleaved streams,
  * prefetched ahead, as a memory-bound matrix-vector product reads weights (one stream per core
  * keeps too few lines in flight to reach the memory's bandwidth). Nothing is written. */
@@ -106,6 +136,9 @@ class MachinePeak:
     bandwidth_gbs: float  # main-memory copy bandwidth, all cores
     threads: int
     measured_at: str = ""  # UTC, "2026-11-22 14:05": a probe taken under load reads low; say when it ran
+    l2_gbs: float = 0.0  # copy bandwidth with each core's share resident in its L2
+    llc_gbs: float = 0.0  # copy bandwidth with the data resident in the last-level cache
+    features: tuple[str, ...] = ()  # the ISA features code generation uses, from the CPU's flags
 
 
 def measure(options: BuildOptions, lanes: int) -> MachinePeak:
@@ -118,8 +151,15 @@ def measure(options: BuildOptions, lanes: int) -> MachinePeak:
     lib.llmc_probe_fma(2_000_000)  # warm up the cores' clocks
     gflops = max(lib.llmc_probe_fma(20_000_000) for _ in range(3)) / 1e9
     bandwidth = lib.llmc_probe_copy(64 * 1024 * 1024, 5) / 1e9
+    lib.llmc_probe_copy_resident.restype = ctypes.c_double
+    lib.llmc_probe_copy_resident.argtypes = [ctypes.c_long, ctypes.c_int]
+    target = host_cpu_target()
+    # two arrays filling half of each level: each core's share of L2, or the whole LLC
+    l2 = max(lib.llmc_probe_copy_resident(target.l2_bytes // 4 // 4 * target.cores, 2000) for _ in range(3)) / 1e9
+    llc = max(lib.llmc_probe_copy_resident(target.llc_bytes // 4 // 4, 40) for _ in range(3)) / 1e9
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return MachinePeak(round(gflops, 1), round(bandwidth, 1), host_cpu_target().cores, when)
+    return MachinePeak(round(gflops, 1), round(bandwidth, 1), target.cores, when, round(l2, 1), round(llc, 1),
+                       tuple(sorted(host_cpu_flags() & ISA_FEATURES)))
 
 
 def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
@@ -136,11 +176,14 @@ def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
 def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> MachinePeak:
     """Cached per host, compiler and flags; measured (a few seconds) the first time."""
     identity = compiler_identity(find_compiler(options.compiler))
-    key = cache_key(f"probe-v3-{lanes}-{host_cpu_target().cores}", identity, options.flags)
+    # the host is part of the key: a cache folder may outlive the machine (or be shared by several)
+    host = f"{host_cpu_name()} {' '.join(sorted(host_cpu_flags()))}"
+    key = cache_key(f"probe-v4-{lanes}-{host_cpu_target().cores}-{host}", identity, options.flags)
     path = options.cache_dir / f"probe-{key[:24]}.json"
     if not remeasure:
         try:
-            return MachinePeak(**json.loads(path.read_text()))
+            fields = json.loads(path.read_text())
+            return MachinePeak(**{**fields, "features": tuple(fields.get("features", ()))})
         except (OSError, ValueError, TypeError):
             pass
     peak = measure(options, lanes)

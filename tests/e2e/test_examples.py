@@ -70,6 +70,28 @@ def test_torch_compile_backend_matches_eager():
         assert_close([compiled(*inputs).numpy()], eager(model, inputs))
 
 
+def test_torch_compile_runs_the_flagship_in_llmc_not_eager():
+    # the tril mask buffer arrives as a bool graph input: it once sent the whole graph to eager, with
+    # advice to use float32 on a float32 model
+    import warnings
+
+    import torch
+
+    import llmc
+
+    torch._dynamo.reset()
+    llmc.dynamo_backend.reset_stats()
+    model, inputs = small_example("gpt2_block")
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        got = torch.compile(model, backend="llmc")(*inputs)
+    assert_close([got.numpy()], eager(model, inputs))
+    assert not [w for w in caught if "llmc" in str(w.message)], [str(w.message) for w in caught]
+    stats = llmc.dynamo_backend.dynamo_stats()
+    assert stats.llmc_runs == 1 and not any(g.eager_ops or g.note for g in stats.graphs)
+    torch._dynamo.reset()
+
+
 def test_roundtrip_of_exported_ir(exported):
     _, _, imported = exported("llama_block")
     text = roundtrip(imported.module)

@@ -51,8 +51,8 @@ def test_random_graphs_on_the_c_backend(request):
 
 def test_random_graphs_on_the_triton_backend(request):
     """A sample under TRITON_INTERPRET=1: the interpreter is slow, so fewer and smaller programs."""
-    @settings(max_examples=examples(request, 4))
-    @given(st.lists(programs(max_steps=3), min_size=5, max_size=5))
+    @settings(max_examples=examples(request, 8))
+    @given(st.lists(programs(max_steps=3), min_size=6, max_size=6))
     def run(batch):
         check_programs(batch, backend="triton", target="triton")
         COUNTS["graphs compiled to Triton (interpreted) and compared with eager"] += len(batch)
