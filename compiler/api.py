@@ -8,6 +8,7 @@ call and written back after it, so state lives where eager keeps it.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from llmc.registry import default_pipeline, parse_passes
 from llmc.report import kernel_table
 from llmc.reproducer import backend_reproducer, internal_error
 from llmc.target import get_target
+from llmc.backends.c.build import BuildOptions
 
 BACKENDS = ("c", "triton", "interpret")
 
@@ -149,6 +151,7 @@ def compile(
     fallback: str | None = None,
     quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
+    autotune: bool | float | None = None,
 ) -> CompiledModel:
     """Export, run the pass pipeline (default: all passes for `target`) and build the backend.
 
@@ -161,7 +164,9 @@ def compile(
     backend cannot build or run a kernel; without it such a failure is an error naming the
     kernel and its IR. `quantize` ("int8", "int4", "int4:128", "int4:64:asym", "int4:channel") runs
     the `quantize` pass first: weight-only quantization of the linear layers (llmc.quantization).
-    `progress` is told the name of each stage (export, each pass, build) as it starts.
+    `progress` is told the name of each stage (export, each pass, build) as it starts. `autotune`
+    (True, False, or a budget in seconds; default: $LLMC_AUTOTUNE, else on with 60 s) measures tile
+    decisions on this host for the C backend on the host target, cached on disk (passes/autotune.py).
     """
     if fallback not in (None, "c", "eager"):
         raise LlmcError(f"unknown fallback '{fallback}'; choose c or eager")
@@ -173,7 +178,7 @@ def compile(
         export_seconds = time.perf_counter() - begin
         compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
                                     _fallback_factory(fallback, model, example_inputs, build, quantize), quantize,
-                                    progress)
+                                    progress, autotune)
     except LlmcError:
         raise
     except Exception as error:  # the stages wrap their own failures with a reproducer; this is the rest
@@ -186,13 +191,15 @@ def compile(
 def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str | None = None,
                      dumps: DumpOptions | None = None, emit=print, backend: str | None = None, build=None,
                      fallback: Callable[[], Callable] | None = None, quantize: str | None = None,
-                     progress: Callable[[str], None] | None = None) -> CompiledModel:
+                     progress: Callable[[str], None] | None = None,
+                     autotune: bool | float | None = None) -> CompiledModel:
     """Run the pass pipeline on an imported graph and build its backend."""
     chosen = get_target(target)
     backend = backend or ("c" if chosen.kind == "cpu" else "triton")
     if backend not in BACKENDS:
         raise LlmcError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    spec = passes or default_pipeline(target)
+    cache = str((build or BuildOptions.from_environment()).cache_dir)
+    spec = passes or default_pipeline(target, autotune_budget(autotune, target, backend), cache)
     if quantize:
         spec = f"{pass_spec(QuantFormat.parse(quantize))},{spec}"
     runner = PassRunner(parse_passes(spec), dumps or DumpOptions(), emit, progress=progress)
@@ -202,7 +209,6 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
     compiled = CompiledModel(module, imported, runner, target, backend, seconds=seconds)
     if backend == "c":
         from llmc.backends.c import compile_c
-        from llmc.backends.c.build import BuildOptions
 
         begin = time.perf_counter()
         if progress:
@@ -221,6 +227,29 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
         except LlmcError as error:
             compiled._fall_back(error)
     return compiled
+
+
+DEFAULT_AUTOTUNE_SECONDS = 60.0
+
+
+def autotune_budget(autotune: bool | float | None, target: str, backend: str) -> float | None:
+    """Seconds of autotuning, or None for the cost model alone. Only the C backend on the host target
+    tunes: it runs what it builds. None means $LLMC_AUTOTUNE: 0/off, on, or a budget in seconds."""
+    from llmc.target import HOST_ALIASES
+
+    if backend != "c" or target not in HOST_ALIASES:
+        return None
+    if autotune is None:
+        setting = os.environ.get("LLMC_AUTOTUNE", "on").strip().lower()
+        if setting in ("0", "off", "false", "no"):
+            return None
+        try:
+            autotune = True if setting in ("", "1", "on", "true", "yes") else float(setting)
+        except ValueError:
+            raise LlmcError(f"LLMC_AUTOTUNE must be on, off or a budget in seconds, not '{setting}'") from None
+    if autotune is False:
+        return None
+    return DEFAULT_AUTOTUNE_SECONDS if autotune is True else float(autotune)
 
 
 def _build_triton(module, imported, build, seconds):

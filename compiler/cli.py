@@ -50,6 +50,11 @@ def _add_compile_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--passes", help="pass pipeline in xDSL syntax (default: the full pipeline)")
     parser.add_argument("--cc", help="C compiler (default: $CC or cc)")
     parser.add_argument("--cflags", help="C compiler flags (default: $LLMC_CFLAGS or -O3 -march=native -fopenmp ...)")
+    parser.add_argument("--no-autotune", action="store_true",
+                        help="take the cost model's tile decisions without measuring (autotuning is on by default "
+                             "on the host target: measured once per kernel shape and host, cached)")
+    parser.add_argument("--autotune-budget", type=float, metavar="SECONDS",
+                        help="seconds of autotuning per compile (default 60; cached kernels cost nothing)")
 
 
 def build_options(args: argparse.Namespace):
@@ -132,6 +137,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         compiled = llmc.compile(
             model, inputs, target=args.target, passes=args.passes, dumps=dumps,
             backend=args.backend, build=build_options(args), quantize=args.quantize, progress=progress.stage,
+            autotune=autotune_setting(args),
         )
     if args.quantize:
         from llmc.passes.quantize import describe_plan, plan_quantization
@@ -164,10 +170,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return status
 
 
+def autotune_setting(args: argparse.Namespace) -> bool | float | None:
+    if args.no_autotune:
+        return False
+    return args.autotune_budget  # None: $LLMC_AUTOTUNE, else on
+
+
 def _stage_count(args: argparse.Namespace) -> int:
     from llmc.registry import default_pipeline, parse_passes
 
-    return 2 + len(parse_passes(args.passes or default_pipeline(args.target))) + bool(args.quantize)
+    return 3 + len(parse_passes(args.passes or default_pipeline(args.target))) + bool(args.quantize)
 
 
 def host_ceilings(args: argparse.Namespace):

@@ -98,7 +98,13 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
 def matmul_tiles(m: int, n: int, k: int, target: Target, operand_bytes: int = 4) -> TileDecision:
     """Minimise the bytes re-read from memory, with padding waste, within the scratch budget
     (staged operand tiles at their element size plus the f32 accumulator)."""
-    best = None
+    (_, tiles, stages) = _matmul_ranked(m, n, k, target, operand_bytes)[0]
+    return TileDecision(tiles, stages, "least re-read traffic within the scratch budget")
+
+
+def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int) -> list[tuple]:
+    """Every tiling that fits the scratch budget as (score, tiles, stages), best first."""
+    ranked = []
     for bm in _candidates(m, (16, 32, 64, 128)):
         for bn in _candidates(n, (16, 32, 64, 128)):
             for bk in _candidates(k, (16, 32, 64) if target.kind == "gpu" else (16, 32, 64, 128, 256)):
@@ -111,11 +117,8 @@ def matmul_tiles(m: int, n: int, k: int, target: Target, operand_bytes: int = 4)
                 traffic = m * n * k * (1 / bn + 1 / bm) * waste
                 programs = math.ceil(m / bm) * math.ceil(n / bn)
                 starved = max(1.0, target.cores / programs)
-                score = (traffic * starved, -bk)
-                if best is None or score < best[0]:
-                    best = (score, (bm, bn, bk), stages)
-    (_, tiles, stages) = best
-    return TileDecision(tiles, stages, "least re-read traffic within the scratch budget")
+                ranked.append(((traffic * starved, -bk), (bm, bn, bk), stages))
+    return sorted(ranked)
 
 
 def _candidates(extent: int, sizes: tuple[int, ...]) -> list[int]:
@@ -144,3 +147,43 @@ def pointwise_tiles(shape: tuple[int, ...], target: Target) -> TileDecision:
     cols = min(pow2_at_least(shape[-1]), 256 if target.kind == "cpu" else 1024)
     rows = max(1, min(pow2_at_least(shape[-2]), 4096 // cols))
     return TileDecision((rows, cols), 1, "contiguous blocks of about 4K elements")
+
+
+def candidate_tiles(kop: kernel.KernelOp, target: Target, count: int) -> list[TileDecision]:
+    """What the autotuner measures: the model's decision first, then the next tilings the model ranks
+    (matmul), or neighbours of the decision (the other kinds), and other pipeline depths; at most
+    `count`, all valid for lower-tile (row kernels keep whole rows)."""
+    decision = decide_tiles(kop, target)
+    kind = kop.kind.data
+    anchor = anchor_of(kop)
+    if kind == "matmul":
+        shape = graph.shape_of(anchor.results[0])
+        ranked = _matmul_ranked(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target,
+                                element_bytes(anchor.operands[0].type.element_type))
+        # the best-ranked tiling of each distinct (BM, BN) first, then other K depths of the decision's
+        shapes: dict[tuple[int, int], tuple] = {}
+        for _, t, _ in ranked:
+            shapes.setdefault(t[:2], t)
+        tilings = list(shapes.values())[:3] + [t for _, t, _ in ranked if t[:2] == decision.tiles[:2]]
+    elif kind == "attention":
+        bm, bn = decision.tiles
+        tilings = [(m, n) for m in (bm, bm // 2, bm * 2) for n in (bn, bn // 2, bn * 2) if 8 <= m <= 128 and 8 <= n <= 128]
+    elif kind == "row":
+        rows, cols = decision.tiles
+        tilings = [(r, cols) for r in (rows, rows * 2, max(1, rows // 2), max(1, rows // 4), 1)]
+    else:
+        rows, cols = decision.tiles
+        tilings = [(rows, cols), (rows * 2, cols), (max(1, rows // 2), cols), (rows, max(1, cols // 2)),
+                   (max(1, rows // 4), cols)]
+    depths = [decision.stages] + [d for d in (1, 2, 3) if d != decision.stages] if kind in ("matmul", "attention") \
+        else [decision.stages]
+    seen, out = set(), []
+    for tiles, stages in [(decision.tiles, decision.stages)] + [(t, decision.stages) for t in tilings] + [
+            (decision.tiles, d) for d in depths]:
+        if (tuple(tiles), stages) not in seen:
+            seen.add((tuple(tiles), stages))
+            out.append(TileDecision(tuple(tiles), stages, "model" if not out else "candidate"))
+    # the ranked tilings first (up to count - the extra depths), then the depths of the decision
+    extra = [d for d in out if d.tiles == decision.tiles and d.stages != decision.stages]
+    main = [d for d in out if d not in extra]
+    return (main[:max(1, count - len(extra[:2]))] + extra[:2])[:count]

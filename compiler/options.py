@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from llmc.errors import PassOptionError
 from llmc.quantization import QuantFormat
 
-# torch.compile's modes: llmc has no CUDA graphs or autotuner to switch on yet, so they all compile the same way
+# torch.compile's modes: llmc has no CUDA graphs; its autotuner is on unless options={'autotune': False}
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTION_KEYS = {
     "target": "llmc target (cpu, cpu-avx2, ..., triton)",
@@ -15,6 +15,8 @@ OPTION_KEYS = {
     "passes": "a pass pipeline instead of the target's default",
     "max_specializations": "concrete sizes one symbolic graph may be compiled for before it runs in eager",
     "quantize": "weight-only quantization of the linear layers: int8, int4, int4:G (32, 64, 128, channel)[:asym]",
+    "autotune": "measure tile decisions on this host: True, False or a budget in seconds (default $LLMC_AUTOTUNE, "
+                "else on)",
 }
 
 
@@ -26,6 +28,7 @@ class BackendOptions:
     mode: str = "default"
     max_specializations: int = 16
     quantize: str | None = None
+    autotune: bool | float | None = None
 
     @staticmethod
     def from_torch_compile(mode: str | None, options: dict | None) -> BackendOptions:

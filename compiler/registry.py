@@ -12,6 +12,7 @@ from llmc.target import get_target
 
 
 def available_passes() -> dict[str, type[ModulePass]]:
+    from llmc.passes.autotune import AutotunePass
     from llmc.passes.coalesce import CoalescePass
     from llmc.passes.fuse import FusePass
     from llmc.passes.lower_tile import LowerTilePass
@@ -21,14 +22,20 @@ def available_passes() -> dict[str, type[ModulePass]]:
     from llmc.passes.swizzle import SwizzlePass
     from llmc.passes.tile import TilePass
 
-    passes = (QuantizePass, FusePass, TilePass, LowerTilePass, PipelinePass, CoalescePass, SwizzlePass, PlanMemoryPass)
+    passes = (QuantizePass, FusePass, AutotunePass, TilePass, LowerTilePass, PipelinePass, CoalescePass, SwizzlePass, PlanMemoryPass)
     return {p.name: p for p in passes}
 
 
-def default_pipeline(target: str = "cpu") -> str:
+def default_pipeline(target: str = "cpu", autotune: float | None = None, cache: str | None = None) -> str:
+    """The full pipeline; `autotune` (a time budget in seconds) measures tile decisions on this host
+    (CPU targets only: the tuner runs what it builds), caching them under `cache`."""
     # GPUs hand the stage count to Triton's pipeliner (asynchronous copies into shared memory); CPUs expand
-    mode = "delegate" if get_target(target).kind == "gpu" else "expand"
-    return (f"fuse,tile{{target={target}}},lower-tile,coalesce{{target={target}}},swizzle{{target={target}}},"
+    kind = get_target(target).kind
+    mode = "delegate" if kind == "gpu" else "expand"
+    where = f' cache="{cache}"' if cache else ""
+    tune = (f"autotune{{target={target} budget={round(autotune)}{where}}},"
+            if autotune is not None and kind == "cpu" else "")
+    return (f"fuse,{tune}tile{{target={target}}},lower-tile,coalesce{{target={target}}},swizzle{{target={target}}},"
             f"pipeline{{mode={mode}}},plan-memory")
 
 

@@ -12,6 +12,7 @@ from llmc.roofline import Ceilings, percent, roofline
 from llmc.dialects import graph, kernel, tile
 from llmc.dtypes import element_bytes
 from llmc.passes.lowering.templates import STAGES_ATTR
+from llmc.passes.tile import TUNED_ATTR
 from llmc.target import Target
 
 
@@ -76,8 +77,19 @@ def kernel_table(
     if measured:
         rows.append("% roof: the measured speed over the roofline's at the kernel's intensity (above 100%: its "
                     "data stayed in a cache)")
+    rows += _autotune_rows(kernels)
     rows += _quantized_rows(kernels, backend)
     return "\n".join(rows)
+
+
+def _autotune_rows(kernels: ModuleOp) -> list[str]:
+    """Per kernel the autotuner measured: the configuration chosen, the model's, and the alternatives."""
+    tuned = [(k.kernel_name.data, k.attributes[TUNED_ATTR].data) for k in kernels.walk()
+             if isinstance(k, kernel.KernelOp) and TUNED_ATTR in k.attributes]
+    if not tuned:
+        return []
+    return ["", "autotuned on this host (tiles/stages, median us; the chosen one first):"] + [
+        f"  {name:<26}{summary}" for name, summary in tuned]
 
 
 def _quantized_rows(kernels: ModuleOp, backend: str) -> list[str]:

@@ -1,7 +1,8 @@
 """`tile`: choose tile sizes and pipeline depth per kernel, recorded on kernel.kernel.
 
 The decision is `cost_model.decide_tiles` (roofline / cache-fit heuristics for
-the target); options override it per kernel kind, for debugging and tuning:
+the target), unless `autotune` already measured one on this host (then it is
+kept); options override both per kernel kind, for debugging and tuning:
 `tile{target=cpu matmul=32,64,16 stages=3}`.
 """
 
@@ -19,6 +20,7 @@ from llmc.dialects import graph, kernel
 from llmc.errors import PassOptionError
 from llmc.target import get_target
 
+TUNED_ATTR = "llmc.autotune"  # set by the autotune pass beside the tiles and stages it measured best
 TILE_RANK = {"matmul": 3, "attention": 2, "row": 2, "pointwise": 2, "gather": 2, "scatter": 2}
 
 
@@ -52,9 +54,11 @@ class TilePass(ModulePass):
         for kop in op.walk():
             if not isinstance(kop, kernel.KernelOp):
                 continue
-            decision = decide_tiles(kop, target)
             kind = kop.kind.data
             override = self.override(kind)
+            if override is None and self.stages is None and TUNED_ATTR in kop.attributes:
+                continue  # measured on this host by `autotune`: a dump replays that decision
+            decision = decide_tiles(kop, target)
             if override and kind == "row" and override[1] < decision.tiles[1]:
                 # a row kernel (softmax, norms) keeps its whole row in one tile: a narrower one would need a
                 # split reduction, which lower-tile does not emit

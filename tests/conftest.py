@@ -7,6 +7,8 @@ import os
 # Triton decides at import whether its kernels run in the interpreter; CI has no GPU, so every
 # Triton kernel in the test session runs on CPU tensors.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The tests check what is computed, not how fast: no autotuning unless a test asks for it (test_autotune.py)
+os.environ.setdefault("LLMC_AUTOTUNE", "0")
 
 import importlib  # noqa: E402
 import subprocess

@@ -1,0 +1,243 @@
+"""`autotune`: measure tile decisions on this host and record the fastest on each kernel.
+
+Runs after `fuse`, before `tile`. For each kernel it takes the cost model's candidate set
+(`cost_model.candidate_tiles`: the model's own decision first, then the next tilings the model ranks,
+other pipeline depths), builds all of them as copies of the kernel in one C library — the same code
+path as production: `tile`, `lower-tile`, `coalesce`, `swizzle`, `pipeline`, `plan-memory`, the C
+backend — runs them on random inputs, checks every copy against llmc's interpreter (a mismatch
+disqualifies it, and the report says so) and times them. The fastest valid one is written on the
+kernel as its `tiles` and `stages`, with `llmc.autotune` saying what was measured; `tile` keeps that
+decision, so a dump taken after this pass replays it without measuring.
+
+Results are cached on disk per host (CPU model and flags), kernel signature (the kernel's IR with
+names canonicalised) and llmc version, so a second compile measures nothing. Tuning stops when its
+time budget is spent; the kernels left take the model's decision. Kernels reading quantized weights
+keep the model's decision (their weights are derived from float ones the tuner does not have).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects import builtin, func
+from xdsl.dialects.builtin import IntegerAttr, StringAttr
+from xdsl.ir import Block, Region
+from xdsl.passes import ModulePass
+
+from llmc.cost_model import TileDecision, candidate_tiles
+from llmc.dialects import graph, kernel
+from llmc.passes.tile import TUNED_ATTR
+from llmc.progress import Progress
+from llmc.target import get_target
+
+TUNED_PIPELINE = "tile{{target={t}}},lower-tile,coalesce{{target={t}}},swizzle{{target={t}}},pipeline,plan-memory"
+
+
+@dataclass(frozen=True)
+class Measured:
+    tiles: tuple[int, ...]
+    stages: int
+    us: float | None  # None: disqualified (its outputs did not match the interpreter's)
+
+
+@dataclass(frozen=True)
+class AutotunePass(ModulePass):
+    name = "autotune"
+
+    target: str = "cpu"
+    budget: int = 60  # seconds of tuning per compile (cached kernels cost nothing)
+    candidates: int = 6
+    repeats: int = 15
+    cache: str = ""  # the cache folder; default: the C build cache's
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        from llmc.backends.c.build import BuildOptions
+
+        target = get_target(self.target)
+        options = BuildOptions.from_environment()
+        folder = (Path(self.cache) if self.cache else options.cache_dir) / "autotune"
+        begin = time.perf_counter()
+        kernels = [k for k in op.walk() if isinstance(k, kernel.KernelOp) and tunable(k)]
+        with Progress(len(kernels), "autotune") as progress:
+            for kop in kernels:
+                progress.stage(kop.kernel_name.data)
+                key = signature(kop, target.name)
+                measured = read_cache(folder, key)
+                cached = measured is not None
+                if measured is None:
+                    if time.perf_counter() - begin > self.budget:
+                        continue  # the model decides; nothing cached, so a later compile measures it
+                    measured = tune_kernel(kop, target, options, self.candidates, self.repeats)
+                    write_cache(folder, key, measured)
+                record(kop, measured, cached)
+
+
+def tunable(kop: kernel.KernelOp) -> bool:
+    """Kernels the tuner can run alone on random data: float32 inputs (and integer or bool ones), no
+    quantized weights (derived from float weights it does not have), no in-place cache writes."""
+    from xdsl.dialects.builtin import Float32Type
+
+    if kop.kind.data == "scatter" or any(isinstance(o, graph.DequantizeOp) for o in kop.body.block.ops):
+        return False
+    return all(isinstance(v.type.element_type, Float32Type) or not _is_float(v.type.element_type) for v in kop.inputs)
+
+
+def _is_float(element) -> bool:
+    from llmc.dtypes import torch_dtype
+
+    return torch_dtype(element).is_floating_point
+
+
+def signature(kop: kernel.KernelOp, target: str) -> str:
+    """The kernel's IR with its name and weight names canonicalised, the host and llmc's version, hashed."""
+    from llmc.target import host_cpu_flags, host_cpu_name
+
+    holder = Block(arg_types=[v.type for v in kop.inputs])  # the clone must not become a user of the model's values
+    clone = kop.clone(value_mapper=dict(zip(kop.inputs, holder.args)))
+    holder.add_op(clone)
+    clone.attributes["name"] = StringAttr("k")
+    for key in ("tiles", "stages", TUNED_ATTR):
+        clone.attributes.pop(key, None)
+    text = str(clone)
+    host = f"{host_cpu_name()}|{' '.join(sorted(host_cpu_flags()))}|{target}|{llmc_version()}"
+    return hashlib.sha256(f"{host}\n{text}".encode()).hexdigest()[:32]
+
+
+def llmc_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmc")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def read_cache(folder, key: str) -> list[Measured] | None:
+    """The measurements of a kernel, or None when absent or unreadable (a corrupt entry is measured again)."""
+    try:
+        entries = json.loads((folder / f"{key}.json").read_text())["measured"]
+        return [Measured(tuple(e["tiles"]), int(e["stages"]), e["us"]) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cache(folder, key: str, measured: list[Measured]) -> None:
+    from llmc.backends.c.build import atomic_write
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"measured": [{"tiles": list(m.tiles), "stages": m.stages, "us": m.us} for m in measured]}
+        atomic_write(folder / f"{key}.json", json.dumps(data).encode())
+    except OSError:
+        pass  # an unwritable cache costs a re-measure next time, nothing else
+
+
+def record(kop: kernel.KernelOp, measured: list[Measured], cached: bool) -> None:
+    valid = [m for m in measured if m.us is not None]
+    if not valid:
+        return  # every candidate disqualified: `tile` takes the model's decision
+    best = min(valid, key=lambda m: m.us)
+    model = measured[0]
+    kop.attributes["tiles"] = graph.dense(best.tiles)
+    kop.attributes["stages"] = IntegerAttr(best.stages, 64)
+    others = ", ".join(f"{_name(m)} {m.us:.1f} us" if m.us is not None else f"{_name(m)} MISMATCH (disqualified)"
+                       for m in measured if m is not best)
+    model_said = "the model's choice" if best is model else f"model's {_name(model)} " + (
+        f"{model.us:.1f} us" if model.us is not None else "disqualified")
+    kop.attributes[TUNED_ATTR] = StringAttr(
+        f"{_name(best)} {best.us:.1f} us ({model_said}){'; cached' if cached else ''}; also measured: {others or '-'}")
+
+
+def _name(m: Measured) -> str:
+    return f"{'x'.join(map(str, m.tiles))}/s{m.stages}"
+
+
+def tune_kernel(kop: kernel.KernelOp, target, options, count: int, repeats: int) -> list[Measured]:
+    """Build every candidate as a copy of the kernel in one library, check each against the interpreter,
+    time them; [model's decision, others...]."""
+    import torch
+
+    from llmc.backends.c import compile_c
+    from llmc.pipeline import PassRunner
+    from llmc.registry import parse_passes
+
+    decisions = candidate_tiles(kop, target, count)
+    module, weights, inputs = standalone(kop, decisions)
+    reference = interpret_reference(standalone(kop, [None])[0], inputs, weights)
+    tiled = PassRunner(parse_passes(TUNED_PIPELINE.format(t=target.name)), emit=lambda *_: None).run(module)
+    program = compile_c(tiled, weights, target, options)
+    tensors = tuple(torch.from_numpy(x) for x in inputs)
+    outputs = program.library.run(tensors)
+    times = program.library.profile(tensors, repeats)
+    per = len(reference)
+    measured = []
+    for i, decision in enumerate(decisions):
+        got = outputs[i * per:(i + 1) * per]
+        ok = all(np.allclose(g.float().numpy(), np.asarray(r, dtype=np.float32), rtol=1e-3, atol=1e-3)
+                 for g, r in zip(got, reference))
+        measured.append(Measured(decision.tiles, decision.stages, times[f"t{i}"] if ok else None))
+    return measured
+
+
+def interpret_reference(module, inputs, weights) -> list[np.ndarray]:
+    """What the kernel computes, by llmc's interpreter on the graph-level IR: the oracle of every candidate."""
+    from llmc.interpret import interpret
+
+    return interpret(module, inputs, weights)
+
+
+def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
+    """A module whose forward runs copies of the kernel (one per decision; None: undecided) on the same
+    arguments and returns all their results; with random weights and inputs for it."""
+    rng = np.random.default_rng(0)
+    block = Block()
+    mapping, weights, inputs = {}, {}, []
+    for value in kop.inputs:
+        owner = value.owner
+        if isinstance(owner, graph.WeightOp | graph.ConstantOp):
+            clone = owner.clone()
+            block.add_op(clone)
+            mapping[value] = clone.results[0]
+            if isinstance(owner, graph.WeightOp):
+                weights[owner.weight_name.data] = _random(value.type, rng)
+        else:
+            mapping[value] = block.insert_arg(value.type, len(block.args))
+            inputs.append(_random(value.type, rng))
+    results = []
+    for i, decision in enumerate(decisions):
+        copy = kop.clone(value_mapper=dict(mapping))
+        copy.attributes["name"] = StringAttr(f"t{i}")
+        for key in ("tiles", "stages", TUNED_ATTR):
+            copy.attributes.pop(key, None)
+        if decision is not None:
+            copy.attributes["tiles"] = graph.dense(decision.tiles)
+            copy.attributes["stages"] = IntegerAttr(decision.stages, 64)
+            copy.attributes[TUNED_ATTR] = StringAttr("candidate")
+        block.add_op(copy)
+        results += list(copy.results)
+    block.add_op(func.ReturnOp(*results))
+    forward = func.FuncOp("forward", ([a.type for a in block.args], [r.type for r in results]), Region(block))
+    return builtin.ModuleOp([forward]), weights, inputs
+
+
+def _random(typ, rng) -> np.ndarray:
+    """Random float32 values; zeros for integers (indices always in range) and bools."""
+    from llmc.dtypes import torch_dtype
+
+    shape = tuple(typ.get_shape())
+    dtype = torch_dtype(typ.element_type)
+    if dtype.is_floating_point:
+        return rng.standard_normal(shape).astype(np.float32)
+    return torch_zeros(shape, dtype)
+
+
+def torch_zeros(shape, dtype) -> np.ndarray:
+    import torch
+
+    return torch.zeros(shape, dtype=dtype).numpy()

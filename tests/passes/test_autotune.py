@@ -1,0 +1,125 @@
+"""autotune: candidates from the cost model built and timed in the generated C, checked against the
+interpreter, the fastest written on the kernel (and kept by `tile`), cached per host, shape and version."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MLP, assert_close, filecheck, random_args, run_ir, run_passes
+
+import llmc.passes.autotune as autotune
+from llmc.ir_text import parse_ir, print_ir
+from llmc.passes.tile import TUNED_ATTR
+
+
+def tuned(cache, budget=60, extra="") -> str:
+    return f'fuse,autotune{{candidates=3 repeats=3 budget={budget} cache="{cache}"}}{extra}'
+
+
+def kernels(module):
+    return [op for op in module.walk() if op.name == "kernel.kernel"]
+
+
+def test_the_fastest_checked_candidate_is_recorded_and_tile_keeps_it(tmp_path):
+    module = run_passes(parse_ir(MLP), tuned(tmp_path))
+    for kop in kernels(module):
+        summary = kop.attributes[TUNED_ATTR].data
+        chosen = "x".join(map(str, kop.tiles.get_values())) + f"/s{kop.stages.value.data}"
+        assert summary.startswith(chosen) and "also measured:" in summary and "us" in summary
+    text = print_ir(module)
+    after = run_passes(parse_ir(text), "tile{target=cpu}")  # a dump after autotune replays its decision
+    assert [k.tiles.get_values() for k in kernels(after)] == [k.tiles.get_values() for k in kernels(module)]
+    filecheck(print_ir(after), "// CHECK: llmc.autotune\n// CHECK: llmc.autotune\n")
+    args = random_args(parse_ir(MLP), np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    weights = {name: rng.standard_normal(shape).astype(np.float32) * 0.2 for name, shape in
+               (("fc.weight", (48, 32)), ("fc.bias", (48,)), ("proj.weight", (32, 48)))}
+    lowered = run_passes(after, "lower-tile,coalesce,swizzle,pipeline,plan-memory")
+    assert_close(run_ir(lowered, args, weights), run_ir(parse_ir(MLP), args, weights), tol=1e-4)
+
+
+def test_an_explicit_tile_option_still_wins_over_a_measured_decision(tmp_path):
+    module = run_passes(parse_ir(MLP), tuned(tmp_path, extra=",tile{matmul=16,16,16}"))
+    assert all(tuple(k.tiles.get_values()) == (16, 16, 16) for k in kernels(module))
+
+
+def test_a_second_compile_measures_nothing(tmp_path, monkeypatch):
+    first = run_passes(parse_ir(MLP), tuned(tmp_path))
+
+    def must_not_run(*_):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(autotune, "tune_kernel", must_not_run)
+    second = run_passes(parse_ir(MLP), tuned(tmp_path))
+    for a, b in zip(kernels(first), kernels(second)):
+        assert a.tiles.get_values() == b.tiles.get_values() and b.attributes[TUNED_ATTR].data.find("; cached") > 0
+
+
+def test_a_corrupt_entry_is_measured_again(tmp_path):
+    run_passes(parse_ir(MLP), tuned(tmp_path))
+    entries = list((tmp_path / "autotune").glob("*.json"))
+    assert len(entries) == 2
+    for entry in entries:
+        entry.write_text("{not json")
+    again = run_passes(parse_ir(MLP), tuned(tmp_path))
+    assert all("; cached" not in k.attributes[TUNED_ATTR].data for k in kernels(again))
+    assert all(json.loads(e.read_text())["measured"] for e in entries)
+
+
+def test_another_host_does_not_reuse_the_measurements(tmp_path, monkeypatch):
+    run_passes(parse_ir(MLP), tuned(tmp_path))
+    import llmc.target
+
+    monkeypatch.setattr(llmc.target, "host_cpu_name", lambda: "Another CPU")
+    run_passes(parse_ir(MLP), tuned(tmp_path))
+    assert len(list((tmp_path / "autotune").glob("*.json"))) == 4
+
+
+def test_no_budget_means_the_model_decides(tmp_path):
+    module = run_passes(parse_ir(MLP), tuned(tmp_path, budget=-1) + ",tile")
+    assert all(TUNED_ATTR not in k.attributes and k.tiles for k in kernels(module))
+    assert not (tmp_path / "autotune").exists() or not list((tmp_path / "autotune").iterdir())
+
+
+def test_a_candidate_that_disagrees_with_the_interpreter_is_disqualified(tmp_path, monkeypatch):
+    interpret = autotune.interpret_reference
+
+    def off_by_one(*args):
+        return [r + 1.0 for r in interpret(*args)]
+
+    monkeypatch.setattr(autotune, "interpret_reference", off_by_one)
+    module = run_passes(parse_ir(MLP), tuned(tmp_path) + ",tile")
+    assert all(TUNED_ATTR not in k.attributes for k in kernels(module))  # nothing valid: the model decides
+    for entry in (tmp_path / "autotune").glob("*.json"):
+        assert all(m["us"] is None for m in json.loads(entry.read_text())["measured"])
+
+
+@pytest.mark.parametrize("setting, expected", [("0", None), ("off", None), ("on", 60.0), ("12.5", 12.5)])
+def test_the_environment_sets_the_budget(setting, expected, monkeypatch):
+    from llmc.api import autotune_budget
+
+    monkeypatch.setenv("LLMC_AUTOTUNE", setting)
+    assert autotune_budget(None, "cpu", "c") == expected
+    assert autotune_budget(None, "cpu-avx2", "c") is None and autotune_budget(True, "cpu", "triton") is None
+
+
+MODEL = """import torch
+model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+example_inputs = (torch.randn(16, 32),)
+"""
+
+
+def test_llmc_compile_tunes_on_the_host_and_reports_it(tmp_path, monkeypatch, capsys):
+    from llmc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "m.py").write_text(MODEL)
+    assert main(["compile", "m.py", "--autotune-budget", "30", "--dump-dir", "tuned"]) == 0
+    out = capsys.readouterr().out
+    assert "autotuned on this host" in out and "also measured" in out
+    assert "llmc.autotune" in (tmp_path / "tuned" / "02-autotune.mlir").read_text()  # the dump replays it
+    assert main(["compile", "m.py", "--no-autotune", "--dump-dir", "plain"]) == 0
+    assert "autotuned" not in capsys.readouterr().out and not (tmp_path / "plain" / "02-autotune.mlir").exists()
