@@ -179,7 +179,8 @@ class LlmcPartition(torch.nn.Module):
         imported = import_graph_module(gm, weights, names, constants)
         settings = self.graph.settings
         compiled = compile_imported(imported, settings.target, settings.passes, emit=lambda *_: None,
-                                    backend=settings.backend, quantize=settings.quantize, autotune=settings.autotune)
+                                    backend=settings.backend, quantize=settings.quantize,
+                                    autotune=settings.autotune_setting())
         self.baked = {i: (args[i], args[i]._version) for i in self.frozen}
         self.graph.stats.compiles += 1
         self.entry["compiles"] += 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from llmc.errors import PassOptionError
 from llmc.quantization import QuantFormat
 
-# torch.compile's modes: llmc has no CUDA graphs; its autotuner is on unless options={'autotune': False}
+# torch.compile's modes: llmc has no CUDA graphs; the max-autotune modes switch its autotuner on, as Inductor's
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTION_KEYS = {
     "target": "llmc target (cpu, cpu-avx2, ..., triton)",
@@ -15,8 +15,8 @@ OPTION_KEYS = {
     "passes": "a pass pipeline instead of the target's default",
     "max_specializations": "concrete sizes one symbolic graph may be compiled for before it runs in eager",
     "quantize": "weight-only quantization of the linear layers: int8, int4, int4:G (32, 64, 128, channel)[:asym]",
-    "autotune": "measure tile decisions on this host: True, False or a budget in seconds (default $LLMC_AUTOTUNE, "
-                "else on)",
+    "autotune": "measure tile decisions on this host: True, False or a budget in seconds (default: on in the "
+                "max-autotune modes, as Inductor's autotuning is)",
 }
 
 
@@ -29,6 +29,9 @@ class BackendOptions:
     max_specializations: int = 16
     quantize: str | None = None
     autotune: bool | float | None = None
+
+    def autotune_setting(self) -> bool | float:
+        return self.autotune if self.autotune is not None else self.mode.startswith("max-autotune")
 
     @staticmethod
     def from_torch_compile(mode: str | None, options: dict | None) -> BackendOptions:

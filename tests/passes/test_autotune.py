@@ -123,3 +123,11 @@ def test_llmc_compile_tunes_on_the_host_and_reports_it(tmp_path, monkeypatch, ca
     assert "llmc.autotune" in (tmp_path / "tuned" / "02-autotune.mlir").read_text()  # the dump replays it
     assert main(["compile", "m.py", "--no-autotune", "--dump-dir", "plain"]) == 0
     assert "autotuned" not in capsys.readouterr().out and not (tmp_path / "plain" / "02-autotune.mlir").exists()
+
+
+def test_torch_compile_tunes_in_the_max_autotune_modes_only():
+    from llmc.options import BackendOptions
+
+    assert BackendOptions.from_torch_compile("max-autotune", None).autotune_setting() is True
+    assert BackendOptions.from_torch_compile(None, None).autotune_setting() is False
+    assert BackendOptions.from_torch_compile(None, {"autotune": 20}).autotune_setting() == 20
