@@ -169,7 +169,7 @@ class Partitioner:
                 if group.accepts_shape(shape) and group not in candidates:
                     candidates.append(group)
         for target in candidates:
-            if self.would_cycle(op, target) or self.reads_through_view(op, target):
+            if self.would_cycle(op, target) or self.reads_through_view(op, target) or self.crosses_rows(op, target):
                 continue
             for other in candidates:
                 if other is not target and other.kind == "pointwise" and target.kind != "gather" and other.shape == target.shape:
@@ -189,6 +189,19 @@ class Partitioner:
         for operand in op.operands:
             root, chain = view_chain(operand)
             if chain and isinstance(root.owner, Operation) and self.group_of.get(root.owner) is target:
+                return True
+        return False
+
+    def crosses_rows(self, op: Operation, target: Group) -> bool:
+        """A row group's reduced value (one per row, shape[:-1]) read by a wider op: numpy broadcasting
+        lines it up with the last dim, one value per column, which a row kernel does not have."""
+        if target.kind != "row":
+            return False
+        rank = len(graph.shape_of(op.results[0]))
+        for operand in op.operands:
+            owner = operand.owner
+            reduced = graph.shape_of(operand)
+            if isinstance(owner, Operation) and self.group_of.get(owner) is target and 1 <= len(reduced) < rank:
                 return True
         return False
 

@@ -50,9 +50,11 @@ def pipelines(draw) -> str:
     """fuse, tile (random sizes per kernel kind and stages), lower-tile, then the tile-level passes in a
     random order and subset, plan-memory last or not at all."""
     tiles = []
-    for kind, rank in (("matmul", 3), ("attention", 2), ("row", 2), ("pointwise", 2)):
+    for kind, rank in (("matmul", 3), ("attention", 2), ("pointwise", 2)):
         if draw(st.booleans()):
             tiles.append(f"{kind}={','.join(str(draw(POW2)) for _ in range(rank))}")
+    if draw(st.booleans()):  # row tiles span whole rows (narrower ones are refused: test_regressions.py)
+        tiles.append(f"row={draw(POW2)},{draw(st.sampled_from((64, 128)))}")
     if draw(st.booleans()):
         tiles.append(f"stages={draw(st.integers(1, 4))}")
     tile = f"tile{{{' '.join(tiles)}}}" if tiles else "tile"

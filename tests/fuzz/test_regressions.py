@@ -52,3 +52,13 @@ def test_row_tiles_narrower_than_the_row_are_refused():
     text = dump("gpt2_block")[0]
     with pytest.raises(PassOptionError, match="row tiles span the whole row; this model's row kernels need 32"):
         PassRunner(parse_passes("fuse,tile{row=4,2},lower-tile"), emit=lambda *_: None).run(parse_ir(text))
+
+
+def test_a_row_reduction_broadcast_along_columns_is_not_fused_into_its_rows():
+    # tanh(x) * maximum(t, t).sum(1): the sum (one value per row) multiplies along the last dim (one per
+    # column); fuse put the multiply in the row kernel, which read the row's own sum instead
+    check_programs([Program(
+        inputs=(Input((4, 4)),),
+        steps=(Step("unary", (0,), ("tanh",)), Step("binary", (1, 1), ("maximum",)),
+               Step("reduce", (2,), ("sum", 1, False)), Step("binary", (1, 3), ("mul",))),
+        outputs=(4,))])

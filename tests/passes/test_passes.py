@@ -155,3 +155,18 @@ def test_pipeline_drains_the_right_iterations_when_the_step_does_not_divide_the_
     assert 'llmc.pipeline = "epilogue"' in print_ir(after)
     assert_close(before, eager(CrossAttention(), inputs), tol=1e-5)
     assert_close(run_ir(after, inputs, {}), before, tol=1e-5)
+
+
+def test_fuse_keeps_a_column_broadcast_of_a_row_reduction_out_of_the_row_kernel():
+    check_pass("""
+func.func @forward(%x: tensor<4x4xf32>) -> tensor<4x4xf32> {
+  %t = graph.tanh %x : tensor<4x4xf32> -> tensor<4x4xf32>
+  %s = graph.reduce_sum %t {dim = 1 : i64} : tensor<4x4xf32> -> tensor<4xf32>
+  %m = graph.mul %t, %s : (tensor<4x4xf32>, tensor<4xf32>) -> tensor<4x4xf32>
+  func.return %m : tensor<4x4xf32>
+}""", "", "fuse", """
+// CHECK: kernel.kernel "k1_reduce_sum"
+// CHECK-NOT: graph.mul
+// CHECK: kernel.yield
+// CHECK: kernel.kernel "k2_mul"
+""")
