@@ -149,7 +149,7 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     build = build or BuildOptions.from_environment()
     chosen = get_target(target)
     log(f"[bench] {title}: measuring the machine peak (cached after the first run)")
-    peak = machine_peak(build, max(1, chosen.vector_bytes // 4), remeasure=remeasure_peak)
+    peak = machine_peak(build, chosen.lanes, remeasure=remeasure_peak)
     args, kwargs = split_inputs(inputs)
     runs, colds = {"eager": lambda: model(*args, **kwargs)}, {}
     if inductor:
@@ -179,7 +179,8 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     warm = statistics.median(warm_runs)
     flops, moved = graph_cost(compiled)
     peak, note = plausible_peak(peak, flops, moved, kernel_ms, chosen.llc_bytes, build, chosen, log)
-    kernels = roofline(compiled.kernels_ir(), Ceilings.from_probe(peak), per_kernel) if compiled.kernels_ir() else None
+    kernels_ir = compiled.kernels_ir()
+    kernels = roofline(kernels_ir, Ceilings.from_probe(peak), per_kernel) if kernels_ir else None
     return BenchResult(title, flops, moved, peak.gflops, peak.bandwidth_gbs, contenders, warm, error, kernel_ms, note,
                        kernels)
 
@@ -196,7 +197,7 @@ def plausible_peak(peak, flops: int, moved: int, kernel_ms: float, llc_bytes: in
     if not beaten:
         return peak, when
     log("[bench] a kernel beat the cached machine peak (probe taken under load?): re-measuring it")
-    peak = machine_peak(build, max(1, target.vector_bytes // 4), remeasure=True)
+    peak = machine_peak(build, target.lanes, remeasure=True)
     return peak, f", re-measured {peak.measured_at}: the cached one was below what a kernel achieved"
 
 

@@ -188,7 +188,7 @@ def host_ceilings(args: argparse.Namespace):
     from llmc.roofline import Ceilings
     from llmc.target import get_target
 
-    lanes = max(1, get_target(args.target).vector_bytes // 4)
+    lanes = get_target(args.target).lanes
     return Ceilings.from_probe(machine_peak(build_options(args), lanes, getattr(args, "remeasure_peak", False)))
 
 
@@ -325,7 +325,7 @@ def emit(module, what: str, target: str) -> str:
     if what == "c":
         from llmc.backends.c.module import render_module
 
-        return render_module(module, lanes=max(1, get_target(target).vector_bytes // 4)).text
+        return render_module(module, lanes=get_target(target).lanes).text
     if what == "triton":
         from llmc.backends.triton import render_triton
 

@@ -29,12 +29,6 @@ class Cost:
     def intensity(self) -> float:
         return self.flops / max(self.bytes, 1)
 
-    def bound(self, target: Target) -> str:
-        return "compute" if self.intensity >= target.ridge else "memory"
-
-    def predicted_us(self, target: Target) -> float:
-        return max(self.flops / (target.peak_gflops * 1e3), self.bytes / (target.bandwidth_gbs * 1e3))
-
 
 @dataclass(frozen=True)
 class TileDecision:

@@ -52,7 +52,6 @@ def kernel_table(
               f"{'tiles':<12}{'stages':<7}{'layout':<24}{'measured':>11}{'% roof':>8}")
     rows = [header, "-" * len(header)]
     points = {k.name: k for k in roofline(kernels, ceilings, measured).kernels}
-    ridge = ceilings.gflops / ceilings.dram_gbs
     for kop in (op for op in kernels.walk() if isinstance(op, kernel.KernelOp)):
         name = kop.kernel_name.data
         point = points[name]
@@ -61,14 +60,14 @@ def kernel_table(
         stages = _stages(lowered) if lowered else "-"
         layout = _layouts(lowered) if lowered else "-"
         seen = f"{point.measured_us:.1f} us" if point.measured_us else "-" if backend != "interpret" else "(interp.)"
-        bound = "compute" if point.intensity >= ridge else "memory"
+        bound = "compute" if point.intensity >= ceilings.ridge else "memory"
         rows.append(
             f"{name:<28}{kop.kind.data:<10}{point.flops / 1e6:>9.2f}{point.bytes / 1024:>9.1f}{point.intensity:>8.1f}  "
             f"{bound:<8}{point.predicted_us:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}{seen:>11}"
             f"{percent(point.percent_of_roofline):>8}"
         )
     total = sum(p.predicted_us for p in points.values())
-    summary = (f"{len(rows) - 2} kernels on {target.name} (ridge {ridge:.1f} FLOP/B; ceilings: {ceilings.source}); "
+    summary = (f"{len(rows) - 2} kernels on {target.name} (ridge {ceilings.ridge:.1f} FLOP/B; ceilings: {ceilings.source}); "
                f"predicted total {total:.1f} us")
     if measured:
         total_measured = sum(p.measured_us or 0.0 for p in points.values())

@@ -37,8 +37,17 @@ class Ceilings:
     def from_target(cls, target) -> Ceilings:
         return cls(target.peak_gflops, target.bandwidth_gbs, source=f"nominal figures of {target.name}")
 
+    @property
+    def ridge(self) -> float:
+        """Arithmetic intensity (FLOP/byte) where the roofline turns from memory- to compute-bound."""
+        return self.gflops / self.dram_gbs
+
     def attainable_gflops(self, intensity: float) -> float:
         return min(self.gflops, intensity * self.dram_gbs)
+
+    def predicted_us(self, flops: int, moved: int) -> float:
+        """The roofline's time: the slower of computing at the peak and moving the bytes from DRAM."""
+        return max(flops / (self.gflops * 1e3), moved / (self.dram_gbs * 1e3))
 
 
 @dataclass
@@ -80,10 +89,9 @@ def roofline(kernels_ir, ceilings: Ceilings, measured: dict[str, float] | None =
     points = []
     for kop in (op for op in kernels_ir.walk() if isinstance(op, kernel.KernelOp)):
         cost = kernel_cost(kop)
-        predicted = max(cost.flops / (ceilings.gflops * 1e3), cost.bytes / (ceilings.dram_gbs * 1e3))
         name = kop.kernel_name.data
-        points.append(KernelPoint(name, kop.kind.data, cost.flops, cost.bytes, cost.intensity, predicted,
-                                  (measured or {}).get(name)))
+        points.append(KernelPoint(name, kop.kind.data, cost.flops, cost.bytes, cost.intensity,
+                                  ceilings.predicted_us(cost.flops, cost.bytes), (measured or {}).get(name)))
     return Roofline(ceilings, points)
 
 

@@ -162,7 +162,7 @@ def measured_read_bandwidth() -> float:
     from llmc.target import host_cpu_target
 
     target = host_cpu_target()
-    return read_bandwidth(BuildOptions.from_environment(), max(1, target.vector_bytes // 4), target.llc_bytes)
+    return read_bandwidth(BuildOptions.from_environment(), target.lanes, target.llc_bytes)
 
 
 def _vocab(lm) -> int:

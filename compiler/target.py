@@ -33,9 +33,9 @@ class Target:
     llc_bytes: int = 32 * 1024 * 1024  # last-level cache, all cores
 
     @property
-    def ridge(self) -> float:
-        """Arithmetic intensity (FLOP/byte) where the roofline turns from memory- to compute-bound."""
-        return self.peak_gflops / self.bandwidth_gbs
+    def lanes(self) -> int:
+        """float32 lanes of a vector register (1 for scalar code)."""
+        return max(1, self.vector_bytes // 4)
 
 
 TARGETS = {
@@ -73,6 +73,11 @@ def host_cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def host_key() -> str:
+    """This machine as cached measurements must tell it apart: the CPU model and its feature flags."""
+    return f"{host_cpu_name()} {' '.join(sorted(host_cpu_flags()))}"
 
 
 def host_has_vnni(lanes: int) -> bool:

@@ -34,7 +34,8 @@ from llmc.cost_model import TileDecision, candidate_tiles
 from llmc.dialects import graph, kernel
 from llmc.passes.tile import TUNED_ATTR
 from llmc.progress import Progress
-from llmc.target import get_target
+from llmc.dtypes import is_float, storage_dtype
+from llmc.target import get_target, host_key
 
 TUNED_PIPELINE = "tile{{target={t}}},lower-tile,coalesce{{target={t}}},swizzle{{target={t}}},pipeline,plan-memory"
 
@@ -81,32 +82,26 @@ class AutotunePass(ModulePass):
 def tunable(kop: kernel.KernelOp) -> bool:
     """Kernels the tuner can run alone on random data: float32 inputs (and integer or bool ones), no
     quantized weights (derived from float weights it does not have), no in-place cache writes."""
-    from xdsl.dialects.builtin import Float32Type
-
     if kop.kind.data == "scatter" or any(isinstance(o, graph.DequantizeOp) for o in kop.body.block.ops):
         return False
-    return all(isinstance(v.type.element_type, Float32Type) or not _is_float(v.type.element_type) for v in kop.inputs)
-
-
-def _is_float(element) -> bool:
-    from llmc.dtypes import torch_dtype
-
-    return torch_dtype(element).is_floating_point
+    return all(v.type.element_type == builtin.f32 or not is_float(v.type.element_type) for v in kop.inputs)
 
 
 def signature(kop: kernel.KernelOp, target: str) -> str:
     """The kernel's IR with its name and weight names canonicalised, the host and llmc's version, hashed."""
-    from llmc.target import host_cpu_flags, host_cpu_name
-
     holder = Block(arg_types=[v.type for v in kop.inputs])  # the clone must not become a user of the model's values
     clone = kop.clone(value_mapper=dict(zip(kop.inputs, holder.args)))
     holder.add_op(clone)
-    clone.attributes["name"] = StringAttr("k")
+    undecided(clone, "k")
+    host = f"{host_key()}|{target}|{llmc_version()}"
+    return hashlib.sha256(f"{host}\n{clone}".encode()).hexdigest()[:32]
+
+
+def undecided(kop: kernel.KernelOp, name: str) -> None:
+    """Rename a copy of a kernel and drop the decisions it carries."""
+    kop.attributes["name"] = StringAttr(name)
     for key in ("tiles", "stages", TUNED_ATTR):
-        clone.attributes.pop(key, None)
-    text = str(clone)
-    host = f"{host_cpu_name()}|{' '.join(sorted(host_cpu_flags()))}|{target}|{llmc_version()}"
-    return hashlib.sha256(f"{host}\n{text}".encode()).hexdigest()[:32]
+        kop.attributes.pop(key, None)
 
 
 def llmc_version() -> str:
@@ -212,9 +207,7 @@ def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
     results = []
     for i, decision in enumerate(decisions):
         copy = kop.clone(value_mapper=dict(mapping))
-        copy.attributes["name"] = StringAttr(f"t{i}")
-        for key in ("tiles", "stages", TUNED_ATTR):
-            copy.attributes.pop(key, None)
+        undecided(copy, f"t{i}")
         if decision is not None:
             copy.attributes["tiles"] = graph.dense(decision.tiles)
             copy.attributes["stages"] = IntegerAttr(decision.stages, 64)
@@ -228,16 +221,7 @@ def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
 
 def _random(typ, rng) -> np.ndarray:
     """Random float32 values; zeros for integers (indices always in range) and bools."""
-    from llmc.dtypes import torch_dtype
-
     shape = tuple(typ.get_shape())
-    dtype = torch_dtype(typ.element_type)
-    if dtype.is_floating_point:
+    if is_float(typ.element_type):
         return rng.standard_normal(shape).astype(np.float32)
-    return torch_zeros(shape, dtype)
-
-
-def torch_zeros(shape, dtype) -> np.ndarray:
-    import torch
-
-    return torch.zeros(shape, dtype=dtype).numpy()
+    return np.zeros(shape, storage_dtype(typ.element_type))

@@ -24,9 +24,11 @@ example_inputs = (torch.randn(4, 8),)
 """
 
 
-class Block(torch.nn.Module):
-    def forward(self, x):
-        return torch.softmax(torch.relu(x) * 2, dim=-1)
+def block():
+    """The model MODEL's file defines, and its example inputs: one definition for the API and the CLI."""
+    namespace: dict = {}
+    exec(MODEL, namespace)
+    return namespace["model"], namespace["example_inputs"]
 
 
 def explode(op):
@@ -59,7 +61,7 @@ def replay(message: str) -> list[str]:
 
 def test_a_failing_pass_names_pass_and_op_and_its_reproducer_replays(repro_dir, broken_fuse):
     with pytest.raises(InternalError, match=r"llmc bug in pass 'fuse' at op graph.softmax: KeyError") as caught:
-        llmc.compile(Block(), (torch.randn(4, 8),))
+        llmc.compile(*block())
     message = str(caught.value)
     (folder,) = list(repro_dir.iterdir())
     assert str(folder) in message and "input.mlir" in message
@@ -91,7 +93,7 @@ def test_a_failing_importer_writes_a_model_file_that_replays(repro_dir, monkeypa
 
     monkeypatch.setattr(exporter, "_import_call", broken)
     with pytest.raises(InternalError, match=r"the importer at FX node aten.relu.default \(relu\): IndexError") as caught:
-        llmc.compile(Block(), (torch.randn(4, 8),))
+        llmc.compile(*block())
     (folder,) = list(repro_dir.iterdir())
     assert {"graph.py", "graph.pt", "model.py", "replay.sh"} <= {p.name for p in folder.iterdir()}
     assert "aten.relu" in (folder / "graph.py").read_text()
@@ -111,7 +113,7 @@ def test_a_failing_backend_writes_the_final_ir_and_an_emit_command(repro_dir, mo
 
     monkeypatch.setattr(c_backend, "render_module", render_module)
     with pytest.raises(InternalError, match="the c backend at op tile.kernel") as caught:
-        llmc.compile(Block(), (torch.randn(4, 8),))
+        llmc.compile(*block())
     argv = replay(str(caught.value))
     assert argv[0] == "opt" and argv[-2:] == ["--emit", "c"]
     assert "tile.kernel" in open(argv[1]).read()
@@ -121,7 +123,7 @@ def test_a_failing_backend_writes_the_final_ir_and_an_emit_command(repro_dir, mo
 
 def test_torch_compile_runs_a_failing_graph_in_eager_with_a_warning(repro_dir, broken_fuse):
     torch._dynamo.reset()
-    model, x = Block(), torch.randn(4, 8)
+    model, (x,) = block()
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         out = torch.compile(model, backend="llmc")(x)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 
 import llmc
 from llmc.cli import main
@@ -22,17 +21,15 @@ example_inputs = (torch.randn(32, 64),)
 """
 
 
-class Block(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(64, 96)
-
-    def forward(self, x):
-        return torch.softmax(self.fc(x), dim=-1)
+def block():
+    """The model MODEL's file defines, and its example inputs: one definition for the API and the CLI."""
+    namespace: dict = {}
+    exec(MODEL, namespace)
+    return namespace["model"], namespace["example_inputs"]
 
 
 def test_points_sit_on_the_ceilings_they_are_bound_by():
-    compiled = llmc.compile(Block(), (torch.randn(32, 64),), emit=lambda *_: None)
+    compiled = llmc.compile(*block(), emit=lambda *_: None)
     ceilings = Ceilings(gflops=100.0, dram_gbs=10.0, llc_gbs=40.0, l2_gbs=80.0, source="test")
     model = roofline(compiled.kernels_ir(), ceilings, {"k0_linear": 50.0})
     (product, *rest) = model.kernels
@@ -43,7 +40,7 @@ def test_points_sit_on_the_ceilings_they_are_bound_by():
 
 
 def test_svg_names_every_kernel_and_the_ceilings(tmp_path):
-    compiled = llmc.compile(Block(), (torch.randn(32, 64),), emit=lambda *_: None)
+    compiled = llmc.compile(*block(), emit=lambda *_: None)
     ceilings = Ceilings(100.0, 10.0, 40.0, 80.0, "probe, measured today")
     model = roofline(compiled.kernels_ir(), ceilings, {k.name: 3.0 for k in roofline(compiled.kernels_ir(), ceilings).kernels})
     write_svg(tmp_path / "r.svg", model, "a title")

@@ -37,7 +37,7 @@ class CProgram:
 def compile_c(module: ModuleOp, weights: Mapping[str, np.ndarray], target: Target, options: BuildOptions) -> CProgram:
     if target.kind != "cpu":
         raise BuildError(f"the C backend builds for CPU targets; {target.name} is a {target.kind}")
-    source = render_module(module, lanes=max(1, target.vector_bytes // 4))
+    source = render_module(module, lanes=target.lanes)
     built = build_library(source.text, options)
     try:
         library = CLibrary(built.library, source, weights)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
-from llmc.target import host_cpu_flags, host_cpu_name, host_cpu_target
+from llmc.target import host_cpu_flags, host_cpu_target, host_key
 
 # the flags code generation can use, as /proc/cpuinfo spells them (asimd: NEON on AArch64)
 ISA_FEATURES = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -177,8 +177,7 @@ def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> 
     """Cached per host, compiler and flags; measured (a few seconds) the first time."""
     identity = compiler_identity(find_compiler(options.compiler))
     # the host is part of the key: a cache folder may outlive the machine (or be shared by several)
-    host = f"{host_cpu_name()} {' '.join(sorted(host_cpu_flags()))}"
-    key = cache_key(f"probe-v4-{lanes}-{host_cpu_target().cores}-{host}", identity, options.flags)
+    key = cache_key(f"probe-v4-{lanes}-{host_cpu_target().cores}-{host_key()}", identity, options.flags)
     path = options.cache_dir / f"probe-{key[:24]}.json"
     if not remeasure:
         try:

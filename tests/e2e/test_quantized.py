@@ -68,7 +68,7 @@ def test_int8_activations_match_the_interpreter(fmt, rows):
     for g, e in zip(compiled(*x), expected):
         np.testing.assert_allclose(g.numpy(), e.numpy(), atol=2e-5, rtol=1e-4)
     calls = [line for line in compiled.program.source.text.splitlines() if "llmc_qdot_vnni(" in line and "static" not in line]
-    lanes = get_target("cpu").vector_bytes // 4
+    lanes = get_target("cpu").lanes
     assert bool(calls) == (rows <= 8 and host_has_vnni(lanes))
     assert "llmc_round_activations(r" in compiled.program.source.text  # the narrow weight: rounded copy
 
