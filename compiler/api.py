@@ -25,6 +25,7 @@ from llmc.errors import LlmcError
 from llmc.exporter import ImportedModel, Source, export_model, split_inputs
 from llmc.interpret import interpret
 from llmc.ir_text import print_ir
+from llmc.passes.matmul_precision import PRECISIONS
 from llmc.passes.quantize import pass_spec
 from llmc.pipeline import DumpOptions, PassRunner
 from llmc.quantization import QuantFormat
@@ -152,6 +153,7 @@ def compile(
     quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
     autotune: bool | float | None = None,
+    matmul_precision: str = "f32",
 ) -> CompiledModel:
     """Export, run the pass pipeline (default: all passes for `target`) and build the backend.
 
@@ -167,6 +169,9 @@ def compile(
     `progress` is told the name of each stage (export, each pass, build) as it starts. `autotune`
     (True, False, or a budget in seconds; default: $LLMC_AUTOTUNE, else on with 60 s) measures tile
     decisions on this host for the C backend on the host target, cached on disk (passes/autotune.py).
+    `matmul_precision` "bf16" lets the linear layers of an fp32 model compute in bf16 with f32
+    accumulation (the `matmul-precision` pass; AMX or vdpbf16ps where the host has them), as
+    torch.set_float32_matmul_precision("medium") lets oneDNN; "f32" (default) keeps them fp32.
     """
     if fallback not in (None, "c", "eager"):
         raise LlmcError(f"unknown fallback '{fallback}'; choose c or eager")
@@ -177,8 +182,9 @@ def compile(
         imported = export_model(model, example_inputs)
         export_seconds = time.perf_counter() - begin
         compiled = compile_imported(imported, target, passes, dumps, emit, backend, build,
-                                    _fallback_factory(fallback, model, example_inputs, build, quantize), quantize,
-                                    progress, autotune)
+                                    _fallback_factory(fallback, model, example_inputs, build, quantize,
+                                                      matmul_precision),
+                                    quantize, progress, autotune, matmul_precision)
     except LlmcError:
         raise
     except Exception as error:  # the stages wrap their own failures with a reproducer; this is the rest
@@ -192,7 +198,7 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
                      dumps: DumpOptions | None = None, emit=print, backend: str | None = None, build=None,
                      fallback: Callable[[], Callable] | None = None, quantize: str | None = None,
                      progress: Callable[[str], None] | None = None,
-                     autotune: bool | float | None = None) -> CompiledModel:
+                     autotune: bool | float | None = None, matmul_precision: str = "f32") -> CompiledModel:
     """Run the pass pipeline on an imported graph and build its backend."""
     chosen = get_target(target)
     backend = backend or ("c" if chosen.kind == "cpu" else "triton")
@@ -200,8 +206,7 @@ def compile_imported(imported: ImportedModel, target: str = "cpu", passes: str |
         raise LlmcError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     cache = str((build or BuildOptions.from_environment()).cache_dir)
     spec = passes or default_pipeline(target, autotune_budget(autotune, target, backend), cache)
-    if quantize:
-        spec = f"{pass_spec(QuantFormat.parse(quantize))},{spec}"
+    spec = f"{front_passes(quantize, matmul_precision)}{spec}"
     runner = PassRunner(parse_passes(spec), dumps or DumpOptions(), emit, progress=progress)
     begin = time.perf_counter()
     module = runner.run(imported.module)
@@ -267,7 +272,15 @@ def _build_triton(module, imported, build, seconds):
     return program
 
 
-def _fallback_factory(fallback, model, example_inputs, build, quantize: str | None):
+def front_passes(quantize: str | None, matmul_precision: str = "f32") -> str:
+    """The graph-level passes the options ask for, ahead of the pipeline: quantization, then bf16 products."""
+    if matmul_precision not in PRECISIONS:
+        raise LlmcError(f"unknown matmul precision '{matmul_precision}'; choose {' or '.join(PRECISIONS)}")
+    spec = f"{pass_spec(QuantFormat.parse(quantize))}," if quantize else ""
+    return spec + ("matmul-precision{precision=bf16}," if matmul_precision == "bf16" else "")
+
+
+def _fallback_factory(fallback, model, example_inputs, build, quantize: str | None, matmul_precision: str = "f32"):
     if fallback == "eager":
         def run_eager(*args, **kwargs):
             with torch.no_grad():
@@ -276,5 +289,6 @@ def _fallback_factory(fallback, model, example_inputs, build, quantize: str | No
         return lambda: run_eager
     if fallback == "c":
         # the same graph on the CPU: quantized as asked
-        return lambda: compile(model, example_inputs, target="cpu", build=build, emit=lambda *_: None, quantize=quantize)
+        return lambda: compile(model, example_inputs, target="cpu", build=build, emit=lambda *_: None, quantize=quantize,
+                                   matmul_precision=matmul_precision)
     return None

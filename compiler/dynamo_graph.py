@@ -180,6 +180,7 @@ class LlmcPartition(torch.nn.Module):
         settings = self.graph.settings
         compiled = compile_imported(imported, settings.target, settings.passes, emit=lambda *_: None,
                                     backend=settings.backend, quantize=settings.quantize,
+                                    matmul_precision=settings.matmul_precision,
                                     autotune=settings.autotune_setting())
         self.baked = {i: (args[i], args[i]._version) for i in self.frozen}
         self.graph.stats.compiles += 1

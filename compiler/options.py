@@ -15,6 +15,7 @@ OPTION_KEYS = {
     "passes": "a pass pipeline instead of the target's default",
     "max_specializations": "concrete sizes one symbolic graph may be compiled for before it runs in eager",
     "quantize": "weight-only quantization of the linear layers: int8, int4, int4:G (32, 64, 128, channel)[:asym]",
+    "matmul_precision": "f32 or bf16 (an fp32 model's linear layers in bf16 with f32 accumulation)",
     "autotune": "measure tile decisions on this host: True, False or a budget in seconds (default: on in the "
                 "max-autotune modes, as Inductor's autotuning is)",
 }
@@ -29,6 +30,7 @@ class BackendOptions:
     max_specializations: int = 16
     quantize: str | None = None
     autotune: bool | float | None = None
+    matmul_precision: str = "f32"
 
     def autotune_setting(self) -> bool | float:
         return self.autotune if self.autotune is not None else self.mode.startswith("max-autotune")
@@ -45,4 +47,6 @@ class BackendOptions:
             raise PassOptionError(f"unknown llmc option(s) {unknown}; llmc takes {known}")
         if options.get("quantize"):
             QuantFormat.parse(options["quantize"])  # refused here, before any graph is compiled
+        if options.get("matmul_precision", "f32") not in ("f32", "bf16"):
+            raise PassOptionError(f"matmul_precision must be f32 or bf16, not '{options['matmul_precision']}'")
         return BackendOptions(mode=mode, **options)

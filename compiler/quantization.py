@@ -32,6 +32,7 @@ from llmc.errors import PassOptionError
 
 GROUPS = (32, 64, 128)
 PARTS = ("codes", "scales", "zeros")
+_BF16 = re.compile(r"^(?P<base>.+)#bf16(?P<t>t?)$")
 _DERIVED = re.compile(r"^(?P<base>.+)#(?P<spec>int8|int4(?:g\d+|c)a?)(?P<t>t?)\.(?P<part>codes|scales|zeros)$")
 
 
@@ -211,10 +212,24 @@ def parse_derived(name: str) -> Derived | None:
                    bool(match.group("t")))
 
 
+def bf16_name(base: str, transposed: bool = False) -> str:
+    """The name of a float weight rounded to bf16 (`matmul-precision`), or of its transpose."""
+    return f"{base}#bf16{'t' if transposed else ''}"
+
+
 def weight_value(weights: MutableMapping, name: str):
-    """The value of weight `name`; a quantized weight's codes / scales / zeros are derived from its float
-    weight on first use and kept in the mapping. None when neither exists."""
+    """The value of weight `name`; a quantized weight's codes / scales / zeros, or a weight rounded to bf16,
+    are derived from its float weight on first use and kept in the mapping. None when neither exists."""
     if name in weights:
+        return weights[name]
+    rounded = _BF16.match(name)
+    if rounded is not None and rounded.group("base") in weights:
+        from xdsl.dialects.builtin import bf16
+
+        from llmc.dtypes import round_to
+
+        weight = np.asarray(weights[rounded.group("base")], dtype=np.float32)
+        weights[name] = np.ascontiguousarray(round_to(weight.T if rounded.group("t") else weight, bf16))
         return weights[name]
     derived = parse_derived(name)
     if derived is None or derived.base not in weights:

@@ -16,13 +16,14 @@ def available_passes() -> dict[str, type[ModulePass]]:
     from llmc.passes.coalesce import CoalescePass
     from llmc.passes.fuse import FusePass
     from llmc.passes.lower_tile import LowerTilePass
+    from llmc.passes.matmul_precision import MatmulPrecisionPass
     from llmc.passes.pipeline import PipelinePass
     from llmc.passes.plan_memory import PlanMemoryPass
     from llmc.passes.quantize import QuantizePass
     from llmc.passes.swizzle import SwizzlePass
     from llmc.passes.tile import TilePass
 
-    passes = (QuantizePass, FusePass, AutotunePass, TilePass, LowerTilePass, PipelinePass, CoalescePass, SwizzlePass, PlanMemoryPass)
+    passes = (QuantizePass, MatmulPrecisionPass, FusePass, AutotunePass, TilePass, LowerTilePass, PipelinePass, CoalescePass, SwizzlePass, PlanMemoryPass)
     return {p.name: p for p in passes}
 
 

@@ -22,7 +22,7 @@ from importlib import resources
 
 import numpy as np
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, bf16
 from xdsl.ir import BlockArgument
 
 from llmc.backends.c.exprs import c_comment
@@ -34,8 +34,9 @@ from llmc.dtypes import LOW_PRECISION, element_bytes, encode, storage_dtype
 from llmc.errors import MalformedIRError
 from llmc.passes.swizzle import weight_arguments
 from llmc.quantization import ACTIVATION_BLOCK, weight_value
-from llmc.target import host_has_vnni
+from llmc.target import host_has_amx_bf16, host_has_vnni
 
+PAIRS, PAIR_K = "pairs", 32  # bf16 weights for dot products in k pairs (matrix.h), K padded to PAIR_K
 VNNI_MAX_K = 1024  # the largest K tile llmc_qdot_vnni quantizes on its stack (LLMC_VNNI_MAX_K)
 
 ARENA_ATTR = "llmc.arena_bytes"
@@ -57,6 +58,8 @@ class WeightSlot:
             panels = pack_panels(array, self.pack)
             if self.pack.vnni:
                 return vnni_panels(panels, self.pack.panel // 2, self.pack.vnni)
+            if self.pack.half == PAIRS:
+                return pair_panels(encode(panels, np.uint16))
             return encode(panels, storage_dtype(self.element)) if self.pack.half else panels
         return encode(array, storage_dtype(self.element)) if self.element in LOW_PRECISION else array
 
@@ -87,8 +90,16 @@ def pack_panels(array: np.ndarray, spec: PackSpec) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(rows, cols // spec.panel, spec.panel).transpose(1, 0, 2))
 
 
-def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int) -> dict[int, PackSpec]:
-    """Kernel arguments whose every use is one identical `pack`ed load: those get panels."""
+def pair_panels(panels: np.ndarray) -> np.ndarray:
+    """bf16 panels [panel, K, 32] -> the k-pair layout of matrix.h: per k pair, the 32 columns' two values."""
+    count, rows, width = panels.shape
+    pairs = panels.reshape(count, rows // 2, 2, width).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(pairs).reshape(count, rows, width)
+
+
+def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int, bf16_dot: bool = False) -> dict[int, PackSpec]:
+    """Kernel arguments whose every use is one identical `pack`ed load: those get panels. A bf16 weight of
+    prefill-sized products gets the k-pair layout of AMX / vdpbf16ps where `bf16_dot` says the build has them."""
     specs: dict[int, PackSpec] = {}
     for arg in kernel.body.block.args:
         if arg not in weight_args:
@@ -102,6 +113,9 @@ def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int) -> dic
             roles = [role for load in loads for role in dot_roles(load.results[0])]
             few_rows = bool(roles) and all(dot.lhs.type.get_shape()[0] <= MAX_FUSED_ROWS for dot, _ in roles)
             half = element_key(element) if element in LOW_PRECISION and few_rows else ""
+            whole_k = tile_shape[0] % PAIR_K == 0 or tile_shape[0] >= shape[0]  # K tiles start on whole pairs tiles
+            if bf16_dot and element == bf16 and roles and not few_rows and panel == 2 * lanes == 32 and whole_k:
+                half, padded = PAIRS, (round_up(padded[0], PAIR_K), padded[1])
             specs[arg.index] = PackSpec(base, shape, strides, panel, padded, half, _vnni_codes(loads, lanes))
     return specs
 
@@ -155,9 +169,10 @@ def _pack_key(load, lanes: int):
 
 
 class ModuleRenderer:
-    def __init__(self, module: ModuleOp, lanes: int):
+    def __init__(self, module: ModuleOp, lanes: int, bf16_dot: bool | None = None):
         self.module = module
         self.lanes = lanes
+        self.bf16_dot = host_has_amx_bf16(lanes) if bf16_dot is None else bf16_dot
         self.kernels = {op.sym_name.data: op for op in module.ops if isinstance(op, tile.KernelOp)}
         funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
         if len(funcs) != 1:
@@ -171,7 +186,7 @@ class ModuleRenderer:
         weight_args = weight_arguments(self.module)
         plans, bodies, scratch = {}, [], 0
         for code, (name, kernel) in enumerate(self.kernels.items(), start=1):
-            self.packs[name] = packed_arguments(kernel, weight_args, self.lanes)
+            self.packs[name] = packed_arguments(kernel, weight_args, self.lanes, self.bf16_dot)
             plans[name] = plan_kernel(kernel, self.lanes, self.packs[name])
             scratch = max(scratch, plans[name].scratch_floats)
             notes = self.arg_notes(kernel, self.packs[name])
@@ -179,7 +194,9 @@ class ModuleRenderer:
         entry = self.render_entry()
         quantized = any(isinstance(o, tile.DequantOp) or (isinstance(o, tile.DotOp) and o.activations is not None)
                         for o in self.module.walk())
-        headers = ["runtime.h"] + (["half.h"] if self.uses_half() else []) + (["quant.h"] if quantized else [])
+        pairs = any(spec.half == PAIRS for packs in self.packs.values() for spec in packs.values())
+        headers = (["runtime.h"] + (["half.h"] if self.uses_half() else []) + (["quant.h"] if quantized else [])
+                   + (["matrix.h"] if pairs else []))
         header = "\n".join(resources.files("llmc.backends.c").joinpath(h).read_text() for h in headers)
         args = self.func.body.block.args
         text = "\n\n".join(
@@ -364,5 +381,7 @@ int llmc_forward_profiled(llmc_context *ctx, void *const *inputs, void *const *o
 }}"""
 
 
-def render_module(module: ModuleOp, lanes: int) -> CSource:
-    return ModuleRenderer(module, lanes).render()
+def render_module(module: ModuleOp, lanes: int, bf16_dot: bool | None = None) -> CSource:
+    """The C source of `module` at `lanes` floats a vector; `bf16_dot` says whether bf16 weights of
+    prefill-sized products are packed for AMX tiles (matrix.h; default: whether this host has them)."""
+    return ModuleRenderer(module, lanes, bf16_dot).render()

@@ -67,7 +67,9 @@ class ProductRenderer:
                 self.line(f"llmc_tile r{lhs} = {{scratch + {rounded.slot}, {rounded.ld}, {self.plan.nr}}};")
                 self.line(f"llmc_round_activations(r{lhs}, {lhs}, {m}, {k});")
                 lhs = f"r{lhs}"
-            how = ("the weight dequantized in registers" if self.plan.values[op.rhs].kind == QUANT
+            rhs_info = self.plan.values[op.rhs]
+            how = ("the weight dequantized in registers" if rhs_info.kind == QUANT
+                   else "bf16 products in k pairs: AMX tiles, else vdpbf16ps (matrix.h)" if rhs_info.half == "pairs"
                    else f"micro-kernel {8 if self.plan.lanes >= 16 else 6}x{self.plan.nr}")
             self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, {how} */")
         self.fresh(op.result)

@@ -11,9 +11,15 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
-#else
+#else /* a build without OpenMP runs on one thread */
+#include <time.h>
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_max_threads(void) { return 1; }
+static inline double omp_get_wtime(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
 #endif
 
 #define LLMC_NR (2 * LLMC_W) /* micro-kernel width: two vectors of columns */

@@ -1,0 +1,207 @@
+/* llmc SIMD C runtime, bf16 matrix products (included after half.h when a bf16 weight of a
+ * prefill-sized product was packed for them).
+ *
+ * The weight is packed at compile time in pairs of k: panel p of 32 columns holds, for each k pair
+ * kk, the 64 values b[2kk][n], b[2kk+1][n] for n = 0..31 interleaved (element (k, n) at
+ * p * ps + (k / 2) * 64 + n * 2 + k % 2), with K padded to a multiple of 32. That is both the B
+ * tile layout of AMX's tdpbf16ps (16 rows of k pairs x 16 columns, 64 bytes a row) and the
+ * operand of AVX512_BF16's vdpbf16ps (a vector of 16 column pairs). The activations are rounded
+ * to bf16 once per call (to nearest even), into a per-thread row-major copy; the products
+ * accumulate in f32.
+ *
+ * AMX tiles run where the kernel grants the process their state (arch_prctl(ARCH_REQ_XCOMP_PERM),
+ * asked once); otherwise, in builds without AMX and with -DLLMC_NO_AMX, the vdpbf16ps micro-kernel runs. */
+#ifndef __AVX512BF16__
+#error "llmc: these weights were packed for bf16 dot products (AVX512_BF16 / AMX); build with -march=native on the compiling host"
+#endif
+#include <immintrin.h>
+
+#define LLMC_PAIR_K 32 /* k per AMX tile (16 pairs); K is padded to a multiple of it */
+
+/* The lhs rows rounded to bf16: a row-major copy of rows_padded x K_padded, zero outside M x K. */
+static uint16_t *llmc_bf16_rows(llmc_tile a, long M, long K, long rows_padded, long k_padded) {
+    static __thread uint16_t *buffer;
+    static __thread long capacity;
+    long need = rows_padded * k_padded;
+    if (need > capacity) {
+        free(buffer);
+        buffer = aligned_alloc(64, (size_t)((need * 2 + 63) / 64 * 64));
+        capacity = buffer ? need : 0;
+        if (!buffer) abort();
+    }
+    for (long m = 0; m < rows_padded; m++) {
+        uint16_t *row = buffer + m * k_padded;
+        if (m >= M) {
+            memset(row, 0, (size_t)k_padded * sizeof *row);
+            continue;
+        }
+        const float *src = a.p + m * a.ld;
+        long k = 0;
+        for (; k + 32 <= K; k += 32) {
+            __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + k + 16), _mm512_loadu_ps(src + k));
+            _mm512_storeu_si512(row + k, (__m512i)pair);
+        }
+        for (; k < k_padded; k++) row[k] = k < K ? (uint16_t)llmc_bf16_bits(vsplat(src[k]))[0] : 0;
+    }
+    return buffer;
+}
+
+/* vdpbf16ps: c[MR x 32] (+)= a[MR x 2*pairs] * one panel, the accumulators in registers over all k pairs. */
+#define LLMC_PAIRS_UKERNEL(MR)                                                                                  \
+    static inline void llmc_pairs_rows_##MR(long pairs, const uint16_t *a, long lda, const uint16_t *b, float *c, \
+                                            long ldc, int accumulate) {                                         \
+        __m512 acc0[MR], acc1[MR];                                                                              \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                                                 \
+            acc0[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();                          \
+            acc1[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();                     \
+        }                                                                                                       \
+        const uint32_t *rows = (const uint32_t *)a; /* a k pair of one row: one 32-bit lane */                  \
+        for (long kk = 0; kk < pairs; kk++) {                                                                   \
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + kk * 64);                                            \
+            __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + kk * 64 + 32);                                       \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                                             \
+                __m512bh av = (__m512bh)_mm512_set1_epi32((int)rows[i * (lda / 2) + kk]);                       \
+                acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);                                                    \
+                acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);                                                    \
+            }                                                                                                   \
+        }                                                                                                       \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                                                 \
+            _mm512_storeu_ps(c + i * ldc, acc0[i]);                                                             \
+            _mm512_storeu_ps(c + i * ldc + 16, acc1[i]);                                                        \
+        }                                                                                                       \
+    }
+LLMC_PAIRS_UKERNEL(1)
+LLMC_PAIRS_UKERNEL(2)
+LLMC_PAIRS_UKERNEL(3)
+LLMC_PAIRS_UKERNEL(4)
+LLMC_PAIRS_UKERNEL(5)
+LLMC_PAIRS_UKERNEL(6)
+LLMC_PAIRS_UKERNEL(7)
+LLMC_PAIRS_UKERNEL(8)
+
+/* a: the rows rounded to bf16, k_padded (even) a row; N a multiple of 32. */
+static void llmc_pairs_dpbf16(long M, long N, long k_padded, const uint16_t *a, const uint16_t *b, long ps,
+                              llmc_tile c, int accumulate) {
+    long pairs = k_padded / 2;
+    for (long n = 0; n < N; n += 32) {
+        const uint16_t *panel = b + (n / 32) * ps;
+        long m = 0;
+        for (; m + 8 <= M; m += 8)
+            llmc_pairs_rows_8(pairs, a + m * k_padded, k_padded, panel, c.p + m * c.ld + n, c.ld, accumulate);
+        const uint16_t *am = a + m * k_padded;
+        float *cm = c.p + m * c.ld + n;
+        switch (M - m) {
+        case 7: llmc_pairs_rows_7(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        case 6: llmc_pairs_rows_6(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        case 5: llmc_pairs_rows_5(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        case 4: llmc_pairs_rows_4(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        case 3: llmc_pairs_rows_3(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        case 2: llmc_pairs_rows_2(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        case 1: llmc_pairs_rows_1(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        default: break;
+        }
+    }
+}
+
+#if defined(__AMX_BF16__) && !defined(LLMC_NO_AMX)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define LLMC_ARCH_REQ_XCOMP_PERM 0x1023
+#define LLMC_XFEATURE_XTILEDATA 18
+
+/* 1: this process may use AMX tiles, -1: the kernel refused (or predates AMX); asked once. */
+static int llmc_amx_permitted(void) {
+    static int state;
+    int known = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (!known) {
+        known = syscall(SYS_arch_prctl, LLMC_ARCH_REQ_XCOMP_PERM, LLMC_XFEATURE_XTILEDATA) == 0 ? 1 : -1;
+        __atomic_store_n(&state, known, __ATOMIC_RELEASE);
+    }
+    return known > 0;
+}
+
+/* Palette 1, every tile 16 rows x 64 bytes: tmm0-3 the 2x2 f32 accumulators of a 32x32 block, tmm4-5
+ * two 16-row strips of A (32 bf16 of k each), tmm6-7 two 16-column strips of B (16 k pairs each).
+ * Loaded on every call and released after it: other libraries on the same thread (oneDNN in torch)
+ * configure and release the tiles too, and a tile instruction after a release is an illegal one. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) llmc_amx_config;
+/* constant data: a configuration built on the stack had its stores dropped by GCC 12, which does not
+ * see ldtilecfg read them */
+static const llmc_amx_config llmc_amx_tiles = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+static void llmc_amx_configure(void) { _tile_loadconfig(&llmc_amx_tiles); }
+
+/* A 32x32 block of c (+)= a[32 x k_padded] * panel, accumulators in tmm0-3. */
+static inline void llmc_amx_block(long k_padded, const uint16_t *a, const uint16_t *panel, float *c, long ldc,
+                                  int load) {
+    long stride = ldc * (long)sizeof(float);
+    if (load) {
+        _tile_loadd(0, c, stride);
+        _tile_loadd(1, c + 16, stride);
+        _tile_loadd(2, c + 16 * ldc, stride);
+        _tile_loadd(3, c + 16 * ldc + 16, stride);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (long k = 0; k < k_padded; k += LLMC_PAIR_K) {
+        _tile_loadd(4, a + k, k_padded * 2);
+        _tile_loadd(5, a + 16 * k_padded + k, k_padded * 2);
+        _tile_loadd(6, panel + k * 32, 128);
+        _tile_loadd(7, panel + k * 32 + 32, 128);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, c, stride);
+    _tile_stored(1, c + 16, stride);
+    _tile_stored(2, c + 16 * ldc, stride);
+    _tile_stored(3, c + 16 * ldc + 16, stride);
+}
+
+/* Whole 32-row blocks on AMX tiles; the rows after the last whole block through a 32x32 staging tile. */
+static void llmc_pairs_amx(long M, long N, long k_padded, const uint16_t *a, const uint16_t *b, long ps,
+                           llmc_tile c, int accumulate) {
+    llmc_amx_configure();
+    float staged[32 * 32] __attribute__((aligned(64)));
+    for (long n = 0; n < N; n += 32) {
+        const uint16_t *panel = b + (n / 32) * ps;
+        long m = 0;
+        for (; m + 32 <= M; m += 32)
+            llmc_amx_block(k_padded, a + m * k_padded, panel, c.p + m * c.ld + n, c.ld, accumulate);
+        if (m < M) {
+            long rows = M - m;
+            memset(staged, 0, sizeof staged);
+            if (accumulate)
+                for (long r = 0; r < rows; r++) memcpy(staged + r * 32, c.p + (m + r) * c.ld + n, 32 * sizeof(float));
+            llmc_amx_block(k_padded, a + m * k_padded, panel, staged, 32, 1);
+            for (long r = 0; r < rows; r++) memcpy(c.p + (m + r) * c.ld + n, staged + r * 32, 32 * sizeof(float));
+        }
+    }
+    _tile_release();
+}
+#endif
+
+/* tile.dot of a bf16 weight packed in pairs: acc[M x N] (+)= a[M x K] * b[K x N], N a multiple of 32. */
+static void llmc_dot_pairs(long M, long N, long K, llmc_tile a, const uint16_t *b, long ps, llmc_tile c,
+                           int accumulate) {
+    long k_padded = (K + LLMC_PAIR_K - 1) / LLMC_PAIR_K * LLMC_PAIR_K;
+#if defined(__AMX_BF16__) && !defined(LLMC_NO_AMX)
+    if (llmc_amx_permitted()) {
+        const uint16_t *rows = llmc_bf16_rows(a, M, K, (M + 31) / 32 * 32, k_padded);
+        llmc_pairs_amx(M, N, k_padded, rows, b, ps, c, accumulate);
+        return;
+    }
+#endif
+    llmc_pairs_dpbf16(M, N, k_padded, llmc_bf16_rows(a, M, K, M, k_padded), b, ps, c, accumulate);
+}

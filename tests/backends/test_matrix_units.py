@@ -1,0 +1,96 @@
+"""The host's matrix instructions: bf16 products on AMX tiles and with vdpbf16ps (run where the CPU has
+them), and every ISA path compiled for the machines the CI host is not (compile-only: AMX, AVX512_BF16
+without AMX, AVX2, NEON through zig's clang for aarch64)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_example
+
+import llmc
+from llmc.backends.c.build import DEFAULT_FLAGS, BuildOptions
+from llmc.backends.c.module import render_module
+from llmc.target import host_has_amx_bf16
+
+AMX_HOST = host_has_amx_bf16(16)
+
+
+def bf16_model(name: str, **sizes):
+    model, inputs = small_example(name, **sizes)
+    return model.to(torch.bfloat16), tuple(x.to(torch.bfloat16) if x.is_floating_point() else x for x in inputs)
+
+
+def run(model, inputs, **options) -> tuple[np.ndarray, object]:
+    compiled = llmc.compile(model, inputs, emit=lambda *_: None, autotune=False, **options)
+    with torch.no_grad():
+        return compiled(*inputs).float().numpy(), compiled
+
+
+# d_model 40: K = 40 is not a whole AMX tile of k (padded to 64); 13 and 24 rows are not whole 32-row blocks
+SIZES = [dict(d_model=64, n_head=4, seq=24), dict(d_model=40, n_head=4, seq=13)]
+
+
+@pytest.mark.skipif(not AMX_HOST, reason="runs AMX tiles: this CPU has no amx_bf16 (compile-only test below)")
+@pytest.mark.parametrize("sizes", SIZES, ids=["d64-T24", "d40-T13"])
+@pytest.mark.parametrize("no_amx", [False, True], ids=["amx", "vdpbf16ps"])
+def test_bf16_products_on_this_hosts_matrix_units_match_the_interpreter(sizes, no_amx):
+    model, inputs = bf16_model("gpt2_block", **sizes)
+    flags = " ".join(DEFAULT_FLAGS) + (" -DLLMC_NO_AMX" if no_amx else "")
+    got, compiled = run(model, inputs, build=BuildOptions.from_environment(flags=flags))
+    assert "llmc_dot_pairs(" in compiled.program.source.text
+    reference, _ = run(model, inputs, backend="interpret")
+    # both compute exact bf16 products in f32; the outputs round to bf16 (an ulp of f32 can flip one)
+    assert np.abs(got - reference).max() <= 2.0**-7 * np.abs(reference).max()
+
+
+def test_an_fp32_model_stays_fp32_on_any_host():
+    model, inputs = small_example("gpt2_block")
+    _, compiled = run(model, inputs)
+    assert "llmc_dot_pairs(" not in compiled.program.source.text and "matrix.h" not in compiled.program.source.text
+
+
+def rendered(target: str, lanes: int, bf16: bool, bf16_dot: bool, tmp_path, name="llama_block") -> str:
+    model, inputs = bf16_model(name) if bf16 else small_example(name)
+    module = llmc.compile(model, inputs, target=target, backend="interpret", emit=lambda *_: None).module
+    path = tmp_path / f"{target}-{lanes}-{bf16_dot}.c"
+    path.write_text(render_module(module, lanes=lanes, bf16_dot=bf16_dot).text)
+    return str(path)
+
+
+def compile_only(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not __import__("platform").machine() == "x86_64",
+                    reason="x86 compile-only builds need an x86-64 gcc")
+def test_x86_paths_compile_for_cpus_this_host_is_not(tmp_path):
+    pairs = rendered("cpu-avx512", 16, True, True, tmp_path, "gpt2_block")
+    assert "_tile_dpbf16ps" in open(pairs).read() and "llmc_dot_pairs(" in open(pairs).read()
+    builds = {
+        "AMX (Sapphire Rapids)": ["-march=sapphirerapids"],
+        "vdpbf16ps only (Cooper Lake)": ["-march=cooperlake"],
+        "vdpbf16ps, AMX left out": ["-march=sapphirerapids", "-DLLMC_NO_AMX"],
+    }
+    for name, flags in builds.items():
+        done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", *flags, "-c", pairs, "-o", str(tmp_path / "k.o")])
+        assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
+    refused = compile_only(["gcc", "-O2", "-std=gnu11", "-march=skylake-avx512", "-c", pairs, "-o", str(tmp_path / "k.o")])
+    assert refused.returncode != 0 and "packed for bf16 dot products" in refused.stderr
+    avx2 = rendered("cpu-avx2", 8, False, False, tmp_path)
+    done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", "-march=haswell", "-c", avx2, "-o", str(tmp_path / "a.o")])
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_neon_path_compiles_for_aarch64(tmp_path):
+    pytest.importorskip("ziglang", reason="the aarch64 cross compiler comes with the test extra (ziglang)")
+    for bf16 in (False, True):
+        source = rendered("cpu-neon", 4, bf16, False, tmp_path)
+        assert "#define LLMC_W 4" in open(source).read()
+        out = tmp_path / "neon.o"
+        done = compile_only([sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu", "-O2", "-std=gnu11",
+                             "-c", source, "-o", str(out)])
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert out.read_bytes()[18] == 183  # e_machine EM_AARCH64
