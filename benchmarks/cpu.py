@@ -7,12 +7,15 @@ process (llmc.bench) and prints the table, then a summary of the project's
 CPU bars: blocks prefill <= 0.75x and decode <= 0.5x the faster of eager and
 Inductor, GEMM 1024^3 >= 85% of the measured FMA peak, LayerNorm and softmax
 beyond the LLC (sized from the host's) >= 80% of the measured memory bandwidth, cold compile <= 1/5 of
-Inductor's and warm compile <= 0.5 s.
+Inductor's and warm compile <= 0.5 s; on hosts with AMX, bf16 prefill <= 0.8x the faster of eager bf16
+and Inductor bf16, and an fp32 block with --matmul-precision bf16 against eager and Inductor allowed the
+same (torch.set_float32_matmul_precision("medium"): oneDNN's bf16 products).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -22,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from llmc.bench import bench  # noqa: E402
-from llmc.target import get_target  # noqa: E402
+from llmc.target import get_target, host_has_amx_bf16  # noqa: E402
 
 
 class Gemm(torch.nn.Module):
@@ -53,6 +56,12 @@ def cases(quick: bool):
     yield "llama_block prefill T=128", "prefill", llama_block.model, llama_block.example_inputs
     yield "gpt2 decode (KV 512)", "decode", gpt2_decode.model, gpt2_decode.example_inputs
     yield "llama decode (KV 512)", "decode", llama_decode.model, llama_decode.example_inputs
+    if host_has_amx_bf16(get_target("cpu").lanes):
+        for name, module in (("gpt2_block", gpt2_block), ("llama_block", llama_block)):
+            bf16 = copy.deepcopy(module.model).to(torch.bfloat16)
+            inputs = tuple(x.to(torch.bfloat16) for x in module.example_inputs)
+            yield f"{name} prefill T=128 bf16", "bf16", bf16, inputs
+        yield "gpt2_block prefill T=128 fp32, matmul precision bf16", "medium", gpt2_block.model, gpt2_block.example_inputs
     yield "GEMM 1024^3", "gemm", Gemm(1024).eval(), (torch.randn(1, 1024, 1024),)
     yield f"LayerNorm {rows}x1024", "bandwidth", torch.nn.LayerNorm(1024).eval(), (torch.randn(1, rows, 1024),)
     yield f"softmax {rows}x1024", "bandwidth", Softmax(), (torch.randn(1, rows, 1024),)
@@ -64,6 +73,10 @@ def verdict(kind: str, result) -> str:
     ratio = llmc.median_ms / best
     if kind == "prefill":
         return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.75): {'met' if ratio <= 0.75 else 'NOT met'}"
+    if kind == "bf16":
+        return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.80): {'met' if ratio <= 0.8 else 'NOT met'}"
+    if kind == "medium":
+        return f"llmc / best(eager, inductor), all allowed bf16 products = {ratio:.2f}"
     if kind == "decode":
         return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.50): {'met' if ratio <= 0.5 else 'NOT met'}"
     # kernel bars: llmc's kernel time in steady state (outputs reused, so no first-touch page faults)
@@ -90,13 +103,16 @@ def main() -> int:
     for title, kind, model, inputs in cases(args.quick):
         if args.only and not any(word in title for word in args.only):
             continue
+        precision = "bf16" if kind == "medium" else "f32"
+        torch.set_float32_matmul_precision("medium" if kind == "medium" else "highest")
         result = bench(model, inputs, title, repeats=repeats, inductor=not args.no_inductor, remeasure_peak=remeasure,
-                       log=lambda message: print(message, file=sys.stderr, flush=True))
+                       log=lambda message: print(message, file=sys.stderr, flush=True), matmul_precision=precision)
+        torch.set_float32_matmul_precision("highest")
         remeasure = False
         print(result.format() + "\n", flush=True)
         line = f"{title}: {verdict(kind, result)}"
         inductor, llmc = result.get("inductor"), result.get("llmc")
-        if kind == "prefill" and inductor and inductor.compile_s:
+        if kind in ("prefill", "bf16") and inductor and inductor.compile_s:
             line += (f"; cold compile llmc {llmc.compile_s:.2f} s vs inductor {inductor.compile_s:.2f} s "
                      f"({llmc.compile_s / inductor.compile_s:.2f}), warm {result.llmc_warm_s:.2f} s")
         summary.append(line)

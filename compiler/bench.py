@@ -141,7 +141,8 @@ def compile_inductor(model, inputs) -> tuple[Callable, float]:
 
 
 def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = None, build=None,
-          repeats: int = 30, inductor: bool = True, remeasure_peak: bool = False, log=print) -> BenchResult:
+          repeats: int = 30, inductor: bool = True, remeasure_peak: bool = False, log=print,
+          matmul_precision: str = "f32") -> BenchResult:
     import llmc
     from llmc.backends.c.build import BuildOptions
     from llmc.backends.c.probe import machine_peak
@@ -160,12 +161,14 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     with tempfile.TemporaryDirectory(prefix="llmc-cold-") as cache:
         cold_options = replace(build, cache_dir=Path(cache))
         begin = time.perf_counter()
-        llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None)
+        llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None,
+                                    matmul_precision=matmul_precision)
         colds["llmc"] = time.perf_counter() - begin
         warm_runs = []
         for _ in range(3):
             begin = time.perf_counter()
-            compiled = llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None)
+            compiled = llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None,
+                                    matmul_precision=matmul_precision)
             warm_runs.append(time.perf_counter() - begin)
     runs["llmc"] = lambda: compiled(*args, **kwargs)
     log(f"[bench] timing {', '.join(runs)} in rotation, {repeats} rounds")
