@@ -26,7 +26,7 @@ from llmc.cost_model import kernel_cost
 from llmc.dialects import kernel
 from llmc.exporter import split_inputs
 from llmc.progress import Progress
-from llmc.roofline import Ceilings, roofline, write_json, write_svg
+from llmc.roofline import Ceilings, has_bf16_products, roofline, write_json, write_svg
 from llmc.target import get_target
 
 
@@ -50,6 +50,7 @@ class BenchResult:
     kernel_ms: float | None = None  # llmc's kernels alone, outputs reused (no first-touch page faults)
     peak_note: str = ""  # when the probe ran, and whether this run re-measured it
     roofline: object | None = None  # llmc.roofline.Roofline of llmc's kernels, on the probe's ceilings
+    peak_name: str = "FMA"  # the compute peak held to: f32 FMA, or the matrix unit's bf16 one
 
     def as_dict(self) -> dict:
         return {"title": self.title, "flops": self.flops, "bytes": self.bytes,
@@ -69,7 +70,8 @@ class BenchResult:
         lines = [
             self.title,
             f"graph: {self.flops / 1e9:.3f} GFLOP, {self.bytes / 1e6:.2f} MB compulsory traffic; "
-            f"machine peak {self.peak_gflops:.1f} GFLOP/s, {self.peak_gbs:.1f} GB/s (probe{self.peak_note})",
+            f"machine peak ({self.peak_name}) {self.peak_gflops:.1f} GFLOP/s, {self.peak_gbs:.1f} GB/s "
+            f"(probe{self.peak_note})",
             "x eager, x best: time over eager's and over the faster of eager and Inductor (lower is faster)",
             f"{'':<10}{'median ms':>10}{'x eager':>9}{'x best':>8}{'GFLOP/s':>9}{'%peak':>7}{'GB/s':>8}{'%bw':>6}{'compile s':>11}",
         ]
@@ -162,7 +164,7 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
         cold_options = replace(build, cache_dir=Path(cache))
         begin = time.perf_counter()
         llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None,
-                                    matmul_precision=matmul_precision)
+                     matmul_precision=matmul_precision)
         colds["llmc"] = time.perf_counter() - begin
         warm_runs = []
         for _ in range(3):
@@ -181,20 +183,27 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     error = max(float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected))
     warm = statistics.median(warm_runs)
     flops, moved = graph_cost(compiled)
-    peak, note = plausible_peak(peak, flops, moved, kernel_ms, chosen.llc_bytes, build, chosen, log)
     kernels_ir = compiled.kernels_ir()
+    # a graph whose products run on the matrix unit is held to its bf16 peak, not the f32 FMA one
+    on_unit = bool(peak.bf16_gflops) and kernels_ir is not None and any(
+        has_bf16_products(k) for k in kernels_ir.walk() if isinstance(k, kernel.KernelOp))
+    peak, note = plausible_peak(peak, flops, moved, kernel_ms, chosen.llc_bytes, build, chosen, log, on_unit)
     kernels = roofline(kernels_ir, Ceilings.from_probe(peak), per_kernel) if kernels_ir else None
-    return BenchResult(title, flops, moved, peak.gflops, peak.bandwidth_gbs, contenders, warm, error, kernel_ms, note,
-                       kernels)
+    return BenchResult(title, flops, moved, peak.bf16_gflops if on_unit else peak.gflops, peak.bandwidth_gbs,
+                       contenders, warm, error, kernel_ms, note, kernels,
+                       f"{peak.bf16_unit} bf16" if on_unit else "FMA")
 
 
-def plausible_peak(peak, flops: int, moved: int, kernel_ms: float, llc_bytes: int, build, target, log):
-    """The cached probe, re-measured once when a kernel beat it: more FLOP/s than the FMA peak, or more
-    than the copy bandwidth on data beyond the LLC, means the probe ran on a loaded machine."""
+def plausible_peak(peak, flops: int, moved: int, kernel_ms: float, llc_bytes: int, build, target, log,
+                   on_unit: bool = False):
+    """The cached probe, re-measured once when a kernel beat it: more FLOP/s than the FMA peak (the matrix
+    unit's, `on_unit`), or more than the copy bandwidth on data beyond the LLC, means the probe ran on a
+    loaded machine."""
     from llmc.backends.c.probe import machine_peak
 
     seconds = kernel_ms / 1e3
-    beaten = flops / seconds / 1e9 > 1.05 * peak.gflops or (
+    compute = peak.bf16_gflops if on_unit else peak.gflops
+    beaten = flops / seconds / 1e9 > 1.05 * compute or (
         moved > llc_bytes and moved / seconds / 1e9 > 1.05 * peak.bandwidth_gbs)
     when = f", measured {peak.measured_at}" if peak.measured_at else ""
     if not beaten:

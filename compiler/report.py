@@ -60,7 +60,8 @@ def kernel_table(
         stages = _stages(lowered) if lowered else "-"
         layout = _layouts(lowered) if lowered else "-"
         seen = f"{point.measured_us:.1f} us" if point.measured_us else "-" if backend != "interpret" else "(interp.)"
-        bound = "compute" if point.intensity >= ceilings.ridge else "memory"
+        peak = ceilings.bf16_gflops if point.ceiling != "FMA" else ceilings.gflops
+        bound = "compute" if point.intensity >= peak / ceilings.dram_gbs else "memory"
         rows.append(
             f"{name:<28}{kop.kind.data:<10}{point.flops / 1e6:>9.2f}{point.bytes / 1024:>9.1f}{point.intensity:>8.1f}  "
             f"{bound:<8}{point.predicted_us:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}{seen:>11}"
@@ -73,6 +74,10 @@ def kernel_table(
         total_measured = sum(p.measured_us or 0.0 for p in points.values())
         summary += f", measured total {total_measured:.1f} us ({percent(100 * total / total_measured)} of roofline)"
     rows.append(summary)
+    held = sorted(p.name for p in points.values() if p.ceiling != "FMA")
+    if held:
+        rows.append(f"bf16 products held to the {ceilings.bf16_unit} bf16 peak, {ceilings.bf16_gflops:.0f} GFLOP/s: "
+                    f"{', '.join(held)}")
     if measured:
         rows.append("% roof: the measured speed over the roofline's at the kernel's intensity (above 100%: its "
                     "data stayed in a cache)")

@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xdsl.dialects.builtin import bf16
+
 from llmc.cost_model import kernel_cost
 from llmc.dialects import kernel
 
@@ -28,10 +30,13 @@ class Ceilings:
     llc_gbs: float = 0.0
     l2_gbs: float = 0.0
     source: str = "nominal"
+    bf16_gflops: float = 0.0  # bf16 products on the host's matrix unit (AMX, vdpbf16ps), where it has one
+    bf16_unit: str = ""
 
     @classmethod
     def from_probe(cls, peak) -> Ceilings:
-        return cls(peak.gflops, peak.bandwidth_gbs, peak.llc_gbs, peak.l2_gbs, f"probe, measured {peak.measured_at}")
+        return cls(peak.gflops, peak.bandwidth_gbs, peak.llc_gbs, peak.l2_gbs, f"probe, measured {peak.measured_at}",
+                   getattr(peak, "bf16_gflops", 0.0), getattr(peak, "bf16_unit", ""))
 
     @classmethod
     def from_target(cls, target) -> Ceilings:
@@ -45,9 +50,11 @@ class Ceilings:
     def attainable_gflops(self, intensity: float) -> float:
         return min(self.gflops, intensity * self.dram_gbs)
 
-    def predicted_us(self, flops: int, moved: int) -> float:
-        """The roofline's time: the slower of computing at the peak and moving the bytes from DRAM."""
-        return max(flops / (self.gflops * 1e3), moved / (self.dram_gbs * 1e3))
+    def predicted_us(self, flops: int, moved: int, bf16: bool = False) -> float:
+        """The roofline's time: the slower of computing at the peak (the matrix unit's for bf16 products where
+        the host has one) and moving the bytes from DRAM."""
+        peak = self.bf16_gflops if bf16 and self.bf16_gflops else self.gflops
+        return max(flops / (peak * 1e3), moved / (self.dram_gbs * 1e3))
 
 
 @dataclass
@@ -59,6 +66,7 @@ class KernelPoint:
     intensity: float
     predicted_us: float
     measured_us: float | None = None
+    ceiling: str = "FMA"  # the compute ceiling it is held to: the f32 FMA peak, or the bf16 matrix unit's
 
     @property
     def predicted_gflops(self) -> float:
@@ -90,9 +98,19 @@ def roofline(kernels_ir, ceilings: Ceilings, measured: dict[str, float] | None =
     for kop in (op for op in kernels_ir.walk() if isinstance(op, kernel.KernelOp)):
         cost = kernel_cost(kop)
         name = kop.kernel_name.data
+        bf16 = bool(ceilings.bf16_gflops) and has_bf16_products(kop)
         points.append(KernelPoint(name, kop.kind.data, cost.flops, cost.bytes, cost.intensity,
-                                  ceilings.predicted_us(cost.flops, cost.bytes), (measured or {}).get(name)))
+                                  ceilings.predicted_us(cost.flops, cost.bytes, bf16), (measured or {}).get(name),
+                                  f"{ceilings.bf16_unit} bf16" if bf16 else "FMA"))
     return Roofline(ceilings, points)
+
+
+def has_bf16_products(kop) -> bool:
+    """Whether a kernel's matrix products read bf16 operands (a bf16 model's, or under matmul-precision bf16)."""
+    from llmc.dialects import graph
+
+    return any(isinstance(op, (graph.LinearOp, graph.MatmulOp)) and op.operands[0].type.element_type == bf16
+               for op in kop.walk())
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -119,6 +137,9 @@ def write_svg(path: Path, model: Roofline, title: str) -> None:
     figure, axes = plt.subplots(figsize=(9, 6))
     axes.plot(xs, [c.attainable_gflops(x) for x in xs], color="black", linewidth=2,
               label=f"DRAM {c.dram_gbs:.0f} GB/s, FMA peak {c.gflops:.0f} GFLOP/s")
+    if c.bf16_gflops:
+        axes.plot(xs, [min(c.bf16_gflops, x * c.dram_gbs) for x in xs], "-.", color="tab:green",
+                  label=f"{c.bf16_unit} bf16 peak {c.bf16_gflops:.0f} GFLOP/s")
     for gbs, name, style in ((c.llc_gbs, "LLC", "--"), (c.l2_gbs, "L2", ":")):
         if gbs > 0:
             axes.plot(xs, [min(c.gflops, x * gbs) for x in xs], style, color="gray", label=f"{name} {gbs:.0f} GB/s")

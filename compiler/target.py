@@ -88,8 +88,8 @@ def host_has_vnni(lanes: int) -> bool:
 
 def host_has_amx_bf16(lanes: int) -> bool:
     """Whether a -march=native build at this vector width has AMX bf16 tiles (and vdpbf16ps, their fallback
-    where the kernel refuses the tile state). vdpbf16ps alone is not used: on a Sapphire Rapids core it ran
-    llmc's products 25% slower than its f32 FMA micro-kernel."""
+    where the kernel refuses the tile state). Whether vdpbf16ps alone pays is measured by the probe
+    (llmc.backends.c.probe.bf16_products_on_matrix_unit)."""
     return lanes == 16 and {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"} <= host_cpu_flags()
 
 

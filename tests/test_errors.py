@@ -80,7 +80,7 @@ def test_a_misspelt_pass_in_a_dump_flag_is_an_error_before_export(flag, tmp_path
     never_loaded.write_text("raise SystemExit('the model file was imported')\n")
     result = run_cli("compile", str(never_loaded), flag)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "unknown pass" in result.stderr and "known passes: quantize, fuse" in result.stderr
+    assert "unknown pass" in result.stderr and "known passes: quantize, matmul-precision, fuse" in result.stderr
     piped = run_cli("compile", str(never_loaded), "-p", "fuse,nope")
     assert piped.returncode == 1 and "nope" in piped.stderr and "imported" not in piped.stderr
 

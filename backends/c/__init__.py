@@ -12,6 +12,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from llmc.backends.c.build import BuildOptions, BuildResult, build_library
 from llmc.backends.c.module import CSource, render_module
+from llmc.backends.c.probe import bf16_products_on_matrix_unit
 from llmc.backends.c.runtime import CLibrary
 from llmc.errors import BuildError
 from llmc.target import Target
@@ -37,7 +38,7 @@ class CProgram:
 def compile_c(module: ModuleOp, weights: Mapping[str, np.ndarray], target: Target, options: BuildOptions) -> CProgram:
     if target.kind != "cpu":
         raise BuildError(f"the C backend builds for CPU targets; {target.name} is a {target.kind}")
-    source = render_module(module, lanes=target.lanes)
+    source = render_module(module, lanes=target.lanes, bf16_dot=bf16_products_on_matrix_unit(options, target.lanes))
     built = build_library(source.text, options)
     try:
         library = CLibrary(built.library, source, weights)

@@ -18,6 +18,9 @@ static inline vi llmc_widen_u16(const uint16_t *p) {
 }
 #endif
 
+typedef uint16_t vh __attribute__((vector_size(LLMC_W * 2))); /* a vector's lanes as 16-bit bit patterns */
+typedef uint16_t vh_u __attribute__((vector_size(LLMC_W * 2), aligned(2)));
+
 /* bf16 <-> f32, one lane and one vector */
 static inline float llmc_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -102,6 +105,12 @@ static inline vf llmc_round_f16(vf x) {
         if (r < 0 || r >= height) return vsplat(pad);                                                          \
         const uint16_t *row = base + r * s0;                                                                   \
         if (s1 == 1 && c >= 0 && c + LLMC_W <= width) return llmc_##T##_vec(row + c);                          \
+        if (s1 == 1) { /* a vector across the view's edge: its lanes inside are one contiguous run */          \
+            long lo = c < 0 ? -c : 0, hi = width - c < LLMC_W ? width - c : LLMC_W;                             \
+            uint16_t run[LLMC_W] = {0};                                                                        \
+            if (hi > lo) memcpy(run + lo, row + c + lo, (size_t)(hi - lo) * sizeof *run);                     \
+            return vsel(vlanes_below(hi) & ~vlanes_below(lo), llmc_##T##_vec(run), vsplat(pad));               \
+        }                                                                                                      \
         vf v;                                                                                                  \
         for (int j = 0; j < LLMC_W; j++) {                                                                     \
             long cj = c + j;                                                                                   \
@@ -119,6 +128,10 @@ static inline vf llmc_round_f16(vf x) {
         if (r < 0 || r >= height) return;                                                                      \
         uint16_t *row = base + r * s0;                                                                         \
         vi bits = llmc_##T##_bits(v);                                                                          \
+        if (s1 == 1 && lanes == LLMC_W && c >= 0 && c + LLMC_W <= width) { /* one narrowing vector store */    \
+            *(vh_u *)(row + c) = __builtin_convertvector(bits, vh);                                            \
+            return;                                                                                            \
+        }                                                                                                      \
         for (int j = 0; j < lanes; j++) {                                                                      \
             long cj = c + j;                                                                                   \
             if (cj >= 0 && cj < width) row[cj * s1] = (uint16_t)bits[j];                                       \

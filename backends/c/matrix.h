@@ -55,12 +55,13 @@ static uint16_t *llmc_bf16_rows(llmc_tile a, long M, long K, long rows_padded, l
             acc0[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();                          \
             acc1[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();                     \
         }                                                                                                       \
-        const uint32_t *rows = (const uint32_t *)a; /* a k pair of one row: one 32-bit lane */                  \
         for (long kk = 0; kk < pairs; kk++) {                                                                   \
             __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + kk * 64);                                            \
             __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + kk * 64 + 32);                                       \
             _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) {                                             \
-                __m512bh av = (__m512bh)_mm512_set1_epi32((int)rows[i * (lda / 2) + kk]);                       \
+                uint32_t both; /* a k pair of one row: one 32-bit lane */                                       \
+                memcpy(&both, a + i * lda + 2 * kk, sizeof both);                                               \
+                __m512bh av = (__m512bh)_mm512_set1_epi32((int)both);                                           \
                 acc0[i] = _mm512_dpbf16_ps(acc0[i], av, b0);                                                    \
                 acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);                                                    \
             }                                                                                                   \
@@ -79,25 +80,25 @@ LLMC_PAIRS_UKERNEL(6)
 LLMC_PAIRS_UKERNEL(7)
 LLMC_PAIRS_UKERNEL(8)
 
-/* a: the rows rounded to bf16, k_padded (even) a row; N a multiple of 32. */
-static void llmc_pairs_dpbf16(long M, long N, long k_padded, const uint16_t *a, const uint16_t *b, long ps,
-                              llmc_tile c, int accumulate) {
+/* a: the rows in bf16 (row step lda, k_padded of them read, zero past K); N a multiple of 32. */
+static void llmc_pairs_dpbf16(long M, long N, long k_padded, const uint16_t *a, long lda, const uint16_t *b,
+                              long ps, llmc_tile c, int accumulate) {
     long pairs = k_padded / 2;
     for (long n = 0; n < N; n += 32) {
         const uint16_t *panel = b + (n / 32) * ps;
         long m = 0;
         for (; m + 8 <= M; m += 8)
-            llmc_pairs_rows_8(pairs, a + m * k_padded, k_padded, panel, c.p + m * c.ld + n, c.ld, accumulate);
-        const uint16_t *am = a + m * k_padded;
+            llmc_pairs_rows_8(pairs, a + m * lda, lda, panel, c.p + m * c.ld + n, c.ld, accumulate);
+        const uint16_t *am = a + m * lda;
         float *cm = c.p + m * c.ld + n;
         switch (M - m) {
-        case 7: llmc_pairs_rows_7(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
-        case 6: llmc_pairs_rows_6(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
-        case 5: llmc_pairs_rows_5(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
-        case 4: llmc_pairs_rows_4(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
-        case 3: llmc_pairs_rows_3(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
-        case 2: llmc_pairs_rows_2(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
-        case 1: llmc_pairs_rows_1(pairs, am, k_padded, panel, cm, c.ld, accumulate); break;
+        case 7: llmc_pairs_rows_7(pairs, am, lda, panel, cm, c.ld, accumulate); break;
+        case 6: llmc_pairs_rows_6(pairs, am, lda, panel, cm, c.ld, accumulate); break;
+        case 5: llmc_pairs_rows_5(pairs, am, lda, panel, cm, c.ld, accumulate); break;
+        case 4: llmc_pairs_rows_4(pairs, am, lda, panel, cm, c.ld, accumulate); break;
+        case 3: llmc_pairs_rows_3(pairs, am, lda, panel, cm, c.ld, accumulate); break;
+        case 2: llmc_pairs_rows_2(pairs, am, lda, panel, cm, c.ld, accumulate); break;
+        case 1: llmc_pairs_rows_1(pairs, am, lda, panel, cm, c.ld, accumulate); break;
         default: break;
         }
     }
@@ -138,9 +139,9 @@ static const llmc_amx_config llmc_amx_tiles = {
 };
 static void llmc_amx_configure(void) { _tile_loadconfig(&llmc_amx_tiles); }
 
-/* A 32x32 block of c (+)= a[32 x k_padded] * panel, accumulators in tmm0-3. */
-static inline void llmc_amx_block(long k_padded, const uint16_t *a, const uint16_t *panel, float *c, long ldc,
-                                  int load) {
+/* A 32x32 block of c (+)= a[32 x k_padded] (row step lda) * panel, accumulators in tmm0-3. */
+static inline void llmc_amx_block(long k_padded, const uint16_t *a, long lda, const uint16_t *panel, float *c,
+                                  long ldc, int load) {
     long stride = ldc * (long)sizeof(float);
     if (load) {
         _tile_loadd(0, c, stride);
@@ -154,8 +155,8 @@ static inline void llmc_amx_block(long k_padded, const uint16_t *a, const uint16
         _tile_zero(3);
     }
     for (long k = 0; k < k_padded; k += LLMC_PAIR_K) {
-        _tile_loadd(4, a + k, k_padded * 2);
-        _tile_loadd(5, a + 16 * k_padded + k, k_padded * 2);
+        _tile_loadd(4, a + k, lda * 2);
+        _tile_loadd(5, a + 16 * lda + k, lda * 2);
         _tile_loadd(6, panel + k * 32, 128);
         _tile_loadd(7, panel + k * 32 + 32, 128);
         _tile_dpbf16ps(0, 4, 6);
@@ -169,8 +170,9 @@ static inline void llmc_amx_block(long k_padded, const uint16_t *a, const uint16
     _tile_stored(3, c + 16 * ldc + 16, stride);
 }
 
-/* Whole 32-row blocks on AMX tiles; the rows after the last whole block through a 32x32 staging tile. */
-static void llmc_pairs_amx(long M, long N, long k_padded, const uint16_t *a, const uint16_t *b, long ps,
+/* Whole 32-row blocks on AMX tiles; the rows after the last whole block (a holds zeros up to a whole
+ * block) through a 32x32 staging tile. */
+static void llmc_pairs_amx(long M, long N, long k_padded, const uint16_t *a, long lda, const uint16_t *b, long ps,
                            llmc_tile c, int accumulate) {
     llmc_amx_configure();
     float staged[32 * 32] __attribute__((aligned(64)));
@@ -178,13 +180,13 @@ static void llmc_pairs_amx(long M, long N, long k_padded, const uint16_t *a, con
         const uint16_t *panel = b + (n / 32) * ps;
         long m = 0;
         for (; m + 32 <= M; m += 32)
-            llmc_amx_block(k_padded, a + m * k_padded, panel, c.p + m * c.ld + n, c.ld, accumulate);
+            llmc_amx_block(k_padded, a + m * lda, lda, panel, c.p + m * c.ld + n, c.ld, accumulate);
         if (m < M) {
             long rows = M - m;
             memset(staged, 0, sizeof staged);
             if (accumulate)
                 for (long r = 0; r < rows; r++) memcpy(staged + r * 32, c.p + (m + r) * c.ld + n, 32 * sizeof(float));
-            llmc_amx_block(k_padded, a + m * k_padded, panel, staged, 32, 1);
+            llmc_amx_block(k_padded, a + m * lda, lda, panel, staged, 32, 1);
             for (long r = 0; r < rows; r++) memcpy(c.p + (m + r) * c.ld + n, staged + r * 32, 32 * sizeof(float));
         }
     }
@@ -192,16 +194,43 @@ static void llmc_pairs_amx(long M, long N, long k_padded, const uint16_t *a, con
 }
 #endif
 
-/* tile.dot of a bf16 weight packed in pairs: acc[M x N] (+)= a[M x K] * b[K x N], N a multiple of 32. */
-static void llmc_dot_pairs(long M, long N, long K, llmc_tile a, const uint16_t *b, long ps, llmc_tile c,
-                           int accumulate) {
+/* acc[M x N] (+)= a[M x K] * b[K x N]: a in bf16 (row step lda; zeros past K up to whole 32s of k and,
+ * for AMX, past M up to whole blocks of 32 rows), b packed in pairs, N a multiple of 32. */
+static void llmc_dot_pairs_bits(long M, long N, long K, const uint16_t *a, long lda, const uint16_t *b, long ps,
+                                llmc_tile c, int accumulate) {
     long k_padded = (K + LLMC_PAIR_K - 1) / LLMC_PAIR_K * LLMC_PAIR_K;
 #if defined(__AMX_BF16__) && !defined(LLMC_NO_AMX)
     if (llmc_amx_permitted()) {
-        const uint16_t *rows = llmc_bf16_rows(a, M, K, (M + 31) / 32 * 32, k_padded);
-        llmc_pairs_amx(M, N, k_padded, rows, b, ps, c, accumulate);
+        llmc_pairs_amx(M, N, k_padded, a, lda, b, ps, c, accumulate);
         return;
     }
 #endif
-    llmc_pairs_dpbf16(M, N, k_padded, llmc_bf16_rows(a, M, K, M, k_padded), b, ps, c, accumulate);
+    llmc_pairs_dpbf16(M, N, k_padded, a, lda, b, ps, c, accumulate);
+}
+
+/* The same with an f32 lhs (a value computed in the kernel): rounded to bf16 first, into a per-thread copy. */
+static void llmc_dot_pairs(long M, long N, long K, llmc_tile a, const uint16_t *b, long ps, llmc_tile c,
+                           int accumulate) {
+    long k_padded = (K + LLMC_PAIR_K - 1) / LLMC_PAIR_K * LLMC_PAIR_K;
+    const uint16_t *rows = llmc_bf16_rows(a, M, K, (M + 31) / 32 * 32, k_padded);
+    llmc_dot_pairs_bits(M, N, K, rows, k_padded, b, ps, c, accumulate);
+}
+
+/* A bf16 view's block as bits into a row-major tile of `ld` columns, zero outside the view, in the columns
+ * up to ld and in the rows up to rows_padded. */
+static void llmc_copy_bits(uint16_t *dst, long ld, const uint16_t *base, long r0, long c0, long rows, long rows_padded,
+                           long cols, long height, long width, long s0, long s1) {
+    for (long r = 0; r < rows_padded; r++) {
+        uint16_t *out = dst + r * ld;
+        long row = r0 + r, c = 0;
+        if (r < rows && row >= 0 && row < height) {
+            const uint16_t *src = base + row * s0;
+            if (s1 == 1 && c0 >= 0 && c0 + cols <= width) {
+                memcpy(out, src + c0, (size_t)cols * sizeof *out);
+                c = cols;
+            } else
+                for (; c < cols; c++) out[c] = c0 + c >= 0 && c0 + c < width ? src[(c0 + c) * s1] : 0;
+        }
+        memset(out + c, 0, (size_t)(ld - c) * sizeof *out);
+    }
 }

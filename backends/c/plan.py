@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xdsl.dialects import scf
-from xdsl.dialects.builtin import i1, i32, i64
+from xdsl.dialects.builtin import bf16, i1, i32, i64
 from xdsl.ir import Block, BlockArgument, Operation, SSAValue
 
 from llmc.backends import shape2
@@ -37,6 +37,8 @@ MAX_FUSED_ROWS = 8  # a quantized product with at most this many rows dequantize
 POINTWISE = (graph.UnaryOp, graph.BinaryOp, graph.GeluOp, graph.WhereOp, graph.ConstantOp, tile.IotaOp)
 SLOT_ALIGN = 16
 NT_MAX_ROWS = 4  # dots with at most this many rows read a transposed B as dot products
+PAIRS = "pairs"  # a bf16 weight packed in k pairs for the matrix unit (matrix.h)
+PAIR_ROWS = 32  # the k-pair products compute whole blocks of this many rows
 
 
 @dataclass
@@ -72,9 +74,12 @@ class TileValue:
     transposed: bool = False  # a B operand kept as rows of K (bt[n][k]) for the dot-product form
     wide: bool = False  # int64 elements (two float slots each)
     half: str = ""  # a view of 16-bit weight panels ("bf16" / "f16"): the descriptor's p points at bits
+    bits: bool = False  # a bf16 lhs of k-pair products kept as its bits (rows padded to PAIR_ROWS, zeros)
 
     @property
     def slot_floats(self) -> int:
+        if self.bits:
+            return round_up(self.rows, PAIR_ROWS) * self.ld // 2
         return (self.cols if self.transposed else self.rows) * self.ld * (2 if self.wide else 1)
 
 
@@ -276,11 +281,26 @@ class Planner:
             info.half = self.plan.packs[op.buffer.index].half
         roles = dot_roles(op.result)
         info.rhs = any(index == 1 for _, index in roles)
+        if self.pair_lhs(op, roles):  # the matrix unit reads the bits: no widening copy, no rounding back
+            info.bits, info.ld = True, round_up(cols, PAIR_ROWS)
         s0, s1 = op.strides.get_values()
         small = all(shape2(dot.lhs)[0] <= NT_MAX_ROWS for dot, index in roles if index == 1)
         if not info.panel and info.rhs and roles and all(index == 1 for _, index in roles) and s0 == 1 and s1 != 1 and small:
             info.transposed, info.ld = True, round_up(rows, self.plan.lanes)
         self.plan.values[op.result] = info
+
+    def pair_lhs(self, op: tile.LoadOp, roles: list) -> bool:
+        """A bf16 load read only as the lhs of products whose weight is packed in k pairs."""
+        if op.buffer.type.element_type != bf16 or not roles:
+            return False
+        if not all(isinstance(u.operation, (tile.DotOp, scf.ForOp, scf.YieldOp)) for u in op.result.uses):
+            return False
+        for dot, index in roles:
+            load = defining_load(dot.rhs)
+            pack = None if load is None or not isinstance(load.buffer, BlockArgument) else self.plan.packs.get(load.buffer.index)
+            if index != 0 or pack is None or pack.half != PAIRS:
+                return False
+        return True
 
     def plan_gather(self, op: tile.GatherOp) -> None:
         if not all(isinstance(u.operation, (*POINTWISE, tile.ReduceOp, tile.StoreOp)) for u in op.result.uses):
@@ -334,7 +354,7 @@ class Planner:
             rows, cols = shape2(arg)
             ld = source.ld or round_up(cols, self.plan.nr)
             info = TileValue(source.kind if source.kind != INLINE else BUFFER, rows, cols, ld=ld, panel=source.panel,
-                             rhs=source.rhs, transposed=source.transposed, half=source.half)
+                             rhs=source.rhs, transposed=source.transposed, half=source.half, bits=source.bits)
             shared = sum(1 for v in op.iter_args if v is init) > 1
             info.copy_init = source.kind == INLINE or (
                 source.kind == BUFFER and (shared or self.last_read(init, op.parent_block()) > self.pos(op.parent_block())[op])
@@ -346,6 +366,18 @@ class Planner:
         for arg, result in zip(body.args[1:], op.results):
             if arg in self.plan.values:
                 self.plan.values[result] = self.plan.values[arg]
+
+
+def defining_load(value: SSAValue) -> tile.LoadOp | None:
+    """The load that produces `value`, followed back through loop iter_args (a pipelined prologue's load)."""
+    seen = set()
+    while isinstance(value, BlockArgument) and value not in seen:
+        seen.add(value)
+        loop = value.block.parent_op()
+        if not isinstance(loop, scf.ForOp) or value.index == 0:
+            return None
+        value = loop.iter_args[value.index - 1]
+    return value.owner if isinstance(value.owner, tile.LoadOp) else None
 
 
 def dot_roles(value: SSAValue, seen: set | None = None) -> list[tuple[tile.DotOp, int]]:

@@ -1,4 +1,5 @@
-"""Measure this machine's peak FMA throughput and memory bandwidth once, and cache them.
+"""Measure this machine's peak FMA throughput, bf16 matrix-unit throughput and memory bandwidth once,
+and cache them.
 
 The figures are the yardsticks `llmc bench` reports achieved GFLOP/s and GB/s
 against. The probe is C built with the same compiler and flags as the kernels:
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
-from llmc.target import host_cpu_flags, host_cpu_target, host_key
+from llmc.target import host_cpu_flags, host_cpu_target, host_has_amx_bf16, host_key
 
 # the flags code generation can use, as /proc/cpuinfo spells them (asimd: NEON on AArch64)
 ISA_FEATURES = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -130,6 +131,74 @@ double llmc_probe_read(long floats, int repeats) {
 """
 
 
+# bf16 products: built only where the CPU has AVX512_BF16 (the AMX loop only where -march=native gives AMX)
+BF16_PROBE_SOURCE = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+
+/* FLOP per second of vdpbf16ps: 12 independent chains per thread, 64 FLOP each (16 lanes x 2 pairs x 2). */
+double llmc_probe_dpbf16(long iterations) {
+    double begin = omp_get_wtime();
+    float sink = 0.0f;
+    #pragma omp parallel reduction(+ : sink)
+    {
+        volatile float scale = 1.0f;
+        __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(scale), _mm512_set1_ps(scale));
+        __m512 acc[12];
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_ps((float)i);
+        for (long it = 0; it < iterations; it++) {
+            #pragma GCC unroll 12
+            for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbf16_ps(acc[i], x, x);
+        }
+        for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(acc[i]);
+    }
+    double seconds = omp_get_wtime() - begin;
+    return sink == 12345.0f ? 0.0 : 64.0 * 12 * iterations * omp_get_max_threads() / seconds;
+}
+
+#ifdef __AMX_BF16__
+#include <sys/syscall.h>
+#include <unistd.h>
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) probe_tiles;
+static const probe_tiles tiles = {.palette = 1, .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+                                  .rows = {16, 16, 16, 16, 16, 16, 16, 16}};
+
+/* FLOP per second of tdpbf16ps (16x16x32 products, 16384 FLOP each) on four accumulator tiles per thread;
+ * 0 where the kernel refuses the tile state. */
+double llmc_probe_amx(long iterations) {
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) return 0.0;
+    double begin = omp_get_wtime();
+    float sink = 0.0f;
+    #pragma omp parallel reduction(+ : sink)
+    {
+        float out[256] __attribute__((aligned(64)));
+        _tile_loadconfig(&tiles);
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+        for (long it = 0; it < iterations; it++) {
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, out, 64);
+        _tile_release();
+        sink += out[0];
+    }
+    double seconds = omp_get_wtime() - begin;
+    return sink == 12345.0f ? 0.0 : 4.0 * 16384 * iterations * omp_get_max_threads() / seconds;
+}
+#else
+double llmc_probe_amx(long iterations) { return 0.0 * iterations; }
+#endif
+"""
+
+
 @dataclass(frozen=True)
 class MachinePeak:
     gflops: float  # fp32 FMA throughput, all cores
@@ -139,6 +208,23 @@ class MachinePeak:
     l2_gbs: float = 0.0  # copy bandwidth with each core's share resident in its L2
     llc_gbs: float = 0.0  # copy bandwidth with the data resident in the last-level cache
     features: tuple[str, ...] = ()  # the ISA features code generation uses, from the CPU's flags
+    bf16_gflops: float = 0.0  # bf16 products on the matrix unit llmc would use (bf16_unit), all cores
+    bf16_unit: str = ""  # "AMX" (tdpbf16ps), "vdpbf16ps", or "" where the CPU has neither
+
+
+def measure_bf16(options: BuildOptions, lanes: int) -> tuple[float, str]:
+    """GFLOP/s of bf16 products on AMX tiles, else with vdpbf16ps; (0, "") on CPUs without AVX512_BF16."""
+    if lanes != 16 or not {"avx512f", "avx512_bf16"} <= host_cpu_flags():
+        return 0.0, ""
+    lib = ctypes.CDLL(str(build_library(BF16_PROBE_SOURCE, options).library))
+    for name, unit, iterations in (("llmc_probe_amx", "AMX", 200_000), ("llmc_probe_dpbf16", "vdpbf16ps", 20_000_000)):
+        probe = getattr(lib, name)
+        probe.restype, probe.argtypes = ctypes.c_double, [ctypes.c_long]
+        probe(iterations // 10)
+        gflops = max(probe(iterations) for _ in range(3)) / 1e9
+        if gflops > 0:
+            return round(gflops, 1), unit
+    return 0.0, ""
 
 
 def measure(options: BuildOptions, lanes: int) -> MachinePeak:
@@ -159,7 +245,7 @@ def measure(options: BuildOptions, lanes: int) -> MachinePeak:
     llc = max(lib.llmc_probe_copy_resident(target.llc_bytes // 4 // 4, 40) for _ in range(3)) / 1e9
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return MachinePeak(round(gflops, 1), round(bandwidth, 1), target.cores, when, round(l2, 1), round(llc, 1),
-                       tuple(sorted(host_cpu_flags() & ISA_FEATURES)))
+                       tuple(sorted(host_cpu_flags() & ISA_FEATURES)), *measure_bf16(options, lanes))
 
 
 def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
@@ -177,7 +263,7 @@ def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> 
     """Cached per host, compiler and flags; measured (a few seconds) the first time."""
     identity = compiler_identity(find_compiler(options.compiler))
     # the host is part of the key: a cache folder may outlive the machine (or be shared by several)
-    key = cache_key(f"probe-v4-{lanes}-{host_cpu_target().cores}-{host_key()}", identity, options.flags)
+    key = cache_key(f"probe-v5-{lanes}-{host_cpu_target().cores}-{host_key()}", identity, options.flags)
     path = options.cache_dir / f"probe-{key[:24]}.json"
     if not remeasure:
         try:
@@ -189,3 +275,15 @@ def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(asdict(peak)).encode())
     return peak
+
+
+def bf16_products_on_matrix_unit(options: BuildOptions, lanes: int) -> bool:
+    """Whether bf16 weights of prefill-sized products are packed for the matrix unit (matrix.h): on AMX hosts
+    always; with vdpbf16ps alone only where the probe measured it 15% above the f32 FMA peak (on a Sapphire
+    Rapids core it ran at half of it)."""
+    if host_has_amx_bf16(lanes):
+        return True
+    if lanes != 16 or not {"avx512f", "avx512_bf16"} <= host_cpu_flags():
+        return False
+    peak = machine_peak(options, lanes)
+    return peak.bf16_unit == "vdpbf16ps" and peak.bf16_gflops > 1.15 * peak.gflops

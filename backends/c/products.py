@@ -84,6 +84,9 @@ class ProductRenderer:
             return f"llmc_qdot_vnni({m}, {n}, {k}, {lhs}, {self.vnni_args[op.rhs]}, {out}, {accumulate});"
         if rhs_info.kind == QUANT:
             return f"llmc_qdot({m}, {n}, {k}, {lhs}, {self.quant_args[op.rhs]}, {out}, {accumulate});"
+        if self.plan.values[op.lhs].bits:
+            return (f"llmc_dot_pairs_bits({m}, {round_up(n, self.plan.nr)}, {k}, (const uint16_t *){lhs}.p, {lhs}.ld, "
+                    f"(const uint16_t *){rhs}.p, {rhs}.ps, {out}, {accumulate});")
         if rhs_info.half:
             return (f"llmc_dot_{rhs_info.half}({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, (const uint16_t *){rhs}.p, "
                     f"{rhs}.ps, {out}, {accumulate});")

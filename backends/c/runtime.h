@@ -225,6 +225,12 @@ static inline vf llmc_load_vec(const float *base, long r, long c, long height, l
     const float *row = base + r * s0;
     if (s1 == 1 && c >= 0 && c + LLMC_W <= width) return vload(row + c);
     if (s1 == 0 && c >= 0 && c + LLMC_W <= width) return vsplat(row[0]);
+    if (s1 == 1) { /* a vector across the view's edge: its lanes inside are one contiguous run */
+        long lo = c < 0 ? -c : 0, hi = width - c < LLMC_W ? width - c : LLMC_W;
+        float run[LLMC_W] = {0};
+        if (hi > lo) memcpy(run + lo, row + c + lo, (size_t)(hi - lo) * sizeof *run);
+        return vsel(vlanes_below(hi) & ~vlanes_below(lo), vload(run), vsplat(pad));
+    }
     vf v;
     for (int j = 0; j < LLMC_W; j++) {
         long cj = c + j;

@@ -94,3 +94,33 @@ def test_neon_path_compiles_for_aarch64(tmp_path):
                              "-c", source, "-o", str(out)])
         assert done.returncode == 0, done.stderr[-2000:]
         assert out.read_bytes()[18] == 183  # e_machine EM_AARCH64
+
+
+def test_bf16_products_are_held_to_the_matrix_units_ceiling():
+    from llmc.roofline import Ceilings, roofline
+
+    model, inputs = bf16_model("gpt2_block")
+    kernels = llmc.compile(model, inputs, backend="interpret", emit=lambda *_: None).kernels_ir()
+    ceilings = Ceilings(100.0, 10.0, bf16_gflops=400.0, bf16_unit="AMX")
+    points = roofline(kernels, ceilings).kernels
+    linear = [p for p in points if "linear" in p.name]
+    assert linear and all(p.ceiling == "AMX bf16" for p in linear)
+    assert all(p.ceiling == "FMA" for p in points if p.kind in ("row", "pointwise"))
+    for p in linear:
+        assert p.predicted_us == pytest.approx(max(p.flops / 400e3, p.bytes / 10e3))
+    plain = roofline(kernels, Ceilings(100.0, 10.0)).kernels  # a host without one: the FMA peak
+    assert all(p.ceiling == "FMA" for p in plain)
+
+
+@pytest.mark.skipif(not {"avx512f", "avx512_bf16"} <= __import__("llmc.target").target.host_cpu_flags(),
+                    reason="measures vdpbf16ps / AMX: this CPU has no AVX512_BF16")
+def test_the_probe_measures_the_bf16_unit_llmc_would_use(tmp_path):
+    from llmc.backends.c.probe import bf16_products_on_matrix_unit, machine_peak
+
+    options = BuildOptions(cache_dir=tmp_path)
+    peak = machine_peak(options, 16)
+    assert peak.bf16_gflops > 0 and peak.bf16_unit == ("AMX" if AMX_HOST else "vdpbf16ps")
+    if AMX_HOST:
+        assert peak.bf16_gflops > peak.gflops and bf16_products_on_matrix_unit(options, 16)
+    else:  # vdpbf16ps alone: packed for it only if measured faster than the f32 micro-kernel's FMA peak
+        assert bf16_products_on_matrix_unit(options, 16) == (peak.bf16_gflops > 1.15 * peak.gflops)
