@@ -259,8 +259,12 @@ class KernelRenderer(ProductRenderer):
             self.load_bits(op, info)
             return
         key = element_key(op.buffer.type.element_type)
-        if key in HALF:  # widened into a zero-padded f32 copy
+        if key in HALF:  # widened into a zero-padded f32 copy (K^T of attention: whole vectors along k)
             self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+            if s0 == 1 and s1 != 1:
+                self.line(f"llmc_pack_transposed_{key}({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, "
+                          f"{info.cols}, {height}, {width}, {s1});")
+                return
             self.line(f"llmc_pack_block_{key}({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
                       f"{height}, {width}, {s0}, {s1});")
             return
