@@ -217,7 +217,7 @@ def measure_bf16(options: BuildOptions, lanes: int) -> tuple[float, str]:
     if lanes != 16 or not {"avx512f", "avx512_bf16"} <= host_cpu_flags():
         return 0.0, ""
     lib = ctypes.CDLL(str(build_library(BF16_PROBE_SOURCE, options).library))
-    for name, unit, iterations in (("llmc_probe_amx", "AMX", 200_000), ("llmc_probe_dpbf16", "vdpbf16ps", 20_000_000)):
+    for name, unit, iterations in (("llmc_probe_amx", "AMX", 2_000_000), ("llmc_probe_dpbf16", "vdpbf16ps", 20_000_000)):
         probe = getattr(lib, name)
         probe.restype, probe.argtypes = ctypes.c_double, [ctypes.c_long]
         probe(iterations // 10)
