@@ -331,9 +331,12 @@ def emit(module, what: str, target: str) -> str:
     from llmc.target import get_target
 
     if what == "c":
+        from llmc.backends.c.build import BuildOptions
         from llmc.backends.c.module import render_module
+        from llmc.backends.c.probe import bf16_products_on_matrix_unit
 
-        return render_module(module, lanes=get_target(target).lanes).text
+        lanes = get_target(target).lanes  # the C the backend would build: the same matrix-unit decision
+        return render_module(module, lanes, bf16_products_on_matrix_unit(BuildOptions.from_environment(), lanes)).text
     if what == "triton":
         from llmc.backends.triton import render_triton
 

@@ -106,7 +106,7 @@ def test_a_failing_importer_writes_a_model_file_that_replays(repro_dir, monkeypa
 def test_a_failing_backend_writes_the_final_ir_and_an_emit_command(repro_dir, monkeypatch):
     import llmc.backends.c as c_backend
 
-    def render_module(module, lanes):
+    def render_module(module, lanes, **options):
         for op in module.walk():
             if op.name == "tile.kernel":
                 explode(op)
