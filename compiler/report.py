@@ -60,8 +60,8 @@ def kernel_table(
         stages = _stages(lowered) if lowered else "-"
         layout = _layouts(lowered) if lowered else "-"
         seen = f"{point.measured_us:.1f} us" if point.measured_us else "-" if backend != "interpret" else "(interp.)"
-        peak = ceilings.bf16_gflops if point.ceiling != "FMA" else ceilings.gflops
-        bound = "compute" if point.intensity >= peak / ceilings.dram_gbs else "memory"
+        ridge = ceilings.compute_gflops(point.ceiling != "FMA") / ceilings.dram_gbs
+        bound = "compute" if point.intensity >= ridge else "memory"
         rows.append(
             f"{name:<28}{kop.kind.data:<10}{point.flops / 1e6:>9.2f}{point.bytes / 1024:>9.1f}{point.intensity:>8.1f}  "
             f"{bound:<8}{point.predicted_us:>9.1f}  {tiles:<12}{stages:<7}{layout:<24}{seen:>11}"

@@ -36,7 +36,7 @@ class Ceilings:
     @classmethod
     def from_probe(cls, peak) -> Ceilings:
         return cls(peak.gflops, peak.bandwidth_gbs, peak.llc_gbs, peak.l2_gbs, f"probe, measured {peak.measured_at}",
-                   getattr(peak, "bf16_gflops", 0.0), getattr(peak, "bf16_unit", ""))
+                   peak.bf16_gflops, peak.bf16_unit)
 
     @classmethod
     def from_target(cls, target) -> Ceilings:
@@ -50,11 +50,13 @@ class Ceilings:
     def attainable_gflops(self, intensity: float) -> float:
         return min(self.gflops, intensity * self.dram_gbs)
 
+    def compute_gflops(self, bf16: bool = False) -> float:
+        """The compute ceiling: the matrix unit's for bf16 products where the host has one, else the FMA peak."""
+        return self.bf16_gflops if bf16 and self.bf16_gflops else self.gflops
+
     def predicted_us(self, flops: int, moved: int, bf16: bool = False) -> float:
-        """The roofline's time: the slower of computing at the peak (the matrix unit's for bf16 products where
-        the host has one) and moving the bytes from DRAM."""
-        peak = self.bf16_gflops if bf16 and self.bf16_gflops else self.gflops
-        return max(flops / (peak * 1e3), moved / (self.dram_gbs * 1e3))
+        """The roofline's time: the slower of computing at the compute ceiling and moving the bytes from DRAM."""
+        return max(flops / (self.compute_gflops(bf16) * 1e3), moved / (self.dram_gbs * 1e3))
 
 
 @dataclass

@@ -86,11 +86,16 @@ def host_has_vnni(lanes: int) -> bool:
     return (lanes == 16 and {"avx512f", "avx512_vnni"} <= flags) or (lanes == 8 and "avx_vnni" in flags)
 
 
+def host_has_bf16_dot(lanes: int) -> bool:
+    """Whether a -march=native build at this vector width has bf16 dot products (vdpbf16ps)."""
+    return lanes == 16 and {"avx512f", "avx512_bf16"} <= host_cpu_flags()
+
+
 def host_has_amx_bf16(lanes: int) -> bool:
     """Whether a -march=native build at this vector width has AMX bf16 tiles (and vdpbf16ps, their fallback
     where the kernel refuses the tile state). Whether vdpbf16ps alone pays is measured by the probe
     (llmc.backends.c.probe.bf16_products_on_matrix_unit)."""
-    return lanes == 16 and {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"} <= host_cpu_flags()
+    return host_has_bf16_dot(lanes) and {"amx_tile", "amx_bf16"} <= host_cpu_flags()
 
 
 def host_llc_bytes() -> int | None:

@@ -27,7 +27,7 @@ from xdsl.passes import ModulePass
 
 from llmc.dialects import graph
 from llmc.errors import PassOptionError
-from llmc.passes.quantize import _linear_weights, _read_dequantized
+from llmc.passes.quantize import erase_unread_weights, linear_weights, read_as_linear
 from llmc.quantization import bf16_name
 
 PRECISIONS = ("f32", "bf16")
@@ -35,15 +35,14 @@ PRECISIONS = ("f32", "bf16")
 
 def bf16_linears(func_op: func.FuncOp):
     """(linear, weight op, stored [K, N]) for every product of an f32 input and an f32 model weight."""
-    for linear, weight, transposed in list(_linear_weights(func_op)):
+    for linear, weight, transposed in list(linear_weights(func_op)):
         lhs = linear.input if isinstance(linear, graph.LinearOp) else linear.lhs
         if lhs.type.element_type == f32 and weight.result.type.element_type == f32:
             yield linear, weight, transposed
 
 
-def round_linears(module: builtin.ModuleOp) -> int:
-    """Rewrite every such product to bf16 operands; the number rewritten."""
-    count = 0
+def round_linears(module: builtin.ModuleOp) -> None:
+    """Rewrite every such product to bf16 operands."""
     for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
         made: dict[tuple[str, bool], graph.WeightOp] = {}
         for linear, weight, transposed in list(bf16_linears(func_op)):
@@ -53,16 +52,12 @@ def round_linears(module: builtin.ModuleOp) -> int:
                 made[key] = graph.WeightOp(bf16_name(*key), graph.tensor(shape[::-1] if transposed else shape, bf16),
                                            weight.loc_str)
                 weight.parent_block().insert_op_after(made[key], weight)
-            linear = _read_dequantized(func_op, linear, made[key].result)
+            linear = read_as_linear(func_op, linear, made[key].result)
             x = linear.input
             cast = graph.CastOp(operands=[x], result_types=[graph.tensor(graph.shape_of(x), bf16)])
             func_op.body.block.insert_op_before(cast, linear)
             linear.operands[0] = cast.result
-            count += 1
-        for op in reversed(list(func_op.body.block.ops)):  # the float weights and transposes left unread
-            if isinstance(op, (graph.PermuteOp, graph.WeightOp)) and not op.result.uses:
-                func_op.body.block.erase_op(op)
-    return count
+        erase_unread_weights(func_op)
 
 
 @dataclass(frozen=True)

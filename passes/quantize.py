@@ -83,7 +83,7 @@ def _returned_through_views(value: SSAValue, returned: set[SSAValue]) -> bool:
     return False
 
 
-def _linear_weights(func_op: func.FuncOp):
+def linear_weights(func_op: func.FuncOp):
     """(linear, weight op, stored [K, N]) for every linear whose weight is a model weight read as it is,
     every x @ weight.T (what aot_autograd makes of a linear: a matmul of the transposed weight), and
     every x @ weight of a weight stored [K, N] (GPT-2's Conv1D)."""
@@ -110,7 +110,7 @@ def plan_quantization(module: builtin.ModuleOp, fmt: QuantFormat, head: str = "a
     choices: dict[tuple[str, bool], LayerChoice] = {}
     for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
         returned = set(func_op.body.block.last_op.operands)
-        linears = list(_linear_weights(func_op))
+        linears = list(linear_weights(func_op))
         # the output projection: the last linear whose result the function returns (the logits; a KV
         # projection an HF model also returns, as its cache, comes earlier)
         heads = [linear for linear, _, _ in linears if _returned_through_views(linear.result, returned)]
@@ -139,24 +139,29 @@ def apply_plan(module: builtin.ModuleOp, choices: list[LayerChoice]) -> None:
     chosen = {(c.weight, c.transposed): c for c in choices if c.format is not None}
     for func_op in (o for o in module.ops if isinstance(o, func.FuncOp)):
         made: dict[tuple[str, bool], SSAValue] = {}
-        for linear, weight, transposed in list(_linear_weights(func_op)):
+        for linear, weight, transposed in list(linear_weights(func_op)):
             key = (weight.weight_name.data, transposed)
             choice = chosen.get(key)
             if choice is None:
                 continue
             if key not in made:
                 made[key] = _dequantized(weight, choice)
-            linear = _read_dequantized(func_op, linear, made[key])
+            linear = read_as_linear(func_op, linear, made[key])
             if choice.format.activations == "int8":
                 linear.attributes["activations"] = StringAttr("int8")
-        for op in reversed(list(func_op.body.block.ops)):  # the float weights and transposes left unread
-            if isinstance(op, (graph.PermuteOp, graph.WeightOp)) and not op.result.uses:
-                func_op.body.block.erase_op(op)
+        erase_unread_weights(func_op)
 
 
-def _read_dequantized(func_op: func.FuncOp, linear, weight: SSAValue) -> graph.LinearOp:
-    """The linear reading `weight`: x @ w.T and x @ w (a [K, N] weight) become the linear of the dequantized
-    [N, K] weight."""
+def erase_unread_weights(func_op: func.FuncOp) -> None:
+    """The float weights (and their transposes) a rewrite of the linears left unread."""
+    for op in reversed(list(func_op.body.block.ops)):
+        if isinstance(op, (graph.PermuteOp, graph.WeightOp)) and not op.result.uses:
+            func_op.body.block.erase_op(op)
+
+
+def read_as_linear(func_op: func.FuncOp, linear, weight: SSAValue) -> graph.LinearOp:
+    """The linear reading `weight`: x @ w.T and x @ w (a [K, N] weight) become the linear of the replacement
+    [N, K] weight (dequantized, or rounded to bf16)."""
     if isinstance(linear, graph.LinearOp):
         linear.operands[1] = weight
         return linear

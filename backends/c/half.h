@@ -148,21 +148,7 @@ static inline vf llmc_round_f16(vf x) {
             }                                                                                                  \
     }                                                                                                          \
     /* the transposed block of a view with unit-stride rows (K^T): whole vectors along k, widened */            \
-    static void llmc_pack_transposed_##T(float *dst, long ld, const uint16_t *base, long r0, long c0, long rows, \
-                                         long cols, long height, long width, long s1) {                        \
-        if (r0 < 0 || c0 < 0 || r0 + rows > height || c0 + cols > width || rows % LLMC_W) {                    \
-            llmc_pack_block_##T(dst, ld, base, r0, c0, rows, cols, height, width, 1, s1);                      \
-            return;                                                                                            \
-        }                                                                                                      \
-        for (long r = 0; r < rows; r++) memset(dst + r * ld + cols, 0, (size_t)(ld - cols) * sizeof(float));  \
-        for (long n = 0; n < cols; n++) {                                                                      \
-            const uint16_t *src = base + (c0 + n) * s1 + r0;                                                   \
-            for (long k = 0; k < rows; k += LLMC_W) {                                                          \
-                vf v = llmc_##T##_vec(src + k);                                                                \
-                for (int j = 0; j < LLMC_W; j++) dst[(k + j) * ld + n] = v[j];                                 \
-            }                                                                                                  \
-        }                                                                                                      \
-    }
+    LLMC_PACK_TRANSPOSED(llmc_pack_transposed_##T, uint16_t, llmc_##T##_vec, llmc_pack_block_##T)
 LLMC_HALF_ACCESS(bf16)
 LLMC_HALF_ACCESS(f16)
 

@@ -28,7 +28,7 @@ from xdsl.ir import BlockArgument
 from llmc.backends.c.exprs import c_comment
 from llmc.backends.c.kernel import KernelRenderer, arg_c_type, c_type, function_name
 from llmc.backends.c.nest import element_key
-from llmc.backends.c.plan import MAX_FUSED_ROWS, PAIRS, PackSpec, dot_roles, plan_kernel, round_up
+from llmc.backends.c.plan import MAX_FUSED_ROWS, PAIR_K, PAIRS, PackSpec, dot_roles, plan_kernel, round_up
 from llmc.dialects import tile
 from llmc.dtypes import LOW_PRECISION, element_bytes, encode, storage_dtype
 from llmc.errors import MalformedIRError
@@ -36,7 +36,6 @@ from llmc.passes.swizzle import weight_arguments
 from llmc.quantization import ACTIVATION_BLOCK, weight_value
 from llmc.target import host_has_amx_bf16, host_has_vnni
 
-PAIR_K = 32  # K of a weight packed in k pairs (matrix.h) is padded to a multiple of this
 VNNI_MAX_K = 1024  # the largest K tile llmc_qdot_vnni quantizes on its stack (LLMC_VNNI_MAX_K)
 
 ARENA_ATTR = "llmc.arena_bytes"

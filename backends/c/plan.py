@@ -39,6 +39,7 @@ SLOT_ALIGN = 16
 NT_MAX_ROWS = 4  # dots with at most this many rows read a transposed B as dot products
 PAIRS = "pairs"  # a bf16 weight packed in k pairs for the matrix unit (matrix.h)
 PAIR_ROWS = 32  # the k-pair products compute whole blocks of this many rows
+PAIR_K = 32  # K of a weight packed in k pairs is padded to a multiple of this (an AMX tile's k)
 
 
 @dataclass

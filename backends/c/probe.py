@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
-from llmc.target import host_cpu_flags, host_cpu_target, host_has_amx_bf16, host_key
+from llmc.target import host_cpu_flags, host_cpu_target, host_has_amx_bf16, host_has_bf16_dot, host_key
 
 # the flags code generation can use, as /proc/cpuinfo spells them (asimd: NEON on AArch64)
 ISA_FEATURES = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -214,7 +214,7 @@ class MachinePeak:
 
 def measure_bf16(options: BuildOptions, lanes: int) -> tuple[float, str]:
     """GFLOP/s of bf16 products on AMX tiles, else with vdpbf16ps; (0, "") on CPUs without AVX512_BF16."""
-    if lanes != 16 or not {"avx512f", "avx512_bf16"} <= host_cpu_flags():
+    if not host_has_bf16_dot(lanes):
         return 0.0, ""
     lib = ctypes.CDLL(str(build_library(BF16_PROBE_SOURCE, options).library))
     for name, unit, iterations in (("llmc_probe_amx", "AMX", 2_000_000), ("llmc_probe_dpbf16", "vdpbf16ps", 20_000_000)):
@@ -283,7 +283,7 @@ def bf16_products_on_matrix_unit(options: BuildOptions, lanes: int) -> bool:
     Rapids core it ran at half of it)."""
     if host_has_amx_bf16(lanes):
         return True
-    if lanes != 16 or not {"avx512f", "avx512_bf16"} <= host_cpu_flags():
+    if not host_has_bf16_dot(lanes):
         return False
     peak = machine_peak(options, lanes)
     return peak.bf16_unit == "vdpbf16ps" and peak.bf16_gflops > 1.15 * peak.gflops

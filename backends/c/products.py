@@ -8,7 +8,7 @@ A mixin of `KernelRenderer` (kernel.py), which holds the names, the plan and the
 from __future__ import annotations
 
 from llmc.backends import shape2
-from llmc.backends.c.plan import QUANT, round_up
+from llmc.backends.c.plan import PAIRS, QUANT, round_up
 from llmc.dialects import tile
 
 
@@ -69,7 +69,7 @@ class ProductRenderer:
                 lhs = f"r{lhs}"
             rhs_info = self.plan.values[op.rhs]
             how = ("the weight dequantized in registers" if rhs_info.kind == QUANT
-                   else "bf16 products in k pairs: AMX tiles, else vdpbf16ps (matrix.h)" if rhs_info.half == "pairs"
+                   else "bf16 products in k pairs: AMX tiles, else vdpbf16ps (matrix.h)" if rhs_info.half == PAIRS
                    else f"micro-kernel {8 if self.plan.lanes >= 16 else 6}x{self.plan.nr}")
             self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, {how} */")
         self.fresh(op.result)

@@ -320,22 +320,25 @@ static void llmc_pack_block(float *dst, long ld, const float *base, long r0, lon
 
 /* The transposed block of a view whose rows are unit-stride (s0 == 1, e.g. K^T
  * of attention): dst[k][n] = view(r0 + k, c0 + n), zero outside. Reads whole
- * source vectors along k instead of gathering element by element. */
-static void llmc_pack_transposed(float *dst, long ld, const float *base, long r0, long c0, long rows,
-                                 long cols, long height, long width, long s1) {
-    if (r0 < 0 || c0 < 0 || r0 + rows > height || c0 + cols > width || rows % LLMC_W) {
-        llmc_pack_block(dst, ld, base, r0, c0, rows, cols, height, width, 1, s1);
-        return;
+ * source vectors along k instead of gathering element by element. A macro: half.h
+ * makes the 16-bit ones (each vector widened as it is read). */
+#define LLMC_PACK_TRANSPOSED(name, ctype, load, fallback)                                                 \
+    static void name(float *dst, long ld, const ctype *base, long r0, long c0, long rows, long cols,        \
+                     long height, long width, long s1) {                                                     \
+        if (r0 < 0 || c0 < 0 || r0 + rows > height || c0 + cols > width || rows % LLMC_W) {                \
+            fallback(dst, ld, base, r0, c0, rows, cols, height, width, 1, s1);                             \
+            return;                                                                                        \
+        }                                                                                                  \
+        for (long r = 0; r < rows; r++) memset(dst + r * ld + cols, 0, (size_t)(ld - cols) * sizeof(float)); \
+        for (long n = 0; n < cols; n++) {                                                                  \
+            const ctype *src = base + (c0 + n) * s1 + r0;                                                  \
+            for (long k = 0; k < rows; k += LLMC_W) {                                                      \
+                vf v = load(src + k);                                                                      \
+                for (int j = 0; j < LLMC_W; j++) dst[(k + j) * ld + n] = v[j];                             \
+            }                                                                                              \
+        }                                                                                                  \
     }
-    for (long r = 0; r < rows; r++) memset(dst + r * ld + cols, 0, (size_t)(ld - cols) * sizeof(float));
-    for (long n = 0; n < cols; n++) {
-        const float *src = base + (c0 + n) * s1 + r0;
-        for (long k = 0; k < rows; k += LLMC_W) {
-            vf v = vload(src + k);
-            for (int j = 0; j < LLMC_W; j++) dst[(k + j) * ld + n] = v[j];
-        }
-    }
-}
+LLMC_PACK_TRANSPOSED(llmc_pack_transposed, float, vload, llmc_pack_block)
 
 /* acc[M x N] (+)= a[M x K] * b[K x N] with b given transposed (bt[n][k], row
  * step bt.ld): dot products along contiguous k. For the few rows of a decode

@@ -13,7 +13,7 @@ from conftest import small_example
 import llmc
 from llmc.backends.c.build import DEFAULT_FLAGS, BuildOptions
 from llmc.backends.c.module import render_module
-from llmc.target import host_has_amx_bf16
+from llmc.target import host_has_amx_bf16, host_has_bf16_dot
 
 AMX_HOST = host_has_amx_bf16(16)
 
@@ -112,7 +112,7 @@ def test_bf16_products_are_held_to_the_matrix_units_ceiling():
     assert all(p.ceiling == "FMA" for p in plain)
 
 
-@pytest.mark.skipif(not {"avx512f", "avx512_bf16"} <= __import__("llmc.target").target.host_cpu_flags(),
+@pytest.mark.skipif(not host_has_bf16_dot(16),
                     reason="measures vdpbf16ps / AMX: this CPU has no AVX512_BF16")
 def test_the_probe_measures_the_bf16_unit_llmc_would_use(tmp_path):
     from llmc.backends.c.probe import bf16_products_on_matrix_unit, machine_peak
