@@ -375,6 +375,8 @@ def _import_call(node: torch.fx.Node, ctx: ImportContext) -> None:
         )
     ctx.loc = loc
     value = node.meta.get("val")
+    if isinstance(value, (tuple, list)):  # several results (SDPA's output and logsumexp): the first one's type
+        value = next((v for v in value if isinstance(v, torch.Tensor)), None)
     element = element_of(value.dtype) if isinstance(value, torch.Tensor) else None
     if isinstance(value, torch.Tensor) and element is None:
         raise UnsupportedOpError(with_loc(f"'{node.target}' (FX node '{node.name}') computes in {value.dtype}; llmc "

@@ -208,6 +208,21 @@ def test_16_bit_examples_on_the_c_backend(name, dtype):
     assert "uint16_t *arg" in source  # activations stay 16-bit in memory
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_torch_compile_runs_a_16_bit_sdpa_block_in_llmc(dtype):
+    """After aot_autograd, SDPA is the CPU flash kernel, whose FX node returns (output, logsumexp): the output
+    keeps the 16-bit type of the query (it was imported as f32, and the block fell back to eager)."""
+    import warnings
+
+    model, inputs = as_dtype("gpt2_block_sdpa", DTYPES[dtype])
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = run_eager(torch.compile(model, backend="llmc"), inputs)
+    assert not [w for w in caught if "runs in eager" in str(w.message)]
+    assert_as_accurate_as_eager(got, model, inputs, DTYPES[dtype])
+
+
 def test_the_c_fallback_runs_a_16_bit_model(no_gpu):
     model, inputs = as_dtype("gpt2_block", torch.bfloat16)
     with pytest.warns(UserWarning, match="falling back"):
