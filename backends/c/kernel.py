@@ -15,7 +15,7 @@ from xdsl.ir import BlockArgument, Operation, SSAValue
 from llmc.backends import CMPI_SYMBOLS, shape2
 from llmc.backends.c.exprs import ACCESS, C_TYPES, HALF, INDEX_BINARY, SPLAT, WHERE, c_comment, c_identifier, float_literal, literal
 from llmc.backends.c.nest import Nest, element_key, kind_of
-from llmc.backends.c.plan import INLINE, PAIR_ROWS, QSOURCE, KernelPlan, round_up
+from llmc.backends.c.plan import INLINE, QSOURCE, KernelPlan
 from llmc.backends.c.products import ProductRenderer
 from llmc.dialects import tile
 from llmc.passes.coalesce import STREAM_ATTR
@@ -284,40 +284,6 @@ class KernelRenderer(ProductRenderer):
             return
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")
-        self.line(f"else {copy}")
-
-    def load_bits(self, op: tile.LoadOp, info) -> None:
-        """A bf16 lhs of k-pair products as its bits: a view of the source when the tile lies inside it in whole
-        blocks of rows and of k, else a zero-padded copy (rows up to whole blocks)."""
-        v = self.name(op.result)
-        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
-        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
-        self.line("/* bf16 bits for the matrix unit: no widening copy */")
-        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
-        copy = (f"llmc_copy_bits((uint16_t *){v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, "
-                f"{round_up(info.rows, PAIR_ROWS)}, {info.cols}, {height}, {width}, {s0}, {s1});")
-        if s1 != 1 or info.rows % PAIR_ROWS or info.cols % PAIR_ROWS:
-            self.line(copy)
-            return
-        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
-        self.line(f"if ({inside}) {{ {v}.p = (float *)({buf} + {base} + {row} * {s0} + {col}); {v}.ld = {s0}; }}")
-        self.line(f"else {copy}")
-
-    def load_transposed(self, op: tile.LoadOp, info) -> None:
-        """A B operand read as rows of K (bt[n][k]): a view of the source when inside it."""
-        v = self.name(op.result)
-        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
-        (height, width), (_, s1) = op.shape.get_values(), op.strides.get_values()
-        self.line("/* kept transposed (rows of K): the dot reads it as dot products, no transposing copy */")
-        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
-        key = element_key(op.buffer.type.element_type)
-        copy = (f"llmc_pack_block{ACCESS[key] if key in HALF else ''}({v}.p, {info.ld}, {buf} + {base}, {col}, {row}, "
-                f"{info.cols}, {info.rows}, {width}, {height}, {s1}, 1);")
-        if key in HALF:  # widened: always a copy
-            self.line(copy)
-            return
-        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
-        self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} + {col} * {s1}; {v}.ld = {s1}; }}")
         self.line(f"else {copy}")
 
     def op_full(self, op: tile.FullOp) -> None:

@@ -1,4 +1,5 @@
-"""The products of a tile kernel in C: `tile.dot` as a call of the micro-kernel its operands call for
+"""The products of a tile kernel in C: the operands a product reads in its own form (a bf16 lhs as bits, a B kept
+as rows of K), `tile.dot` as a call of the micro-kernel its operands call for
 (float, 16-bit panels, dequantized in registers, integer dot products), and `tile.dequant` as pointers
 into the compile-time panels of a quantized weight (or a tile dequantized once into scratch).
 
@@ -8,7 +9,9 @@ A mixin of `KernelRenderer` (kernel.py), which holds the names, the plan and the
 from __future__ import annotations
 
 from llmc.backends import shape2
-from llmc.backends.c.plan import PAIRS, QUANT, round_up
+from llmc.backends.c.exprs import ACCESS, HALF
+from llmc.backends.c.nest import element_key
+from llmc.backends.c.plan import PAIR_ROWS, PAIRS, QUANT, round_up
 from llmc.dialects import tile
 
 
@@ -94,3 +97,39 @@ class ProductRenderer:
             return f"llmc_dot_nt({m}, {n}, {k}, {lhs}, {rhs}, {out}, {accumulate});"
         panel = rhs_info.panel or self.plan.nr
         return f"llmc_dot({m}, {round_up(n, self.plan.nr)}, {k}, {lhs}, {rhs}, {panel}, {out}, {accumulate});"
+
+    # ------------------------------------------------------------------ operands read in a product's own form
+
+    def load_bits(self, op: tile.LoadOp, info) -> None:
+        """A bf16 lhs of k-pair products as its bits: a view of the source when the tile lies inside it in whole
+        blocks of rows and of k, else a zero-padded copy (rows up to whole blocks)."""
+        v = self.name(op.result)
+        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        self.line("/* bf16 bits for the matrix unit: no widening copy */")
+        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+        copy = (f"llmc_copy_bits((uint16_t *){v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, "
+                f"{round_up(info.rows, PAIR_ROWS)}, {info.cols}, {height}, {width}, {s0}, {s1});")
+        if s1 != 1 or info.rows % PAIR_ROWS or info.cols % PAIR_ROWS:
+            self.line(copy)
+            return
+        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
+        self.line(f"if ({inside}) {{ {v}.p = (float *)({buf} + {base} + {row} * {s0} + {col}); {v}.ld = {s0}; }}")
+        self.line(f"else {copy}")
+
+    def load_transposed(self, op: tile.LoadOp, info) -> None:
+        """A B operand read as rows of K (bt[n][k]): a view of the source when inside it."""
+        v = self.name(op.result)
+        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
+        (height, width), (_, s1) = op.shape.get_values(), op.strides.get_values()
+        self.line("/* kept transposed (rows of K): the dot reads it as dot products, no transposing copy */")
+        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+        key = element_key(op.buffer.type.element_type)
+        copy = (f"llmc_pack_block{ACCESS[key] if key in HALF else ''}({v}.p, {info.ld}, {buf} + {base}, {col}, {row}, "
+                f"{info.cols}, {info.rows}, {width}, {height}, {s1}, 1);")
+        if key in HALF:  # widened: always a copy
+            self.line(copy)
+            return
+        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
+        self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} + {col} * {s1}; {v}.ld = {s1}; }}")
+        self.line(f"else {copy}")
