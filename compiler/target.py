@@ -86,6 +86,12 @@ def host_has_vnni(lanes: int) -> bool:
     return (lanes == 16 and {"avx512f", "avx512_vnni"} <= flags) or (lanes == 8 and "avx_vnni" in flags)
 
 
+def host_has_amx_int8(lanes: int) -> bool:
+    """Whether a -march=native build at this vector width has AMX int8 tiles (and vpdpbusd, their fallback
+    where the kernel refuses the tile state)."""
+    return host_has_vnni(lanes) and lanes == 16 and {"amx_tile", "amx_int8"} <= host_cpu_flags()
+
+
 def host_has_bf16_dot(lanes: int) -> bool:
     """Whether a -march=native build at this vector width has bf16 dot products (vdpbf16ps)."""
     return lanes == 16 and {"avx512f", "avx512_bf16"} <= host_cpu_flags()

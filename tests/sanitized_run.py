@@ -30,7 +30,9 @@ ODD = {
     "tiny_lm": dict(prompt_len=7),
 }
 
-QUANTIZED = ("int8", "int4:32:a8", "int4:64:asym")
+# (format, prompt length): 7 rows take the decode-sized kernels, 21 the prefill-sized ones (AMX int8 tiles
+# with int8 activations where the host has them)
+QUANTIZED = (("int8", 7), ("int4:32:a8", 7), ("int4:64:asym", 7), ("int4:32:a8", 21), ("int8:a8", 21))
 
 
 def main(names: list[str]) -> int:
@@ -53,15 +55,23 @@ def main(names: list[str]) -> int:
             ok = error < 1e-3
             failed += not ok
             print(f"{name}: ran sanitized, max abs error vs eager {error:.2e} {'OK' if ok else 'MISMATCH'}", flush=True)
-        for fmt in QUANTIZED:  # the dequantizing and integer-dot kernels, against llmc's interpreter
-            model, inputs = importlib.import_module("tiny_lm").build(**ODD["tiny_lm"])
+        for fmt, prompt in QUANTIZED:  # the dequantizing and integer-dot kernels, against llmc's interpreter
+            model, inputs = importlib.import_module("tiny_lm").build(prompt_len=prompt)
             reference = llmc.compile(model, inputs, backend="interpret", quantize=fmt, emit=lambda *_: None)
             compiled = llmc.compile(model, inputs, build=build, quantize=fmt, emit=lambda *_: None)
             error = float((compiled(*inputs) - reference(*inputs)).abs().max())
             ok = error < 1e-3
             failed += not ok
-            print(f"tiny_lm {fmt}: ran sanitized, max abs error vs the interpreter {error:.2e} "
+            print(f"tiny_lm {fmt} T={prompt}: ran sanitized, max abs error vs the interpreter {error:.2e} "
                   f"{'OK' if ok else 'MISMATCH'}", flush=True)
+        # bf16: the matrix-unit kernels where the host has them (matrix.h), against the interpreter
+        model, inputs = importlib.import_module("gpt2_block").build(**ODD["gpt2_block"])
+        model, inputs = model.to(torch.bfloat16), tuple(x.to(torch.bfloat16) for x in inputs)
+        reference = llmc.compile(model, inputs, backend="interpret", emit=lambda *_: None)(*inputs).float()
+        got = llmc.compile(model, inputs, build=build, emit=lambda *_: None)(*inputs).float()
+        ok = float((got - reference).abs().max()) <= 2.0**-7 * float(reference.abs().max())
+        failed += not ok
+        print(f"gpt2_block bf16: ran sanitized, {'OK' if ok else 'MISMATCH'} against the interpreter", flush=True)
     return 1 if failed else 0
 
 

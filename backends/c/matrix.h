@@ -20,15 +20,9 @@
 
 /* The lhs rows rounded to bf16: a row-major copy of rows_padded x K_padded, zero outside M x K. */
 static uint16_t *llmc_bf16_rows(llmc_tile a, long M, long K, long rows_padded, long k_padded) {
-    static __thread uint16_t *buffer;
-    static __thread long capacity;
-    long need = rows_padded * k_padded;
-    if (need > capacity) {
-        free(buffer);
-        buffer = aligned_alloc(64, (size_t)((need * 2 + 63) / 64 * 64));
-        capacity = buffer ? need : 0;
-        if (!buffer) abort();
-    }
+    static __thread void *rows;
+    static __thread size_t capacity;
+    uint16_t *buffer = llmc_thread_buffer(&rows, &capacity, (size_t)(rows_padded * k_padded) * sizeof *buffer);
     for (long m = 0; m < rows_padded; m++) {
         uint16_t *row = buffer + m * k_padded;
         if (m >= M) {
@@ -104,40 +98,14 @@ static void llmc_pairs_dpbf16(long M, long N, long k_padded, const uint16_t *a, 
     }
 }
 
-#if defined(__AMX_BF16__) && !defined(LLMC_NO_AMX)
-#include <sys/syscall.h>
-#include <unistd.h>
-#define LLMC_ARCH_REQ_XCOMP_PERM 0x1023
-#define LLMC_XFEATURE_XTILEDATA 18
-
-/* 1: this process may use AMX tiles, -1: the kernel refused (or predates AMX); asked once. */
-static int llmc_amx_permitted(void) {
-    static int state;
-    int known = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
-    if (!known) {
-        known = syscall(SYS_arch_prctl, LLMC_ARCH_REQ_XCOMP_PERM, LLMC_XFEATURE_XTILEDATA) == 0 ? 1 : -1;
-        __atomic_store_n(&state, known, __ATOMIC_RELEASE);
-    }
-    return known > 0;
-}
-
-/* Palette 1, every tile 16 rows x 64 bytes: tmm0-3 the 2x2 f32 accumulators of a 32x32 block, tmm4-5
- * two 16-row strips of A (32 bf16 of k each), tmm6-7 two 16-column strips of B (16 k pairs each).
- * Loaded on every call and released after it: other libraries on the same thread (oneDNN in torch)
- * configure and release the tiles too, and a tile instruction after a release is an illegal one. */
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} __attribute__((aligned(64))) llmc_amx_config;
-/* constant data: a configuration built on the stack had its stores dropped by GCC 12, which does not
- * see ldtilecfg read them */
+#if defined(__AMX_BF16__) && defined(LLMC_AMX)
+/* Every tile 16 rows x 64 bytes: tmm0-3 the 2x2 f32 accumulators of a 32x32 block, tmm4-5 two 16-row
+ * strips of A (32 bf16 of k each), tmm6-7 two 16-column strips of B (16 k pairs each). */
 static const llmc_amx_config llmc_amx_tiles = {
     .palette = 1,
     .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
     .rows = {16, 16, 16, 16, 16, 16, 16, 16},
 };
-static void llmc_amx_configure(void) { _tile_loadconfig(&llmc_amx_tiles); }
 
 /* A 32x32 block of c (+)= a[32 x k_padded] (row step lda) * panel, accumulators in tmm0-3. */
 static inline void llmc_amx_block(long k_padded, const uint16_t *a, long lda, const uint16_t *panel, float *c,
@@ -174,7 +142,7 @@ static inline void llmc_amx_block(long k_padded, const uint16_t *a, long lda, co
  * block) through a 32x32 staging tile. */
 static void llmc_pairs_amx(long M, long N, long k_padded, const uint16_t *a, long lda, const uint16_t *b, long ps,
                            llmc_tile c, int accumulate) {
-    llmc_amx_configure();
+    _tile_loadconfig(&llmc_amx_tiles);
     float staged[32 * 32] __attribute__((aligned(64)));
     for (long n = 0; n < N; n += 32) {
         const uint16_t *panel = b + (n / 32) * ps;
@@ -199,7 +167,7 @@ static void llmc_pairs_amx(long M, long N, long k_padded, const uint16_t *a, lon
 static void llmc_dot_pairs_bits(long M, long N, long K, const uint16_t *a, long lda, const uint16_t *b, long ps,
                                 llmc_tile c, int accumulate) {
     long k_padded = (K + LLMC_PAIR_K - 1) / LLMC_PAIR_K * LLMC_PAIR_K;
-#if defined(__AMX_BF16__) && !defined(LLMC_NO_AMX)
+#if defined(__AMX_BF16__) && defined(LLMC_AMX)
     if (llmc_amx_permitted()) {
         llmc_pairs_amx(M, N, k_padded, a, lda, b, ps, c, accumulate);
         return;

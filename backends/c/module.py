@@ -34,9 +34,7 @@ from llmc.dtypes import LOW_PRECISION, element_bytes, encode, storage_dtype
 from llmc.errors import MalformedIRError
 from llmc.passes.swizzle import weight_arguments
 from llmc.quantization import ACTIVATION_BLOCK, weight_value
-from llmc.target import host_has_amx_bf16, host_has_vnni
-
-VNNI_MAX_K = 1024  # the largest K tile llmc_qdot_vnni quantizes on its stack (LLMC_VNNI_MAX_K)
+from llmc.target import host_has_amx_bf16, host_has_amx_int8, host_has_vnni
 
 ARENA_ATTR = "llmc.arena_bytes"
 
@@ -96,7 +94,8 @@ def pair_panels(panels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pairs).reshape(count, rows, width)
 
 
-def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int, bf16_dot: bool = False) -> dict[int, PackSpec]:
+def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int, bf16_dot: bool = False,
+                     int8_tiles: bool = False) -> dict[int, PackSpec]:
     """Kernel arguments whose every use is one identical `pack`ed load: those get panels. A bf16 weight of
     prefill-sized products gets the k-pair layout of AMX / vdpbf16ps where `bf16_dot` says the build has them."""
     specs: dict[int, PackSpec] = {}
@@ -115,13 +114,14 @@ def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int, bf16_d
             whole_k = tile_shape[0] % PAIR_K == 0 or tile_shape[0] >= shape[0]  # K tiles start on whole pairs tiles
             if bf16_dot and element == bf16 and roles and not few_rows and panel == 2 * lanes == 32 and whole_k:
                 half, padded = PAIRS, (round_up(padded[0], PAIR_K), padded[1])
-            specs[arg.index] = PackSpec(base, shape, strides, panel, padded, half, _vnni_codes(loads, lanes))
+            specs[arg.index] = PackSpec(base, shape, strides, panel, padded, half, _vnni_codes(loads, lanes, int8_tiles))
     return specs
 
 
-def _vnni_codes(loads: list, lanes: int) -> int:
-    """The bits of codes whose every product has few rows, int8 activations and whole blocks of 32 k per tile,
-    on a host with integer dot products (laid out for llmc_qdot_vnni); else 0."""
+def _vnni_codes(loads: list, lanes: int, int8_tiles: bool) -> int:
+    """The bits of codes whose every product has int8 activations and whole blocks of 32 k per tile, and few
+    rows on a host with integer dot products or any rows where `int8_tiles` (AMX int8) take the larger
+    ones (laid out for llmc_qdot_act8, quant_amx.h); else 0."""
     dequants = []
     for load in loads:
         for use in load.results[0].uses:
@@ -129,13 +129,13 @@ def _vnni_codes(loads: list, lanes: int) -> int:
             if not (isinstance(d, tile.DequantOp) and d.codes is load.results[0] and (d.zeros is None or d.bits == 4)):
                 return 0
             dequants.append(d)
-    if not dequants or not host_has_vnni(lanes) or len({d.bits for d in dequants}) != 1:
+    if not dequants or not (int8_tiles or host_has_vnni(lanes)) or len({d.bits for d in dequants}) != 1:
         return 0
     for dot in (u.operation for d in dequants for u in d.result.uses):
         if not (isinstance(dot, tile.DotOp) and dot.activations is not None and dot.rhs.owner in dequants):
             return 0
         rows, k = dot.lhs.type.get_shape()
-        if rows > MAX_FUSED_ROWS or k % ACTIVATION_BLOCK or k > VNNI_MAX_K:
+        if (rows > MAX_FUSED_ROWS and not int8_tiles) or k % ACTIVATION_BLOCK:
             return 0
     return dequants[0].bits
 
@@ -168,10 +168,11 @@ def _pack_key(load, lanes: int):
 
 
 class ModuleRenderer:
-    def __init__(self, module: ModuleOp, lanes: int, bf16_dot: bool | None = None):
+    def __init__(self, module: ModuleOp, lanes: int, bf16_dot: bool | None = None, int8_tiles: bool | None = None):
         self.module = module
         self.lanes = lanes
         self.bf16_dot = host_has_amx_bf16(lanes) if bf16_dot is None else bf16_dot
+        self.int8_tiles = host_has_amx_int8(lanes) if int8_tiles is None else int8_tiles
         self.kernels = {op.sym_name.data: op for op in module.ops if isinstance(op, tile.KernelOp)}
         funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
         if len(funcs) != 1:
@@ -185,7 +186,7 @@ class ModuleRenderer:
         weight_args = weight_arguments(self.module)
         plans, bodies, scratch = {}, [], 0
         for code, (name, kernel) in enumerate(self.kernels.items(), start=1):
-            self.packs[name] = packed_arguments(kernel, weight_args, self.lanes, self.bf16_dot)
+            self.packs[name] = packed_arguments(kernel, weight_args, self.lanes, self.bf16_dot, self.int8_tiles)
             plans[name] = plan_kernel(kernel, self.lanes, self.packs[name])
             scratch = max(scratch, plans[name].scratch_floats)
             notes = self.arg_notes(kernel, self.packs[name])
@@ -193,8 +194,10 @@ class ModuleRenderer:
         entry = self.render_entry()
         quantized = any(isinstance(o, tile.DequantOp) or (isinstance(o, tile.DotOp) and o.activations is not None)
                         for o in self.module.walk())
-        pairs = any(spec.half == PAIRS for packs in self.packs.values() for spec in packs.values())
-        headers = (["runtime.h"] + (["half.h"] if self.uses_half() else []) + (["quant.h"] if quantized else [])
+        specs = [spec for packs in self.packs.values() for spec in packs.values()]
+        pairs, integer = any(s.half == PAIRS for s in specs), any(s.vnni for s in specs)
+        headers = (["runtime.h"] + (["half.h"] if self.uses_half() else []) + (["amx.h"] if pairs or integer else [])
+                   + (["quant.h"] if quantized else []) + (["quant_amx.h"] if integer else [])
                    + (["matrix.h"] if pairs else []))
         header = "\n".join(resources.files("llmc.backends.c").joinpath(h).read_text() for h in headers)
         args = self.func.body.block.args
@@ -202,7 +205,7 @@ class ModuleRenderer:
             [
                 "/* Generated by llmc from tile IR; one exported entry point runs the whole graph. */",
                 f"#define LLMC_W {self.lanes}\n#define LLMC_SPLAT(s) {{{', '.join(['s'] * self.lanes)}}}\n"
-                f"#define LLMC_SCRATCH_FLOATS {max(scratch, 16)}L\n#define LLMC_VNNI_MAX_K {VNNI_MAX_K}",
+                f"#define LLMC_SCRATCH_FLOATS {max(scratch, 16)}L",
                 header,
                 *bodies,
                 entry,
@@ -380,7 +383,10 @@ int llmc_forward_profiled(llmc_context *ctx, void *const *inputs, void *const *o
 }}"""
 
 
-def render_module(module: ModuleOp, lanes: int, bf16_dot: bool | None = None) -> CSource:
+def render_module(module: ModuleOp, lanes: int, bf16_dot: bool | None = None,
+                  int8_tiles: bool | None = None) -> CSource:
     """The C source of `module` at `lanes` floats a vector; `bf16_dot` says whether bf16 weights of
-    prefill-sized products are packed for AMX tiles (matrix.h; default: whether this host has them)."""
-    return ModuleRenderer(module, lanes, bf16_dot).render()
+    prefill-sized products are packed for AMX tiles (matrix.h), `int8_tiles` whether quantized weights of
+    prefill-sized products with int8 activations are packed for AMX int8 tiles (quant_amx.h); by default
+    whether this host has them."""
+    return ModuleRenderer(module, lanes, bf16_dot, int8_tiles).render()

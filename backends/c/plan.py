@@ -11,8 +11,9 @@ Decide, then render. Every tensor value of a kernel is one of
   panels), otherwise a zero-padded copy in a scratch slot.
 - `qsource` / `quant`: the codes, scales and zero points a `tile.dequant`
   reads, and the dequantized tile a dot with at most MAX_FUSED_ROWS rows reads
-  in registers (`llmc_qdot`): no storage, only pointers into the packed
-  panels. A dequantized tile of a larger product is an `operand`, dequantized
+  in registers (`llmc_qdot`) or any dot reads as codes in integer dot products
+  (`llmc_qdot_act8`, int8 activations): no storage, only pointers into the
+  packed panels. A dequantized tile of a larger product is an `operand`, dequantized
   once per tile into scratch (the float micro-kernel then reads it).
 A buffer is written in place over an operand that dies at that op (the dot
 accumulator, the online-softmax statistics). A fresh slot defined in a loop and
@@ -258,10 +259,16 @@ class Planner:
             raise UnsupportedOpError(f"tile.dequant in @{self.kernel.sym_name.data}: codes and scales packed differently")
         users = [u.operation for u in op.result.uses]
         small = all(isinstance(u, tile.DotOp) and u.rhs is op.result and shape2(u.lhs)[0] <= MAX_FUSED_ROWS for u in users)
-        if all(packed) and small:
+        if all(packed) and (small or self.integer_codes(op)):
             self.plan.values[op.result] = TileValue(QUANT, rows, cols, panel=self.plan.nr, rhs=True)
         else:
             self.plan.values[op.result] = TileValue(OPERAND, rows, cols, ld=round_up(cols, self.plan.nr), rhs=True)
+
+    def integer_codes(self, op: tile.DequantOp) -> bool:
+        """Whether the codes were packed for integer dot products: every product reads them in place."""
+        load = op.codes.owner
+        pack = self.plan.packs.get(load.buffer.index) if isinstance(load.buffer, BlockArgument) else None
+        return pack is not None and bool(pack.vnni)
 
     def plan_load(self, op: tile.LoadOp) -> None:
         rows, cols = shape2(op.result)
@@ -321,7 +328,7 @@ class Planner:
         acc = op.acc
         in_place = self.dead_after(acc, op) or self.info(acc).zero_acc
         self.new_buffer(op.result, op, alias=acc if in_place else None)
-        if op.activations is not None:
+        if op.activations is not None and not (isinstance(op.rhs.owner, tile.DequantOp) and self.integer_codes(op.rhs.owner)):
             rows, cols = shape2(op.lhs)
             self.plan.rounded[op] = TileValue(BUFFER, rows, cols, ld=round_up(cols, self.plan.nr))
             self.plan.allocate(self.plan.rounded[op])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from llmc.backends import shape2
 from llmc.backends.c.exprs import ACCESS, HALF
 from llmc.backends.c.nest import element_key
-from llmc.backends.c.plan import PAIR_ROWS, PAIRS, QUANT, round_up
+from llmc.backends.c.plan import MAX_FUSED_ROWS, PAIR_ROWS, PAIRS, QUANT, round_up
 from llmc.dialects import tile
 
 
@@ -60,7 +60,8 @@ class ProductRenderer:
         info, acc = self.plan.values[op.result], self.plan.values[op.acc]
         lhs, out = self.name(op.lhs), self.name(op.result)
         if op.rhs in self.vnni_args:
-            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x codes, integer dot products */")
+            how = "AMX int8 tiles, else vpdpbusd" if m > MAX_FUSED_ROWS else "vpdpbusd"
+            self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x codes, integer dot products ({how}) */")
             self.line("#ifndef LLMC_VNNI")
             self.line('#error "llmc: these weights were packed for vpdpbusd; build with -march=native on the compiling host"')
             self.line("#endif")
@@ -84,7 +85,7 @@ class ProductRenderer:
         """The micro-kernel call that computes `op` into `out`, by what its rhs is."""
         (m, n, k), rhs, rhs_info = mnk, self.name(op.rhs), self.plan.values[op.rhs]
         if op.rhs in self.vnni_args:
-            return f"llmc_qdot_vnni({m}, {n}, {k}, {lhs}, {self.vnni_args[op.rhs]}, {out}, {accumulate});"
+            return f"llmc_qdot_act8({m}, {n}, {k}, {lhs}, {self.vnni_args[op.rhs]}, {out}, {accumulate});"
         if rhs_info.kind == QUANT:
             return f"llmc_qdot({m}, {n}, {k}, {lhs}, {self.quant_args[op.rhs]}, {out}, {accumulate});"
         if self.plan.values[op.lhs].bits:

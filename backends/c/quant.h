@@ -183,7 +183,19 @@ static void llmc_dequant_view(float *dst, long ld, long K, long N, int bits, con
 static inline float llmc_rint(float x) { return (x + 12582912.0f) - 12582912.0f; } /* |x| <= 2^22: half to even */
 
 static void llmc_quantize_block(const float *a, long n, int8_t *q, float *d, int32_t *sum) {
-#if LLMC_W >= 8
+#if defined(__AVX512F__) && LLMC_W == 16
+    if (n == LLMC_ACT_BLOCK) { /* two vectors; the conversion rounds half to even (the default MXCSR mode) */
+        __m512 x0 = _mm512_loadu_ps(a), x1 = _mm512_loadu_ps(a + 16);
+        float dd = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1))) / 127.0f;
+        __m512 inv = _mm512_set1_ps(1.0f / (dd > 0.0f ? dd : 1.0f));
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inv));
+        _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(q1));
+        *d = dd;
+        *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        return;
+    }
+#elif LLMC_W >= 8
     if (n == LLMC_ACT_BLOCK) { /* the whole block in vectors: one division per lane, no scalar loop */
         vf amaxv = vsplat(0.0f);
         for (int k = 0; k < LLMC_ACT_BLOCK; k += LLMC_W) amaxv = vmax(amaxv, (vf)((vi)vload(a + k) & 0x7FFFFFFF));
@@ -225,6 +237,36 @@ static void llmc_round_activations(llmc_tile dst, llmc_tile a, long M, long K) {
             llmc_quantize_block(a.p + r * a.ld + k0, n, q, &d, &sum);
             for (long k = 0; k < n; k++) dst.p[r * dst.ld + k0 + k] = (float)q[k] * d;
         }
+}
+
+/* Rows 0..rows_padded of an activation tile rounded to int8 per block of 32 k (zero from `rows` on), for
+ * integer products: codes q, row-major [rows_padded x K] or, `blocked`, block-major [K/32 x rows_padded x 32]
+ * (a tile's strip of rows is then contiguous), and per row and block the scale d and the codes' sum. */
+typedef struct {
+    int8_t *q;
+    float *d;
+    int32_t *sum;
+} llmc_act8;
+static llmc_act8 llmc_act8_rows(llmc_tile a, long rows, long rows_padded, long K, int blocked) {
+    static __thread void *buffer;
+    static __thread size_t capacity;
+    long blocks = K / LLMC_ACT_BLOCK;
+    size_t codes = (size_t)(rows_padded * K + 63) / 64 * 64, per_block = (size_t)(rows_padded * blocks);
+    char *p = llmc_thread_buffer(&buffer, &capacity, codes + per_block * (sizeof(float) + sizeof(int32_t)));
+    llmc_act8 act = {(int8_t *)p, (float *)(p + codes), (int32_t *)(p + codes + per_block * sizeof(float))};
+    for (long m = 0; m < rows_padded; m++)
+        for (long b = 0; b < blocks; b++) {
+            int8_t *q = act.q + (blocked ? b * rows_padded + m : m * (K / LLMC_ACT_BLOCK) + b) * LLMC_ACT_BLOCK;
+            long at = m * blocks + b;
+            if (m < rows) {
+                llmc_quantize_block(a.p + m * a.ld + b * LLMC_ACT_BLOCK, LLMC_ACT_BLOCK, q, &act.d[at], &act.sum[at]);
+            } else {
+                memset(q, 0, LLMC_ACT_BLOCK);
+                act.d[at] = 0.0f;
+                act.sum[at] = 0;
+            }
+        }
+    return act;
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512F__) && LLMC_W == 16
@@ -336,25 +378,26 @@ LLMC_QROW_VNNI8(2)
 #define LLMC_QROW_VNNI8_WIDE llmc_qrow_vnni8_4
 #endif
 
-/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout; K a multiple of 32 */
+/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout, a row at a time;
+ * K a multiple of 32. */
 static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
                            long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
-    int8_t qa[LLMC_VNNI_MAX_K];
-    uint8_t qau[LLMC_VNNI_MAX_K];
-    float da[LLMC_VNNI_MAX_K / LLMC_ACT_BLOCK];
-    int32_t sa[LLMC_VNNI_MAX_K / LLMC_ACT_BLOCK];
+    llmc_act8 act = llmc_act8_rows(a, M, M, K, 0);
+    long blocks = K / LLMC_ACT_BLOCK;
     for (long m = 0; m < M; m++) {
-        for (long b = 0; b < K / LLMC_ACT_BLOCK; b++)
-            llmc_quantize_block(a.p + m * a.ld + b * LLMC_ACT_BLOCK, LLMC_ACT_BLOCK, qa + b * LLMC_ACT_BLOCK, &da[b], &sa[b]);
+        const int8_t *qa = act.q + m * K;
+        const float *da = act.d + m * blocks;
         long n = 0;
         if (bits == 8) {
-            for (long k = 0; k < K; k++) qau[k] = (uint8_t)(qa[k] ^ 0x80); /* q + 128, as unsigned bytes */
+            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place */
+            for (long k = 0; k < K; k++) qau[k] ^= 0x80;
             for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
                 LLMC_QROW_VNNI8_WIDE(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             for (; n < N; n += 2 * LLMC_W)
                 llmc_qrow_vnni8_2(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             continue;
         }
+        const int32_t *sa = act.sum + m * blocks;
         for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
             LLMC_QROW_VNNI_WIDE(K, qa, da, sa, q, qps, s, sps, z, kpg, n, c.p + m * c.ld + n, accumulate);
         for (; n < N; n += 2 * LLMC_W)

@@ -98,6 +98,18 @@ static inline vl vsel_l(vi m, vl a, vl b) {
     return (wide & a) | (~wide & b);
 }
 static inline vi vsel_b(vi m, vi a, vi b) { return (m & a) | (~m & b); }
+
+/* A per-thread buffer of at least `bytes` (64-byte aligned), grown on demand and kept for the next call:
+ * the operand copies a matrix unit reads (int8 / bf16 rows) are larger than a worker thread's stack allows. */
+static void *llmc_thread_buffer(void **buffer, size_t *capacity, size_t bytes) {
+    if (bytes > *capacity) {
+        free(*buffer);
+        *buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!*buffer) abort();
+        *capacity = bytes;
+    }
+    return *buffer;
+}
 #define LLMC_MASK_L(x) __builtin_convertvector((x), vi) /* an int64 comparison as a mask */
 static inline vf vfloor(vf x) {
     vf r;

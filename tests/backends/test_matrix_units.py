@@ -1,7 +1,9 @@
-"""The host's matrix instructions: bf16 products on AMX tiles and with vdpbf16ps (run where the CPU has
-them), and every ISA path compiled for the machines the CI host is not (compile-only: AMX, AVX512_BF16
-without AMX, AVX2, NEON through zig's clang for aarch64)."""
+"""The host's matrix instructions: bf16 products on AMX tiles and with vdpbf16ps, quantized products with
+int8 activations on AMX int8 tiles and with vpdpbusd (run where the CPU has them), and every ISA path
+compiled for the machines the CI host is not (compile-only: AMX, AVX512_BF16 without AMX, VNNI without
+AMX, AVX2, NEON through zig's clang for aarch64)."""
 
+import re
 import subprocess
 import sys
 
@@ -13,9 +15,10 @@ from conftest import small_example
 import llmc
 from llmc.backends.c.build import DEFAULT_FLAGS, BuildOptions
 from llmc.backends.c.module import render_module
-from llmc.target import host_has_amx_bf16, host_has_bf16_dot
+from llmc.target import host_has_amx_bf16, host_has_amx_int8, host_has_bf16_dot
 
 AMX_HOST = host_has_amx_bf16(16)
+AMX_INT8_HOST = host_has_amx_int8(16)
 
 
 def bf16_model(name: str, **sizes):
@@ -46,17 +49,48 @@ def test_bf16_products_on_this_hosts_matrix_units_match_the_interpreter(sizes, n
     assert np.abs(got - reference).max() <= 2.0**-7 * np.abs(reference).max()
 
 
+class Prefill(torch.nn.Module):
+    """Two quantized linears of prefill-sized products: K = 96 (three blocks of 32, less than one batch of
+    four tiles), K = 160 (one batch and a block), N = 160 (five panels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(96, 160)
+        self.down = torch.nn.Linear(160, 96, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+@pytest.mark.skipif(not AMX_INT8_HOST, reason="runs AMX int8 tiles: this CPU has no amx_int8 (compile-only test below)")
+@pytest.mark.parametrize("fmt", ["int8:a8", "int4:32:a8", "int4:64:asym:a8", "int4:channel:a8"])
+@pytest.mark.parametrize("rows", [13, 45])
+@pytest.mark.parametrize("no_amx", [False, True], ids=["amx", "vpdpbusd"])
+def test_quantized_prefill_on_this_hosts_int8_tiles_matches_the_interpreter(fmt, rows, no_amx):
+    """13 rows: one partial 16-row strip; 45: a whole 32-row pass and a partial one. Without AMX the same
+    packed codes go through vpdpbusd a row at a time (what runs where the kernel refuses the tiles)."""
+    torch.manual_seed(0)
+    model, x = Prefill().eval(), (torch.randn(rows, 96),)
+    flags = " ".join(DEFAULT_FLAGS) + (" -DLLMC_NO_AMX" if no_amx else "")
+    compiled = llmc.compile(model, x, quantize=fmt, emit=lambda *_: None, autotune=False,
+                            build=BuildOptions.from_environment(flags=flags))
+    calls = [line for line in compiled.program.source.text.splitlines() if "llmc_qdot_act8(" in line and "static" not in line]
+    assert len(calls) == 2 and "llmc_round_activations(r" not in compiled.program.source.text
+    expected = llmc.compile(model, x, quantize=fmt, backend="interpret", emit=lambda *_: None)(*x)
+    np.testing.assert_allclose(compiled(*x).numpy(), expected.numpy(), atol=2e-5, rtol=1e-4)
+
+
 def test_an_fp32_model_stays_fp32_on_any_host():
     model, inputs = small_example("gpt2_block")
     _, compiled = run(model, inputs)
     assert "llmc_dot_pairs(" not in compiled.program.source.text and "matrix.h" not in compiled.program.source.text
 
 
-def rendered(target: str, lanes: int, bf16: bool, bf16_dot: bool, tmp_path, name="llama_block") -> str:
+def rendered(target: str, lanes: int, bf16: bool, bf16_dot: bool, tmp_path, name="llama_block", **options) -> str:
     model, inputs = bf16_model(name) if bf16 else small_example(name)
-    module = llmc.compile(model, inputs, target=target, backend="interpret", emit=lambda *_: None).module
+    module = llmc.compile(model, inputs, target=target, backend="interpret", emit=lambda *_: None, **options).module
     path = tmp_path / f"{target}-{lanes}-{bf16_dot}.c"
-    path.write_text(render_module(module, lanes=lanes, bf16_dot=bf16_dot).text)
+    path.write_text(render_module(module, lanes=lanes, bf16_dot=bf16_dot, int8_tiles=bf16_dot).text)
     return str(path)
 
 
@@ -79,6 +113,15 @@ def test_x86_paths_compile_for_cpus_this_host_is_not(tmp_path):
         assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
     refused = compile_only(["gcc", "-O2", "-std=gnu11", "-march=skylake-avx512", "-c", pairs, "-o", str(tmp_path / "k.o")])
     assert refused.returncode != 0 and "packed for bf16 dot products" in refused.stderr
+    integer = rendered("cpu-avx512", 16, False, True, tmp_path, "gpt2_block", quantize="int4:32:a8")
+    rows = [int(m) for m in re.findall(r"\bllmc_qdot_act8\((\d+),", open(integer).read())]
+    assert "_tile_dpbssd" in open(integer).read() and rows and max(rows) > 8  # prefill-sized: the AMX path
+    for name, flags in {"AMX int8 (Sapphire Rapids)": ["-march=sapphirerapids"],
+                        "vpdpbusd only (Ice Lake server)": ["-march=icelake-server"]}.items():
+        done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", *flags, "-c", integer, "-o", str(tmp_path / "q.o")])
+        assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
+    refused = compile_only(["gcc", "-O2", "-std=gnu11", "-march=skylake-avx512", "-c", integer, "-o", str(tmp_path / "q.o")])
+    assert refused.returncode != 0 and "packed for vpdpbusd" in refused.stderr
     avx2 = rendered("cpu-avx2", 8, False, False, tmp_path)
     done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", "-march=haswell", "-c", avx2, "-o", str(tmp_path / "a.o")])
     assert done.returncode == 0, done.stderr[-2000:]

@@ -32,4 +32,4 @@ def test_every_example_runs_clean_under_asan_and_ubsan():
     done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=1200)
     report = done.stdout + done.stderr[-6000:]
     assert done.returncode == 0, report
-    assert done.stdout.count(": ran sanitized") == 9 and "MISMATCH" not in done.stdout, report
+    assert done.stdout.count(": ran sanitized") == 12 and "MISMATCH" not in done.stdout, report
