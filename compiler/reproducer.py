@@ -62,7 +62,7 @@ def write_reproducer(stage: str, files: dict[str, str | bytes], replay: str) -> 
         except OSError as error:
             last = error
             continue
-        command = replay.format(dir=folder)
+        command = replay.replace("{dir}", str(folder))  # not format(): pass options are written in braces
         (folder / "replay.sh").write_text(f"#!/bin/sh\n# replays the failure llmc reported in {stage}\n{command}\n")
         return folder, command
     raise last
@@ -83,7 +83,7 @@ def internal_error(stage: str, error: BaseException, files: dict[str, str | byte
 
 
 def pass_reproducer(stage: str, error: BaseException, input_ir: str, pass_spec: str) -> InternalError:
-    return internal_error(stage, error, {"input.mlir": input_ir}, f"llmc opt {{dir}}/input.mlir -p '{pass_spec}'")
+    return internal_error(stage, error, {"input.mlir": input_ir}, "llmc opt {dir}/input.mlir -p '" + pass_spec + "'")
 
 
 def backend_reproducer(backend: str, error: BaseException, final_ir: str) -> InternalError:

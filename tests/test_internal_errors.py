@@ -14,6 +14,7 @@ import llmc
 from llmc.cli import run
 from llmc.errors import InternalError
 from llmc.passes.fuse import FusePass
+from llmc.registry import default_pipeline
 
 MODEL = """import torch
 class M(torch.nn.Module):
@@ -69,6 +70,21 @@ def test_a_failing_pass_names_pass_and_op_and_its_reproducer_replays(repro_dir, 
     assert (folder / "replay.sh").read_text().strip().endswith(message.split("replay with: ")[1].split(" (")[0])
     with pytest.raises(InternalError, match="pass 'fuse' at op graph.softmax"):
         run(replay(message))
+
+
+def test_a_pass_with_options_in_braces_gets_its_reproducer_too(repro_dir, monkeypatch):
+    """Pass options are written in braces (tile{target=cpu}): the replay command keeps them as they are."""
+    from llmc.passes.tile import TilePass
+
+    def apply(self, ctx, module):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(TilePass, "apply", apply)
+    passes = default_pipeline().replace("tile{target=cpu}", "tile{matmul=32,32,16}")
+    with pytest.raises(InternalError, match=r"llmc bug in pass 'tile'") as caught:
+        llmc.compile(*block(), passes=passes)
+    message = str(caught.value)
+    assert "Reproducer written to" in message and "tile{matmul=32,32,16}" in message.split("replay with: ")[1]
 
 
 def test_the_cli_reports_an_internal_error_in_one_line(repro_dir, broken_fuse, tmp_path, capsys):
