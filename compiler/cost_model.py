@@ -79,7 +79,8 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
     if kind == "matmul":
         shape = graph.shape_of(anchor.results[0])
         operand_bytes = element_bytes(anchor.operands[0].type.element_type)
-        return matmul_tiles(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target, operand_bytes)
+        return matmul_tiles(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target, operand_bytes,
+                            rounds_lhs(anchor))
     if kind == "attention":
         return attention_tiles(graph.shape_of(anchor.query), graph.shape_of(anchor.key)[2], target)
     if kind == "row":
@@ -89,18 +90,30 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
     return pointwise_tiles(as_2d(graph.shape_of(kop.outputs[0])), target)
 
 
-def matmul_tiles(m: int, n: int, k: int, target: Target, operand_bytes: int = 4) -> TileDecision:
+# A product with int8 activations rounds its lhs tile again for every column tile that reads it: an
+# element rounded costs about as much as this many elements re-read (its max, scale, round and store).
+ROUNDING_COST = 4.0
+
+
+def rounds_lhs(anchor) -> bool:
+    """Whether a matmul kernel's product rounds its input to int8 first (a linear with int8 activations)."""
+    return isinstance(anchor, graph.LinearOp) and anchor.activations is not None
+
+
+def matmul_tiles(m: int, n: int, k: int, target: Target, operand_bytes: int = 4, rounded_lhs: bool = False) -> TileDecision:
     """Minimise the bytes re-read from memory, with padding waste, within the scratch budget
     (staged operand tiles at their element size plus the f32 accumulator)."""
-    (_, tiles, stages) = _matmul_ranked(m, n, k, target, operand_bytes)[0]
+    (_, tiles, stages) = _matmul_ranked(m, n, k, target, operand_bytes, rounded_lhs)[0]
     return TileDecision(tiles, stages, "least re-read traffic within the scratch budget")
 
 
-def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int) -> list[tuple]:
-    """Every tiling that fits the scratch budget as (score, tiles, stages), best first."""
+def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int, rounded_lhs: bool = False) -> list[tuple]:
+    """Every tiling that fits the scratch budget as (score, tiles, stages), best first. An lhs rounded to
+    int8 weighs its re-reads by ROUNDING_COST, and wider column tiles are candidates."""
     ranked = []
+    lhs_cost = ROUNDING_COST if rounded_lhs else 1.0
     for bm in _candidates(m, (16, 32, 64, 128)):
-        for bn in _candidates(n, (16, 32, 64, 128)):
+        for bn in _candidates(n, (16, 32, 64, 128, 256, 512) if rounded_lhs else (16, 32, 64, 128)):
             for bk in _candidates(k, (16, 32, 64) if target.kind == "gpu" else (16, 32, 64, 128, 256)):
                 stages = min(target.default_stages, math.ceil(k / bk))
                 # GPU stages are shared-memory copies; CPU stages are cache prefetches of one panel pair.
@@ -108,7 +121,7 @@ def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int) -
                 if (bm * bk + bk * bn) * operand_bytes * staged + bm * bn * 4 > target.scratch_bytes:
                     continue
                 waste = (math.ceil(m / bm) * bm * math.ceil(n / bn) * bn) / (m * n)
-                traffic = m * n * k * (1 / bn + 1 / bm) * waste
+                traffic = m * n * k * (lhs_cost / bn + 1 / bm) * waste
                 programs = math.ceil(m / bm) * math.ceil(n / bn)
                 starved = max(1.0, target.cores / programs)
                 ranked.append(((traffic * starved, -bk), (bm, bn, bk), stages))
@@ -153,7 +166,7 @@ def candidate_tiles(kop: kernel.KernelOp, target: Target, count: int) -> list[Ti
     if kind == "matmul":
         shape = graph.shape_of(anchor.results[0])
         ranked = _matmul_ranked(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target,
-                                element_bytes(anchor.operands[0].type.element_type))
+                                element_bytes(anchor.operands[0].type.element_type), rounds_lhs(anchor))
         # the best-ranked tiling of each distinct (BM, BN) first, then other K depths of the decision's
         shapes: dict[tuple[int, int], tuple] = {}
         for _, t, _ in ranked:

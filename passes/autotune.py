@@ -11,8 +11,8 @@ decision, so a dump taken after this pass replays it without measuring.
 
 Results are cached on disk per host (CPU model and flags), kernel signature (the kernel's IR with
 names canonicalised) and llmc version, so a second compile measures nothing. Tuning stops when its
-time budget is spent; the kernels left take the model's decision. Kernels reading quantized weights
-keep the model's decision (their weights are derived from float ones the tuner does not have).
+time budget is spent; the kernels left take the model's decision. Kernels reading quantized weights run
+on random codes, scales and zero points in their formats' ranges.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from llmc.cost_model import TileDecision, candidate_tiles
 from llmc.dialects import graph, kernel
 from llmc.passes.tile import TUNED_ATTR
 from llmc.progress import Progress
+from llmc.quantization import parse_derived
 from llmc.dtypes import is_float, round_to, storage_dtype, torch_dtype
 from llmc.target import get_target, host_key
 
@@ -80,9 +81,8 @@ class AutotunePass(ModulePass):
 
 
 def tunable(kop: kernel.KernelOp) -> bool:
-    """Kernels the tuner can run alone on random data: no quantized weights (derived from float weights it
-    does not have), no in-place cache writes."""
-    return kop.kind.data != "scatter" and not any(isinstance(o, graph.DequantizeOp) for o in kop.body.block.ops)
+    """Kernels the tuner can run alone on random data: no in-place cache writes."""
+    return kop.kind.data != "scatter"
 
 
 def signature(kop: kernel.KernelOp, target: str) -> str:
@@ -206,7 +206,9 @@ def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
             block.add_op(clone)
             mapping[value] = clone.results[0]
             if isinstance(owner, graph.WeightOp):
-                weights[owner.weight_name.data] = _random(value.type, rng)
+                name = owner.weight_name.data
+                quantized = _random_quantized(name, value.type, rng)
+                weights[name] = quantized if quantized is not None else _random(value.type, rng)
         else:
             mapping[value] = block.insert_arg(value.type, len(block.args))
             inputs.append(_random(value.type, rng))
@@ -223,6 +225,21 @@ def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
     block.add_op(func.ReturnOp(*results))
     forward = func.FuncOp("forward", ([a.type for a in block.args], [r.type for r in results]), Region(block))
     return builtin.ModuleOp([forward]), weights, inputs
+
+
+def _random_quantized(name: str, typ, rng) -> np.ndarray | None:
+    """Random codes (int8 in +-127, int4 any byte: two nibbles), scales (positive) or zero points (0..15) for a
+    quantized weight's part; None for any other weight."""
+    derived = parse_derived(name)
+    if derived is None:
+        return None
+    shape = tuple(typ.get_shape())
+    if derived.part == "codes":
+        low, high = (-127, 128) if derived.format.bits == 8 else (-128, 128)
+        return rng.integers(low, high, shape).astype(np.int8)
+    if derived.part == "scales":
+        return rng.uniform(0.005, 0.02, shape).astype(np.float32)
+    return rng.integers(0, 16, shape).astype(np.float32)
 
 
 def _random(typ, rng) -> np.ndarray:

@@ -40,6 +40,16 @@ def test_the_fastest_checked_candidate_is_recorded_and_tile_keeps_it(tmp_path):
     assert_close(run_ir(lowered, args, weights), run_ir(parse_ir(MLP), args, weights), tol=1e-4)
 
 
+def test_a_kernel_of_quantized_weights_is_tuned_on_random_codes(tmp_path):
+    """The tuner has no float weights to quantize: it runs codes, scales and zero points drawn in their
+    formats' ranges, checked against the interpreter on the same values like any other candidate."""
+    module = run_passes(parse_ir(MLP), 'quantize{weights="int4" activations="int8" head="same"},' + tuned(tmp_path))
+    quantized = [k for k in kernels(module) if any(o.name == "graph.dequantize" for o in k.body.block.ops)]
+    assert len(quantized) == 2
+    for kop in quantized:
+        assert "MISMATCH" not in kop.attributes[TUNED_ATTR].data
+
+
 def test_an_explicit_tile_option_still_wins_over_a_measured_decision(tmp_path):
     module = run_passes(parse_ir(MLP), tuned(tmp_path, extra=",tile{matmul=16,16,16}"))
     assert all(tuple(k.tiles.get_values()) == (16, 16, 16) for k in kernels(module))

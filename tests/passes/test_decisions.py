@@ -50,6 +50,16 @@ def test_matmul_tiles_fit_scratch_and_do_not_exceed_the_problem():
     assert (bm * bk + bk * bn) * 4 * gpu.default_stages + bm * bn * 4 <= gpu.scratch_bytes
 
 
+def test_a_product_that_rounds_its_input_to_int8_takes_wider_column_tiles():
+    """Every column tile rounds the rows it reads again: the model weighs those re-reads and may go wider."""
+    cpu = get_target("cpu")
+    plain = matmul_tiles(128, 1024, 1024, cpu)
+    rounded = matmul_tiles(128, 1024, 1024, cpu, rounded_lhs=True)
+    assert rounded.tiles[1] > plain.tiles[1]
+    bm, bn, bk = rounded.tiles
+    assert (bm * bk + bk * bn) * 4 + bm * bn * 4 <= cpu.scratch_bytes
+
+
 def test_divisibility_of_index_arithmetic():
     # coalesce caps a vector width by what provably divides the start of the access
     from llmc.ir_text import parse_ir
