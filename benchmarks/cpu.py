@@ -9,7 +9,9 @@ Inductor, GEMM 1024^3 >= 85% of the measured FMA peak, LayerNorm and softmax
 beyond the LLC (sized from the host's) >= 80% of the measured memory bandwidth, cold compile <= 1/5 of
 Inductor's and warm compile <= 0.5 s; on hosts with AMX, bf16 prefill <= 0.8x the faster of eager bf16
 and Inductor bf16, and an fp32 block with --matmul-precision bf16 against eager and Inductor allowed the
-same (torch.set_float32_matmul_precision("medium"): oneDNN's bf16 products).
+same (torch.set_float32_matmul_precision("medium"): oneDNN's bf16 products). Quantized prefill (int8
+activations: AMX int8 tiles or vpdpbusd where the host has them) runs against the float model in eager and
+Inductor and against torch's dynamic int8 quantization (no bar).
 """
 
 from __future__ import annotations
@@ -62,9 +64,22 @@ def cases(quick: bool):
             inputs = tuple(x.to(torch.bfloat16) for x in module.example_inputs)
             yield f"{name} prefill T=128 bf16", "bf16", bf16, inputs
         yield "gpt2_block prefill T=128 fp32, matmul precision bf16", "medium", gpt2_block.model, gpt2_block.example_inputs
+    for name, module, fmt in (("gpt2_block", gpt2_block, "int8:a8"), ("llama_block", llama_block, "int4:32:a8")):
+        yield f"{name} prefill T=128 {fmt}", f"quantized {fmt}", module.model, module.example_inputs
     yield "GEMM 1024^3", "gemm", Gemm(1024).eval(), (torch.randn(1, 1024, 1024),)
     yield f"LayerNorm {rows}x1024", "bandwidth", torch.nn.LayerNorm(1024).eval(), (torch.randn(1, rows, 1024),)
     yield f"softmax {rows}x1024", "bandwidth", Softmax(), (torch.randn(1, rows, 1024),)
+
+
+def torch_int8(model, inputs) -> dict:
+    """torch's own int8 linears for a quantized case: dynamic quantization (int8 weights per channel, each
+    input rounded to int8 per tensor at run time; fbgemm / oneDNN kernels), in eager."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    return {"torch int8": lambda: quantized(*inputs)}
 
 
 def verdict(kind: str, result) -> str:
@@ -77,6 +92,12 @@ def verdict(kind: str, result) -> str:
         return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.80): {'met' if ratio <= 0.8 else 'NOT met'}"
     if kind == "medium":
         return f"llmc / best(eager, inductor), all allowed bf16 products = {ratio:.2f}"
+    if kind.startswith("quantized"):
+        over_fp32 = llmc.median_ms / min(result.get("eager").median_ms, result.get("inductor").median_ms
+                                          if result.get("inductor") else float("inf"))
+        int8 = result.get("torch int8")
+        return (f"llmc / best fp32 (eager, inductor) = {over_fp32:.2f}"
+                + (f"; llmc / torch int8 dynamic = {llmc.median_ms / int8.median_ms:.2f}" if int8 else "") + " (no bar)")
     if kind == "decode":
         return f"llmc / best(eager, inductor) = {ratio:.2f} (bar <= 0.50): {'met' if ratio <= 0.5 else 'NOT met'}"
     # kernel bars: llmc's kernel time in steady state (outputs reused, so no first-touch page faults)
@@ -104,9 +125,11 @@ def main() -> int:
         if args.only and not any(word in title for word in args.only):
             continue
         precision = "bf16" if kind == "medium" else "f32"
+        quantize = kind.split()[1] if kind.startswith("quantized") else None
         torch.set_float32_matmul_precision("medium" if kind == "medium" else "highest")
         result = bench(model, inputs, title, repeats=repeats, inductor=not args.no_inductor, remeasure_peak=remeasure,
-                       log=lambda message: print(message, file=sys.stderr, flush=True), matmul_precision=precision)
+                       log=lambda message: print(message, file=sys.stderr, flush=True), matmul_precision=precision,
+                       quantize=quantize, others=torch_int8(model, inputs) if quantize else None)
         torch.set_float32_matmul_precision("highest")
         remeasure = False
         print(result.format() + "\n", flush=True)

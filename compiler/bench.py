@@ -26,7 +26,7 @@ from llmc.cost_model import kernel_cost
 from llmc.dialects import kernel
 from llmc.exporter import split_inputs
 from llmc.progress import Progress
-from llmc.roofline import Ceilings, has_bf16_products, roofline, write_json, write_svg
+from llmc.roofline import Ceilings, graph_precision, roofline, write_json, write_svg
 from llmc.target import get_target
 
 
@@ -50,7 +50,7 @@ class BenchResult:
     kernel_ms: float | None = None  # llmc's kernels alone, outputs reused (no first-touch page faults)
     peak_note: str = ""  # when the probe ran, and whether this run re-measured it
     roofline: object | None = None  # llmc.roofline.Roofline of llmc's kernels, on the probe's ceilings
-    peak_name: str = "FMA"  # the compute peak held to: f32 FMA, or the matrix unit's bf16 one
+    peak_name: str = "FMA"  # the compute peak held to: f32 FMA, or a matrix unit's (bf16, int8)
 
     def as_dict(self) -> dict:
         return {"title": self.title, "flops": self.flops, "bytes": self.bytes,
@@ -72,7 +72,7 @@ class BenchResult:
             f"graph: {self.flops / 1e9:.3f} GFLOP, {self.bytes / 1e6:.2f} MB compulsory traffic; "
             f"machine peak ({self.peak_name}) {self.peak_gflops:.1f} GFLOP/s, {self.peak_gbs:.1f} GB/s "
             f"(probe{self.peak_note})",
-            "x eager, x best: time over eager's and over the faster of eager and Inductor (lower is faster)",
+            "x eager, x best: time over eager's and over the fastest torch contender's (lower is faster)",
             f"{'':<10}{'median ms':>10}{'x eager':>9}{'x best':>8}{'GFLOP/s':>9}{'%peak':>7}{'GB/s':>8}{'%bw':>6}{'compile s':>11}",
         ]
         for c in self.contenders:
@@ -144,7 +144,10 @@ def compile_inductor(model, inputs) -> tuple[Callable, float]:
 
 def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = None, build=None,
           repeats: int = 30, inductor: bool = True, remeasure_peak: bool = False, log=print,
-          matmul_precision: str = "f32") -> BenchResult:
+          matmul_precision: str = "f32", quantize: str | None = None,
+          others: dict[str, Callable[[], object]] | None = None) -> BenchResult:
+    """Time eager, Inductor and llmc (compiled with `matmul_precision` and `quantize`) and any `others`
+    (more contenders, e.g. torch's own int8 linears) in rotation on `model(*inputs)`."""
     import llmc
     from llmc.backends.c.build import BuildOptions
     from llmc.backends.c.probe import machine_peak
@@ -159,18 +162,19 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
         log("[bench] torch.compile / Inductor: cold compile into an empty cache")
         compiled_inductor, colds["inductor"] = compile_inductor(model, inputs)
         runs["inductor"] = lambda: compiled_inductor(*args, **kwargs)
+    runs.update(others or {})
     log("[bench] llmc: cold compile into an empty cache, then three warm (cached) compiles")
     with tempfile.TemporaryDirectory(prefix="llmc-cold-") as cache:
         cold_options = replace(build, cache_dir=Path(cache))
         begin = time.perf_counter()
         llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None,
-                     matmul_precision=matmul_precision)
+                     matmul_precision=matmul_precision, quantize=quantize)
         colds["llmc"] = time.perf_counter() - begin
         warm_runs = []
         for _ in range(3):
             begin = time.perf_counter()
             compiled = llmc.compile(model, inputs, target=target, passes=passes, build=cold_options, emit=lambda *_: None,
-                                    matmul_precision=matmul_precision)
+                                    matmul_precision=matmul_precision, quantize=quantize)
             warm_runs.append(time.perf_counter() - begin)
     runs["llmc"] = lambda: compiled(*args, **kwargs)
     log(f"[bench] timing {', '.join(runs)} in rotation, {repeats} rounds")
@@ -184,25 +188,24 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     warm = statistics.median(warm_runs)
     flops, moved = graph_cost(compiled)
     kernels_ir = compiled.kernels_ir()
-    # a graph whose products run on the matrix unit is held to its bf16 peak, not the f32 FMA one
-    on_unit = bool(peak.bf16_gflops) and kernels_ir is not None and any(
-        has_bf16_products(k) for k in kernels_ir.walk() if isinstance(k, kernel.KernelOp))
-    peak, note = plausible_peak(peak, flops, moved, kernel_ms, chosen.llc_bytes, build, chosen, log, on_unit)
-    kernels = roofline(kernels_ir, Ceilings.from_probe(peak), per_kernel) if kernels_ir else None
-    return BenchResult(title, flops, moved, peak.bf16_gflops if on_unit else peak.gflops, peak.bandwidth_gbs,
-                       contenders, warm, error, kernel_ms, note, kernels,
-                       f"{peak.bf16_unit} bf16" if on_unit else "FMA")
+    # a graph whose products run on a matrix unit (bf16, int8) is held to its peak, not the f32 FMA one
+    precision = graph_precision(kernels_ir, Ceilings.from_probe(peak)) if kernels_ir is not None else "f32"
+    peak, note = plausible_peak(peak, flops, moved, kernel_ms, chosen.llc_bytes, build, chosen, log, precision)
+    ceilings = Ceilings.from_probe(peak)
+    kernels = roofline(kernels_ir, ceilings, per_kernel) if kernels_ir else None
+    return BenchResult(title, flops, moved, ceilings.compute_gflops(precision), peak.bandwidth_gbs,
+                       contenders, warm, error, kernel_ms, note, kernels, ceilings.ceiling_name(precision))
 
 
 def plausible_peak(peak, flops: int, moved: int, kernel_ms: float, llc_bytes: int, build, target, log,
-                   on_unit: bool = False):
-    """The cached probe, re-measured once when a kernel beat it: more FLOP/s than the FMA peak (the matrix
-    unit's, `on_unit`), or more than the copy bandwidth on data beyond the LLC, means the probe ran on a
-    loaded machine."""
+                   precision: str = "f32"):
+    """The cached probe, re-measured once when a kernel beat it: more FLOP/s than the compute peak of the
+    graph's products (`precision`: the FMA peak, or a matrix unit's), or more than the copy bandwidth on data
+    beyond the LLC, means the probe ran on a loaded machine."""
     from llmc.backends.c.probe import machine_peak
 
     seconds = kernel_ms / 1e3
-    compute = peak.bf16_gflops if on_unit else peak.gflops
+    compute = Ceilings.from_probe(peak).compute_gflops(precision)
     beaten = flops / seconds / 1e9 > 1.05 * compute or (
         moved > llc_bytes and moved / seconds / 1e9 > 1.05 * peak.bandwidth_gbs)
     when = f", measured {peak.measured_at}" if peak.measured_at else ""

@@ -8,7 +8,7 @@ from xdsl.dialects.builtin import ModuleOp
 import math
 
 from llmc.backends.c.plan import MAX_FUSED_ROWS
-from llmc.roofline import Ceilings, percent, roofline
+from llmc.roofline import Ceilings, percent, product_precision, roofline
 from llmc.dialects import graph, kernel, tile
 from llmc.dtypes import element_bytes
 from llmc.passes.lowering.templates import STAGES_ATTR
@@ -60,7 +60,7 @@ def kernel_table(
         stages = _stages(lowered) if lowered else "-"
         layout = _layouts(lowered) if lowered else "-"
         seen = f"{point.measured_us:.1f} us" if point.measured_us else "-" if backend != "interpret" else "(interp.)"
-        ridge = ceilings.compute_gflops(point.ceiling != "FMA") / ceilings.dram_gbs
+        ridge = ceilings.compute_gflops(product_precision(kop)) / ceilings.dram_gbs
         bound = "compute" if point.intensity >= ridge else "memory"
         rows.append(
             f"{name:<28}{kop.kind.data:<10}{point.flops / 1e6:>9.2f}{point.bytes / 1024:>9.1f}{point.intensity:>8.1f}  "
@@ -74,10 +74,12 @@ def kernel_table(
         total_measured = sum(p.measured_us or 0.0 for p in points.values())
         summary += f", measured total {total_measured:.1f} us ({percent(100 * total / total_measured)} of roofline)"
     rows.append(summary)
-    held = sorted(p.name for p in points.values() if p.ceiling != "FMA")
-    if held:
-        rows.append(f"bf16 products held to the {ceilings.bf16_unit} bf16 peak, {ceilings.bf16_gflops:.0f} GFLOP/s: "
-                    f"{', '.join(held)}")
+    for precision, unit in (("bf16", "GFLOP/s"), ("int8", "GOP/s")):
+        name = ceilings.ceiling_name(precision)
+        held = sorted(p.name for p in points.values() if p.ceiling == name != "FMA")
+        if held:
+            rows.append(f"{precision} products held to the {name} peak, {ceilings.compute_gflops(precision):.0f} {unit}: "
+                        f"{', '.join(held)}")
     if measured:
         rows.append("% roof: the measured speed over the roofline's at the kernel's intensity (above 100%: its "
                     "data stayed in a cache)")

@@ -32,11 +32,13 @@ class Ceilings:
     source: str = "nominal"
     bf16_gflops: float = 0.0  # bf16 products on the host's matrix unit (AMX, vdpbf16ps), where it has one
     bf16_unit: str = ""
+    int8_gops: float = 0.0  # int8 products (AMX, vpdpbusd), where it has them; an operation counts as a FLOP
+    int8_unit: str = ""
 
     @classmethod
     def from_probe(cls, peak) -> Ceilings:
         return cls(peak.gflops, peak.bandwidth_gbs, peak.llc_gbs, peak.l2_gbs, f"probe, measured {peak.measured_at}",
-                   peak.bf16_gflops, peak.bf16_unit)
+                   peak.bf16_gflops, peak.bf16_unit, getattr(peak, "int8_gops", 0.0), getattr(peak, "int8_unit", ""))
 
     @classmethod
     def from_target(cls, target) -> Ceilings:
@@ -50,13 +52,20 @@ class Ceilings:
     def attainable_gflops(self, intensity: float) -> float:
         return min(self.gflops, intensity * self.dram_gbs)
 
-    def compute_gflops(self, bf16: bool = False) -> float:
-        """The compute ceiling: the matrix unit's for bf16 products where the host has one, else the FMA peak."""
-        return self.bf16_gflops if bf16 and self.bf16_gflops else self.gflops
+    def compute_gflops(self, precision: str = "f32") -> float:
+        """The compute ceiling of products in `precision` (f32, bf16, int8): the matrix unit's where the host has
+        one for it, else the FMA peak."""
+        unit = {"bf16": self.bf16_gflops, "int8": self.int8_gops}.get(precision, 0.0)
+        return unit or self.gflops
 
-    def predicted_us(self, flops: int, moved: int, bf16: bool = False) -> float:
+    def ceiling_name(self, precision: str = "f32") -> str:
+        """What `compute_gflops(precision)` is: "FMA", "AMX bf16", "vpdpbusd int8"..."""
+        unit = {"bf16": (self.bf16_gflops, self.bf16_unit), "int8": (self.int8_gops, self.int8_unit)}.get(precision)
+        return f"{unit[1]} {precision}" if unit and unit[0] else "FMA"
+
+    def predicted_us(self, flops: int, moved: int, precision: str = "f32") -> float:
         """The roofline's time: the slower of computing at the compute ceiling and moving the bytes from DRAM."""
-        return max(flops / (self.compute_gflops(bf16) * 1e3), moved / (self.dram_gbs * 1e3))
+        return max(flops / (self.compute_gflops(precision) * 1e3), moved / (self.dram_gbs * 1e3))
 
 
 @dataclass
@@ -68,7 +77,7 @@ class KernelPoint:
     intensity: float
     predicted_us: float
     measured_us: float | None = None
-    ceiling: str = "FMA"  # the compute ceiling it is held to: the f32 FMA peak, or the bf16 matrix unit's
+    ceiling: str = "FMA"  # the compute ceiling it is held to: the f32 FMA peak, or a matrix unit's (bf16, int8)
 
     @property
     def predicted_gflops(self) -> float:
@@ -100,19 +109,29 @@ def roofline(kernels_ir, ceilings: Ceilings, measured: dict[str, float] | None =
     for kop in (op for op in kernels_ir.walk() if isinstance(op, kernel.KernelOp)):
         cost = kernel_cost(kop)
         name = kop.kernel_name.data
-        bf16 = bool(ceilings.bf16_gflops) and has_bf16_products(kop)
+        precision = product_precision(kop)
         points.append(KernelPoint(name, kop.kind.data, cost.flops, cost.bytes, cost.intensity,
-                                  ceilings.predicted_us(cost.flops, cost.bytes, bf16), (measured or {}).get(name),
-                                  f"{ceilings.bf16_unit} bf16" if bf16 else "FMA"))
+                                  ceilings.predicted_us(cost.flops, cost.bytes, precision), (measured or {}).get(name),
+                                  ceilings.ceiling_name(precision)))
     return Roofline(ceilings, points)
 
 
-def has_bf16_products(kop) -> bool:
-    """Whether a kernel's matrix products read bf16 operands (a bf16 model's, or under matmul-precision bf16)."""
+def product_precision(kop) -> str:
+    """What a kernel's matrix products compute in: "int8" (a linear with int8 activations), "bf16" (bf16
+    operands: a bf16 model's, or under matmul-precision bf16), else "f32"."""
     from llmc.dialects import graph
 
-    return any(isinstance(op, (graph.LinearOp, graph.MatmulOp)) and op.operands[0].type.element_type == bf16
-               for op in kop.walk())
+    products = [op for op in kop.walk() if isinstance(op, (graph.LinearOp, graph.MatmulOp))]
+    if any(isinstance(op, graph.LinearOp) and op.activations is not None for op in products):
+        return "int8"
+    return "bf16" if any(op.operands[0].type.element_type == bf16 for op in products) else "f32"
+
+
+def graph_precision(kernels_ir, ceilings: Ceilings) -> str:
+    """The precision of the graph's fastest compute ceiling among its kernels' products: what a whole graph's
+    FLOP/s may approach."""
+    present = {product_precision(k) for k in kernels_ir.walk() if isinstance(k, kernel.KernelOp)} | {"f32"}
+    return max(sorted(present), key=ceilings.compute_gflops)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -142,6 +161,9 @@ def write_svg(path: Path, model: Roofline, title: str) -> None:
     if c.bf16_gflops:
         axes.plot(xs, [min(c.bf16_gflops, x * c.dram_gbs) for x in xs], "-.", color="tab:green",
                   label=f"{c.bf16_unit} bf16 peak {c.bf16_gflops:.0f} GFLOP/s")
+    if c.int8_gops:
+        axes.plot(xs, [min(c.int8_gops, x * c.dram_gbs) for x in xs], "-.", color="tab:purple",
+                  label=f"{c.int8_unit} int8 peak {c.int8_gops:.0f} GOP/s")
     for gbs, name, style in ((c.llc_gbs, "LLC", "--"), (c.l2_gbs, "L2", ":")):
         if gbs > 0:
             axes.plot(xs, [min(c.gflops, x * gbs) for x in xs], style, color="gray", label=f"{name} {gbs:.0f} GB/s")

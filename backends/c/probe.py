@@ -1,5 +1,5 @@
-"""Measure this machine's peak FMA throughput, bf16 matrix-unit throughput and memory bandwidth once,
-and cache them.
+"""Measure this machine's peak FMA throughput, bf16 and int8 matrix-unit throughput and memory bandwidth
+once, and cache them.
 
 The figures are the yardsticks `llmc bench` reports achieved GFLOP/s and GB/s
 against. The probe is C built with the same compiler and flags as the kernels:
@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
-from llmc.target import host_cpu_flags, host_cpu_target, host_has_amx_bf16, host_has_bf16_dot, host_key
+from llmc.target import (host_cpu_flags, host_cpu_target, host_has_amx_bf16, host_has_bf16_dot, host_has_vnni,
+                          host_key)
 
 # the flags code generation can use, as /proc/cpuinfo spells them (asimd: NEON on AArch64)
 ISA_FEATURES = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -199,6 +200,86 @@ double llmc_probe_amx(long iterations) { return 0.0 * iterations; }
 """
 
 
+# int8 products: built only where the CPU has integer dot products (the AMX loop only where -march=native
+# gives AMX int8)
+INT8_PROBE_SOURCE = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+
+/* Integer operations per second of vpdpbusd: 12 independent chains per thread, 4 multiply-adds a lane. */
+double llmc_probe_dpbusd(long iterations) {
+    double begin = omp_get_wtime();
+    int sink = 0;
+    #pragma omp parallel reduction(+ : sink)
+    {
+        volatile int seed = 0x01010101;
+#if defined(__AVX512VNNI__)
+        __m512i x = _mm512_set1_epi32(seed), acc[12];
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_epi32(i);
+        for (long it = 0; it < iterations; it++) {
+            #pragma GCC unroll 12
+            for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], x, x);
+        }
+        for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_epi32(acc[i]);
+#define LANES 16
+#else
+        __m256i x = _mm256_set1_epi32(seed), acc[12];
+        for (int i = 0; i < 12; i++) acc[i] = _mm256_set1_epi32(i);
+        for (long it = 0; it < iterations; it++) {
+            #pragma GCC unroll 12
+            for (int i = 0; i < 12; i++) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], x, x);
+        }
+        for (int i = 0; i < 12; i++) sink += _mm256_extract_epi32(acc[i], 0);
+#define LANES 8
+#endif
+    }
+    double seconds = omp_get_wtime() - begin;
+    return sink == 12345 ? 0.0 : 8.0 * LANES * 12 * iterations * omp_get_max_threads() / seconds;
+}
+
+#ifdef __AMX_INT8__
+#include <sys/syscall.h>
+#include <unistd.h>
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) probe_tiles;
+static const probe_tiles tiles = {.palette = 1, .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+                                  .rows = {16, 16, 16, 16, 16, 16, 16, 16}};
+
+/* Integer operations per second of tdpbssd (16x16x64 products, 32768 operations each) on four accumulator
+ * tiles per thread; 0 where the kernel refuses the tile state. */
+double llmc_probe_amx_int8(long iterations) {
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) return 0.0;
+    double begin = omp_get_wtime();
+    int sink = 0;
+    #pragma omp parallel reduction(+ : sink)
+    {
+        int32_t out[256] __attribute__((aligned(64)));
+        _tile_loadconfig(&tiles);
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+        for (long it = 0; it < iterations; it++) {
+            _tile_dpbssd(0, 4, 6);
+            _tile_dpbssd(1, 4, 7);
+            _tile_dpbssd(2, 5, 6);
+            _tile_dpbssd(3, 5, 7);
+        }
+        _tile_stored(0, out, 64);
+        _tile_release();
+        sink += out[0];
+    }
+    double seconds = omp_get_wtime() - begin;
+    return sink == 12345 ? 0.0 : 4.0 * 32768 * iterations * omp_get_max_threads() / seconds;
+}
+#else
+double llmc_probe_amx_int8(long iterations) { return 0.0 * iterations; }
+#endif
+"""
+
+
 @dataclass(frozen=True)
 class MachinePeak:
     gflops: float  # fp32 FMA throughput, all cores
@@ -210,6 +291,8 @@ class MachinePeak:
     features: tuple[str, ...] = ()  # the ISA features code generation uses, from the CPU's flags
     bf16_gflops: float = 0.0  # bf16 products on the matrix unit llmc would use (bf16_unit), all cores
     bf16_unit: str = ""  # "AMX" (tdpbf16ps), "vdpbf16ps", or "" where the CPU has neither
+    int8_gops: float = 0.0  # int8 products (integer operations per second) on AMX tiles or vpdpbusd, all cores
+    int8_unit: str = ""  # "AMX" (tdpbssd), "vpdpbusd", or "" where the CPU has neither
 
 
 def measure_bf16(options: BuildOptions, lanes: int) -> tuple[float, str]:
@@ -224,6 +307,21 @@ def measure_bf16(options: BuildOptions, lanes: int) -> tuple[float, str]:
         gflops = max(probe(iterations) for _ in range(3)) / 1e9
         if gflops > 0:
             return round(gflops, 1), unit
+    return 0.0, ""
+
+
+def measure_int8(options: BuildOptions, lanes: int) -> tuple[float, str]:
+    """G operations/s of int8 products on AMX tiles, else with vpdpbusd; (0, "") on CPUs without them."""
+    if not host_has_vnni(lanes):
+        return 0.0, ""
+    lib = ctypes.CDLL(str(build_library(INT8_PROBE_SOURCE, options).library))
+    for name, unit, iterations in (("llmc_probe_amx_int8", "AMX", 2_000_000), ("llmc_probe_dpbusd", "vpdpbusd", 20_000_000)):
+        probe = getattr(lib, name)
+        probe.restype, probe.argtypes = ctypes.c_double, [ctypes.c_long]
+        probe(iterations // 10)
+        gops = max(probe(iterations) for _ in range(3)) / 1e9
+        if gops > 0:
+            return round(gops, 1), unit
     return 0.0, ""
 
 
@@ -245,7 +343,8 @@ def measure(options: BuildOptions, lanes: int) -> MachinePeak:
     llc = max(lib.llmc_probe_copy_resident(target.llc_bytes // 4 // 4, 40) for _ in range(3)) / 1e9
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return MachinePeak(round(gflops, 1), round(bandwidth, 1), target.cores, when, round(l2, 1), round(llc, 1),
-                       tuple(sorted(host_cpu_flags() & ISA_FEATURES)), *measure_bf16(options, lanes))
+                       tuple(sorted(host_cpu_flags() & ISA_FEATURES)), *measure_bf16(options, lanes),
+                       *measure_int8(options, lanes))
 
 
 def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
@@ -263,7 +362,7 @@ def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> 
     """Cached per host, compiler and flags; measured (a few seconds) the first time."""
     identity = compiler_identity(find_compiler(options.compiler))
     # the host is part of the key: a cache folder may outlive the machine (or be shared by several)
-    key = cache_key(f"probe-v5-{lanes}-{host_cpu_target().cores}-{host_key()}", identity, options.flags)
+    key = cache_key(f"probe-v6-{lanes}-{host_cpu_target().cores}-{host_key()}", identity, options.flags)
     path = options.cache_dir / f"probe-{key[:24]}.json"
     if not remeasure:
         try:

@@ -241,7 +241,8 @@ static void llmc_round_activations(llmc_tile dst, llmc_tile a, long M, long K) {
 
 /* Rows 0..rows_padded of an activation tile rounded to int8 per block of 32 k (zero from `rows` on), for
  * integer products: codes q, row-major [rows_padded x K] or, `blocked`, block-major [K/32 x rows_padded x 32]
- * (a tile's strip of rows is then contiguous), and per row and block the scale d and the codes' sum. */
+ * (a tile's strip of rows is then contiguous), and per row and block the scale d and the codes' sum (row-major,
+ * or block-major where `blocked`). */
 typedef struct {
     int8_t *q;
     float *d;
@@ -257,7 +258,7 @@ static llmc_act8 llmc_act8_rows(llmc_tile a, long rows, long rows_padded, long K
     for (long m = 0; m < rows_padded; m++)
         for (long b = 0; b < blocks; b++) {
             int8_t *q = act.q + (blocked ? b * rows_padded + m : m * (K / LLMC_ACT_BLOCK) + b) * LLMC_ACT_BLOCK;
-            long at = m * blocks + b;
+            long at = blocked ? b * rows_padded + m : m * blocks + b;
             if (m < rows) {
                 llmc_quantize_block(a.p + m * a.ld + b * LLMC_ACT_BLOCK, LLMC_ACT_BLOCK, q, &act.d[at], &act.sum[at]);
             } else {

@@ -41,14 +41,14 @@ static const int8_t *llmc_widen_panel(const int8_t *codes, long K, int symmetric
     return staged;
 }
 
-/* part[r] += sums[r] * d[r] for one block of 32 k; the scale, the same for every block of a group, and the
- * zero-point term (z * sum_b d_b sum_k qa_k, a number per row) wait for the group's end. */
+/* part[r] += sums[r] * d[r] for one block of 32 k (d, sa: the block's 16 row scales and code sums, side by
+ * side); the scale, the same for every block of a group, and the zero-point term (z * sum_b d_b sum_k qa_k,
+ * a number per row) wait for the group's end. */
 static inline void llmc_amx8_part(__m512 part[16], float zterm[16], const int32_t *sums, const float *d,
-                                  const int32_t *sa, long blocks, int zero_point) {
-    for (int r = 0; r < 16; r++) {
-        part[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums + r * 16)), _mm512_set1_ps(d[r * blocks]),
-                                  part[r]);
-        if (zero_point) zterm[r] += (float)sa[r * blocks] * d[r * blocks];
+                                  const int32_t *sa, int zero_point) {
+    _Pragma("GCC unroll 16") for (int r = 0; r < 16; r++) {
+        part[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums + r * 16)), _mm512_set1_ps(d[r]), part[r]);
+        if (zero_point) zterm[r] += (float)sa[r] * d[r];
     }
 }
 
@@ -84,7 +84,7 @@ static void llmc_amx8_columns(long rows, long K, const int8_t *qa, const float *
     int32_t sums[4][256] __attribute__((aligned(64)));
     __m512 part[16];
     float zterm[16];
-    long blocks = K / LLMC_ACT_BLOCK, per_group = kpg / LLMC_ACT_BLOCK, b = 0;
+    long blocks = K / LLMC_ACT_BLOCK, per_group = kpg / LLMC_ACT_BLOCK, b = 0, group = 0, filled = 0;
     for (int r = 0; r < 16; r++) {
         part[r] = _mm512_setzero_ps();
         zterm[r] = 0.0f;
@@ -100,10 +100,12 @@ static void llmc_amx8_columns(long rows, long K, const int8_t *qa, const float *
         if (count > 2) _tile_stored(2, sums[2], 64);
         if (count > 3) _tile_stored(3, sums[3], 64);
         for (int j = 0; j < count; j++) {
-            llmc_amx8_part(part, zterm, sums[j], da + b + j, sa + b + j, blocks, z != NULL);
-            if ((b + j + 1) % per_group == 0 || b + j + 1 == blocks) {
-                long group = ((b + j) / per_group) * LLMC_NR;
-                llmc_amx8_group(part, zterm, rows, s + group, z ? z + group : NULL, c, ldc);
+            long at = (b + j) * LLMC_AMX_ROWS;
+            llmc_amx8_part(part, zterm, sums[j], da + at, sa + at, z != NULL);
+            if (++filled == per_group || b + j + 1 == blocks) {
+                llmc_amx8_group(part, zterm, rows, s + group * LLMC_NR, z ? z + group * LLMC_NR : NULL, c, ldc);
+                group++;
+                filled = 0;
             }
         }
     }
@@ -127,8 +129,8 @@ static void llmc_qdot_amx8(long M, long N, long K, llmc_tile a, const int8_t *q,
             const float *sn = LLMC_PANEL_AT(s, sps, n), *zn = z ? LLMC_PANEL_AT(z, sps, n) : NULL;
             for (long i = 0; i < rows; i += 16)
                 for (int h = 0; h < 2; h++)
-                    llmc_amx8_columns(rows - i < 16 ? rows - i : 16, K, act.q + i * LLMC_ACT_BLOCK, act.d + i * blocks,
-                                      act.sum + i * blocks, codes + h * 64, sn + h * 16, zn ? zn + h * 16 : NULL, kpg,
+                    llmc_amx8_columns(rows - i < 16 ? rows - i : 16, K, act.q + i * LLMC_ACT_BLOCK, act.d + i,
+                                      act.sum + i, codes + h * 64, sn + h * 16, zn ? zn + h * 16 : NULL, kpg,
                                       out + i * c.ld + h * 16, c.ld);
         }
     }

@@ -15,7 +15,7 @@ from conftest import small_example
 import llmc
 from llmc.backends.c.build import DEFAULT_FLAGS, BuildOptions
 from llmc.backends.c.module import render_module
-from llmc.target import host_has_amx_bf16, host_has_amx_int8, host_has_bf16_dot
+from llmc.target import host_has_amx_bf16, host_has_amx_int8, host_has_bf16_dot, host_has_vnni
 
 AMX_HOST = host_has_amx_bf16(16)
 AMX_INT8_HOST = host_has_amx_int8(16)
@@ -153,6 +153,31 @@ def test_bf16_products_are_held_to_the_matrix_units_ceiling():
         assert p.predicted_us == pytest.approx(max(p.flops / 400e3, p.bytes / 10e3))
     plain = roofline(kernels, Ceilings(100.0, 10.0)).kernels  # a host without one: the FMA peak
     assert all(p.ceiling == "FMA" for p in plain)
+
+
+def test_int8_products_are_held_to_the_int8_units_ceiling():
+    from llmc.roofline import Ceilings, graph_precision, roofline
+
+    torch.manual_seed(0)
+    model, x = Prefill().eval(), (torch.randn(45, 96),)
+    kernels = llmc.compile(model, x, quantize="int4:32:a8", backend="interpret", emit=lambda *_: None).kernels_ir()
+    ceilings = Ceilings(100.0, 10.0, bf16_gflops=400.0, bf16_unit="AMX", int8_gops=1600.0, int8_unit="AMX")
+    points = roofline(kernels, ceilings).kernels
+    linear = [p for p in points if "linear" in p.name]
+    assert linear and all(p.ceiling == "AMX int8" for p in linear)
+    for p in linear:
+        assert p.predicted_us == pytest.approx(max(p.flops / 1600e3, p.bytes / 10e3))
+    assert graph_precision(kernels, ceilings) == "int8"
+    plain = Ceilings(100.0, 10.0)  # a host without integer dot products: the FMA peak
+    assert all(p.ceiling == "FMA" for p in roofline(kernels, plain).kernels) and graph_precision(kernels, plain) == "f32"
+
+
+@pytest.mark.skipif(not host_has_vnni(16), reason="measures vpdpbusd / AMX int8: this CPU has no AVX512_VNNI")
+def test_the_probe_measures_the_int8_unit_llmc_would_use(tmp_path):
+    from llmc.backends.c.probe import measure_int8
+
+    gops, unit = measure_int8(BuildOptions(cache_dir=tmp_path), 16)
+    assert gops > 0 and unit == ("AMX" if AMX_INT8_HOST else "vpdpbusd")
 
 
 @pytest.mark.skipif(not host_has_bf16_dot(16),
