@@ -38,6 +38,7 @@ class KernelRenderer(ProductRenderer):
         self.names: dict[SSAValue, str] = {}
         self.loop_counters: dict[object, str] = {}
         self.done: set[Operation] = set()  # reductions already computed inside their producer's nest
+        self.prefetched: set[Operation] = set()  # loads whose next tile a pass already prefetches
         self.quant_args: dict[SSAValue, str] = {}  # a dequantized tile's codes/scales arguments of llmc_qdot
         self.vnni_args: dict[SSAValue, str] = {}  # the same for llmc_qdot_vnni (codes in the integer-dot layout)
         self.handlers = {
@@ -77,6 +78,15 @@ class KernelRenderer(ProductRenderer):
     def close(self, suffix: str = "") -> None:
         self.depth -= 1
         self.line("}" + suffix)
+
+    def column_loop(self, extent: int) -> Nest:
+        """Open a row's loop over vectors of columns; its nest computes values of one column (row statistics
+        and what is made of them: a softmax's reciprocal sum, a norm's scale) once per row, above the loop.
+        GCC would not hoist them itself: they are read from scratch, which it cannot prove the loop's
+        stores leave alone."""
+        above = (len(self.lines), self.depth)
+        self.open(f"for (long c = 0; c < {extent}; c += LLMC_W)")
+        return Nest(self, above)
 
     def describe(self, op: Operation) -> str:
         """A one-line IR form of `op` with the C names, and its model source line."""
@@ -300,11 +310,38 @@ class KernelRenderer(ProductRenderer):
         self.fresh(op.result)
         self.open(f"for (long r = 0; r < {rows}; r++)")
         self.reduce_init(op)
-        self.open("for (long c = 0; c < {0}; c += LLMC_W)".format(op.extent.value.data))
-        self.reduce_step(op, Nest(self))
+        self.reduce_step(op, self.column_loop(op.extent.value.data))
+        self.prefetch_next_rows(op.operand)
         self.close()
         self.reduce_finish(op)
         self.close()
+
+    def prefetch_next_rows(self, value: SSAValue) -> None:
+        """A row kernel's first pass over its rows (the first reduction reading them from a buffer) also asks for
+        the rows of the tile after this one, the next program's, into L2: they arrive while this tile's other
+        passes compute. A row of 1024 floats is a page, and the hardware prefetcher stops at page ends."""
+        for load in self.inline_loads(value):
+            rows, (s0, s1) = shape2(load.result)[0], load.strides.get_values()
+            if load in self.prefetched or rows == 1 or s1 != 1 or element_key(load.buffer.type.element_type) != "f32":
+                continue
+            self.prefetched.add(load)
+            buf, base, row, col = (self.name(x) for x in (load.buffer, load.base, load.row, load.col))
+            self.line(f"__builtin_prefetch({buf} + {base} + ({row} + r + {rows}) * {s0} + {col} + c, 0, 1);")
+
+    def inline_loads(self, value: SSAValue) -> list[tile.LoadOp]:
+        """The loads an inline value is computed from (its expression tree, through inline values)."""
+        found, todo, seen = [], [value], set()
+        while todo:
+            v = todo.pop()
+            info = self.plan.values.get(v)
+            if v in seen or (info is not None and info.kind != INLINE):
+                continue
+            seen.add(v)
+            if isinstance(v.owner, tile.LoadOp):
+                found.append(v.owner)
+            elif isinstance(v.owner, Operation):
+                todo.extend(v.owner.operands)
+        return found
 
     def reduce_init(self, op: tile.ReduceOp) -> None:
         if op.axis.value.data != 1:
@@ -386,8 +423,7 @@ class KernelRenderer(ProductRenderer):
         self.open(f"for (long r = 0; r < {rows}; r++)")
         for reduce in reductions:
             self.reduce_init(reduce)
-        self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
-        nest = Nest(self)
+        nest = self.column_loop(cols)
         self.line(f"const vf x{v[1:]} = {nest.compute(op)};")
         nest.memo[value] = f"x{v[1:]}"
         self.line(f"vstore({v}.p + r * {v}.ld + c, x{v[1:]});")
@@ -406,8 +442,7 @@ class KernelRenderer(ProductRenderer):
         self.open(f"for (long r = 0; r < {rows}; r++)")
         self.line(f"const long row = {row} + r;")
         self.line(f"if (row < 0 || row >= {height}) continue;")
-        self.open(f"for (long c = 0; c < {cols}; c += LLMC_W)")
-        value = Nest(self).vector(op.value)
+        value = self.column_loop(cols).vector(op.value)
         lanes = f"({cols} - c < LLMC_W ? {cols} - c : LLMC_W)"
         key = element_key(op.buffer.type.element_type)
         where = f"{buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value}"

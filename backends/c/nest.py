@@ -39,9 +39,11 @@ def element_key(element) -> str:
 
 
 class Nest:
-    def __init__(self, renderer: KernelRenderer):
+    def __init__(self, renderer: KernelRenderer, above: tuple[int, int] | None = None):
         self.renderer = renderer
         self.memo: dict[SSAValue, str] = {}
+        # where values of one column go when this nest is a column loop: (line index, depth) above it
+        self.above = list(above) if above is not None else None
 
     def vector(self, value: SSAValue) -> str:
         """A C variable holding `value` at (r, c..c+W-1), emitting statements as needed."""
@@ -53,7 +55,13 @@ class Nest:
         else:
             expr, comment = self.compute(value.owner), self.renderer.describe(value.owner)
         var = f"x{self.renderer.name(value)[1:]}"
-        self.renderer.line(f"const {kind_of(value)} {var} = {expr}; /* {comment} */")
+        statement = f"const {kind_of(value)} {var} = {expr}; /* {comment} */"
+        if self.above is not None and shape2(value)[1] == 1:  # the same for every c: once per row, above the loop
+            at, depth = self.above
+            self.renderer.lines.insert(at, "    " * depth + statement)
+            self.above[0] += 1
+        else:
+            self.renderer.line(statement)
         self.memo[value] = var
         return var
 

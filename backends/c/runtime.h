@@ -300,6 +300,16 @@ static inline long llmc_gather_row(int64_t index, long height, int *status, int 
     return (long)index;
 }
 
+/* The lanes of a store across a view's edge or along a strided row, one at a time. Out of line: inlined, its
+ * lanes would be read from memory, and the hot loop would store every vector to the stack first. */
+static __attribute__((noinline, cold)) void llmc_store_lanes(float *row, long c, long width, long s1, long lanes,
+                                                            vf v) {
+    for (int j = 0; j < lanes; j++) {
+        long cj = c + j;
+        if (cj >= 0 && cj < width) row[cj * s1] = v[j];
+    }
+}
+
 static inline void llmc_store_vec(float *base, long r, long c, long height, long width, long s0,
                                   long s1, long lanes, vf v, int stream) {
     if (r < 0 || r >= height) return;
@@ -311,10 +321,7 @@ static inline void llmc_store_vec(float *base, long r, long c, long height, long
             vstore(row + c, v);
         return;
     }
-    for (int j = 0; j < lanes; j++) {
-        long cj = c + j;
-        if (cj >= 0 && cj < width) row[cj * s1] = v[j];
-    }
+    llmc_store_lanes(row, c, width, s1, lanes, v);
 }
 
 /* Copy a rows x cols block of a strided view into a row-major tile buffer with

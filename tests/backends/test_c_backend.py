@@ -101,6 +101,28 @@ def test_decode_attention_reads_the_cache_in_place():
     assert re.search(r"const long v\d+ = \(long\)\(\(const int64_t \*\)v\d+\.p\)\[0\]; /\* %v\d+ = tile.to_index", attention)
 
 
+def test_a_row_kernel_reads_its_statistics_once_per_row_and_prefetches_the_next_tile():
+    """softmax: the store pass reads the row's sum above its column loop (so the reciprocal is one division per
+    row), and the first pass over the rows asks for the next tile's rows; the output matches eager."""
+
+    class Softmax(torch.nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, dim=-1)
+
+    x = (torch.randn(1, 40, 100),)
+    compiled = compile_c(Softmax(), x, autotune=False)
+    source = compiled.program.source.text
+    kernel = source[source.index("static void kernel_k0_softmax"):]
+    kernel = kernel[: kernel.index("\n}\n")]
+    store = kernel[kernel.index("tile.store"):]
+    row_loop, column_loop = store.split("for (long c = 0;", 1)
+    assert re.search(r"const vf x\d+ = vsplat\(v\d+\.p\[r \* v\d+\.ld\]\); /\* read \*/", row_loop)
+    assert "1.0f /" in column_loop and "vsplat(v" not in column_loop
+    first_pass = kernel[kernel.index("kind=max"):kernel.index("vhmax")]
+    assert "__builtin_prefetch(" in first_pass and kernel.count("__builtin_prefetch(") == 1
+    np.testing.assert_allclose(compiled(*x).numpy(), torch.softmax(x[0], -1).numpy(), atol=1e-6, rtol=1e-5)
+
+
 def test_ir_text_to_c_round_trip(tmp_path):
     model, inputs = small_example("gpt2_block")
     first = llmc.compile(model, inputs, backend="interpret", emit=lambda _: None)
