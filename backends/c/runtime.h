@@ -417,6 +417,43 @@ LLMC_UKERNEL(8)
 #define LLMC_UKERNEL_MR llmc_ukernel_6
 #endif
 
+/* The micro-kernel on a packed A: LLMC_MR rows k-major (row i at k: a[k * LLMC_MR + i]), one contiguous
+ * stream. Rows of an A view lie a row stride apart (4 KB for K = 1024): read in place, the 8 rows of a
+ * block fall in the same L1 sets as each other, and with the B panel there they evict each other. */
+static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, const float *b1, long ldb, float *c,
+                                       long ldc, int accumulate) {
+    vf acc0[LLMC_MR], acc1[LLMC_MR];
+    _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
+        acc0[i] = accumulate ? vload(c + i * ldc) : vsplat(0.0f);
+        acc1[i] = accumulate ? vload(c + i * ldc + LLMC_W) : vsplat(0.0f);
+    }
+    for (long k = 0; k < K; k++) {
+        vf bv0 = vload(b0 + k * ldb), bv1 = vload(b1 + k * ldb);
+        _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
+            vf av = vsplat(a[k * LLMC_MR + i]);
+            acc0[i] += av * bv0;
+            acc1[i] += av * bv1;
+        }
+    }
+    _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
+        vstore(c + i * ldc, acc0[i]);
+        vstore(c + i * ldc + LLMC_W, acc1[i]);
+    }
+}
+
+/* A's first `blocks` blocks of LLMC_MR rows packed for llmc_ukernel_packed, block after block, into a
+ * per-thread buffer. */
+static const float *llmc_pack_rows(llmc_tile a, long blocks, long K) {
+    static __thread void *buffer;
+    static __thread size_t capacity;
+    float *p = llmc_thread_buffer(&buffer, &capacity, (size_t)(blocks * K * LLMC_MR) * sizeof(float));
+    for (long b = 0; b < blocks; b++)
+        for (long k = 0; k < K; k++)
+            _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++)
+                p[(b * K + k) * LLMC_MR + i] = a.p[(b * LLMC_MR + i) * a.ld + k];
+    return p;
+}
+
 /* One row against LLMC_GEMV_VECTORS column vectors that may sit in different panels: a decode
  * step's matrix-vector product is bound by how many weight lines are in flight, so it reads that
  * many panel streams at once (one stream per call streams at a fraction of the memory bandwidth). */
@@ -484,12 +521,20 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
             for (long m = 0; m < M; m += 4)
                 llmc_skinny(M - m < 4 ? M - m : 4, K, a.p + m * a.ld, a.ld, b, panel, start, c.p + m * c.ld + start,
                             c.ld, accumulate);
+    /* A packed once when its row blocks are read by two column panels or more */
+    long blocks = M / LLMC_MR;
+    const float *packed = N - start >= 2 * LLMC_NR && blocks ? llmc_pack_rows(a, blocks, K) : NULL;
     for (long n = start; n < N; n += LLMC_NR) {
         const float *b0 = b.p + (n / panel) * b.ps + n % panel;
         const float *b1 = b.p + ((n + LLMC_W) / panel) * b.ps + (n + LLMC_W) % panel;
         long m = 0;
-        for (; m + LLMC_MR <= M; m += LLMC_MR)
-            LLMC_UKERNEL_MR(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, c.p + m * c.ld + n, c.ld, accumulate);
+        for (; m + LLMC_MR <= M; m += LLMC_MR) {
+            float *cm = c.p + m * c.ld + n;
+            if (packed)
+                llmc_ukernel_packed(K, packed + (m / LLMC_MR) * K * LLMC_MR, b0, b1, b.ld, cm, c.ld, accumulate);
+            else
+                LLMC_UKERNEL_MR(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, cm, c.ld, accumulate);
+        }
         float *cm = c.p + m * c.ld + n;
         const float *am = a.p + m * a.ld;
         switch (M - m) {
