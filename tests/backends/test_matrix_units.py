@@ -63,8 +63,8 @@ class Prefill(torch.nn.Module):
 
 
 @pytest.mark.skipif(not AMX_INT8_HOST, reason="runs AMX int8 tiles: this CPU has no amx_int8 (compile-only test below)")
-@pytest.mark.parametrize("fmt", ["int8:a8", "int4:32:a8", "int4:64:asym:a8", "int4:channel:a8"])
-@pytest.mark.parametrize("rows", [13, 45])
+@pytest.mark.parametrize("fmt, rows", [("int8:a8", 45), ("int4:32:a8", 13), ("int4:64:asym:a8", 45),
+                                       ("int4:channel:a8", 13)])
 @pytest.mark.parametrize("no_amx", [False, True], ids=["amx", "vpdpbusd"])
 def test_quantized_prefill_on_this_hosts_int8_tiles_matches_the_interpreter(fmt, rows, no_amx):
     """13 rows: one partial 16-row strip; 45: a whole 32-row pass and a partial one. Without AMX the same
