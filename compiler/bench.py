@@ -212,8 +212,14 @@ def plausible_peak(peak, flops: int, moved: int, kernel_ms: float, llc_bytes: in
     if not beaten:
         return peak, when
     log("[bench] a kernel beat the cached machine peak (probe taken under load?): re-measuring it")
-    peak = machine_peak(build, target.lanes, remeasure=True)
-    return peak, f", re-measured {peak.measured_at}: the cached one was below what a kernel achieved"
+    fresh = machine_peak(build, target.lanes, remeasure=True)
+    # a probe re-run on a loaded host can read lower still: each ceiling keeps the larger of the two readings
+    larger = {name: max(getattr(peak, name), getattr(fresh, name)) for name in PEAK_FIGURES}
+    return replace(fresh, **larger), f", re-measured {fresh.measured_at}: the cached one was below what a kernel achieved"
+
+
+# the probe's figures a re-measure may only raise
+PEAK_FIGURES = ("gflops", "bandwidth_gbs", "l2_gbs", "llc_gbs", "bf16_gflops", "int8_gops")
 
 
 def bench_model_file(path: str, args, build) -> str:

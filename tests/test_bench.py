@@ -30,3 +30,22 @@ def test_the_gpu_benchmark_script_runs_its_cases_in_smoke_mode():
     assert "llmc-explicit" in done.stdout and "smoke run" in done.stdout
     errors = [float(e) for e in re.findall(r"max abs error vs eager on the CPU (\S+)", done.stdout)]
     assert len(errors) == 4 and max(errors) < 0.5  # a few bf16 ulps of outputs of magnitude ~10
+
+
+def test_a_probe_re_measured_under_load_never_lowers_a_ceiling(monkeypatch):
+    """A kernel beat the cached peak, so bench re-runs the probe; on a loaded host the new reading can be
+    lower still, and each ceiling keeps the larger of the two."""
+    import llmc.backends.c.probe as probe
+    from llmc.backends.c.probe import MachinePeak
+    from llmc.bench import plausible_peak
+    from llmc.target import host_cpu_target
+
+    cached = MachinePeak(100.0, 10.0, 2, "then", l2_gbs=50.0, llc_gbs=30.0)
+    loaded = MachinePeak(120.0, 6.0, 2, "now", l2_gbs=40.0, llc_gbs=35.0)
+    monkeypatch.setattr(probe, "machine_peak", lambda *args, **kwargs: loaded)
+    target = host_cpu_target()
+    moved = 4 * target.llc_bytes  # beyond the LLC at 16 GB/s: more than the cached 10 GB/s
+    peak, note = plausible_peak(cached, 1_000_000, moved, moved / 16e9 * 1e3, target.llc_bytes, None, target,
+                                lambda _: None)
+    assert (peak.gflops, peak.bandwidth_gbs, peak.l2_gbs, peak.llc_gbs) == (120.0, 10.0, 50.0, 35.0)
+    assert peak.measured_at == "now" and "re-measured now" in note
