@@ -158,7 +158,13 @@ double llmc_probe_dpbf16(long iterations) {
     return sink == 12345.0f ? 0.0 : 64.0 * 12 * iterations * omp_get_max_threads() / seconds;
 }
 
-#ifdef __AMX_BF16__
+"""
+
+# The AMX probe loop, for either unit: one tile instruction on four accumulator tiles per thread.
+# %(guard)s: the ISA macro; %(name)s, %(instruction)s, %(out)s: the function, the tile product and its result
+# type; %(ops)s: operations per instruction. 0 where the kernel refuses the tile state.
+AMX_PROBE_LOOP = r"""
+#ifdef %(guard)s
 #include <sys/syscall.h>
 #include <unistd.h>
 typedef struct {
@@ -169,35 +175,35 @@ typedef struct {
 static const probe_tiles tiles = {.palette = 1, .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
                                   .rows = {16, 16, 16, 16, 16, 16, 16, 16}};
 
-/* FLOP per second of tdpbf16ps (16x16x32 products, 16384 FLOP each) on four accumulator tiles per thread;
- * 0 where the kernel refuses the tile state. */
-double llmc_probe_amx(long iterations) {
+double %(name)s(long iterations) {
     if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) return 0.0;
     double begin = omp_get_wtime();
-    float sink = 0.0f;
+    double sink = 0.0;
     #pragma omp parallel reduction(+ : sink)
     {
-        float out[256] __attribute__((aligned(64)));
+        %(out)s out[256] __attribute__((aligned(64)));
         _tile_loadconfig(&tiles);
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
         for (long it = 0; it < iterations; it++) {
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+            %(instruction)s(0, 4, 6);
+            %(instruction)s(1, 4, 7);
+            %(instruction)s(2, 5, 6);
+            %(instruction)s(3, 5, 7);
         }
         _tile_stored(0, out, 64);
         _tile_release();
         sink += out[0];
     }
     double seconds = omp_get_wtime() - begin;
-    return sink == 12345.0f ? 0.0 : 4.0 * 16384 * iterations * omp_get_max_threads() / seconds;
+    return sink == 12345.0 ? 0.0 : 4.0 * %(ops)s * iterations * omp_get_max_threads() / seconds;
 }
 #else
-double llmc_probe_amx(long iterations) { return 0.0 * iterations; }
+double %(name)s(long iterations) { return 0.0 * iterations; }
 #endif
 """
+BF16_PROBE_SOURCE += AMX_PROBE_LOOP % {"guard": "__AMX_BF16__", "name": "llmc_probe_amx",  # 16x16x32 products
+                                      "instruction": "_tile_dpbf16ps", "out": "float", "ops": 16384}
 
 
 # int8 products: built only where the CPU has integer dot products (the AMX loop only where -march=native
@@ -238,46 +244,9 @@ double llmc_probe_dpbusd(long iterations) {
     return sink == 12345 ? 0.0 : 8.0 * LANES * 12 * iterations * omp_get_max_threads() / seconds;
 }
 
-#ifdef __AMX_INT8__
-#include <sys/syscall.h>
-#include <unistd.h>
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} __attribute__((aligned(64))) probe_tiles;
-static const probe_tiles tiles = {.palette = 1, .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
-                                  .rows = {16, 16, 16, 16, 16, 16, 16, 16}};
-
-/* Integer operations per second of tdpbssd (16x16x64 products, 32768 operations each) on four accumulator
- * tiles per thread; 0 where the kernel refuses the tile state. */
-double llmc_probe_amx_int8(long iterations) {
-    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) return 0.0;
-    double begin = omp_get_wtime();
-    int sink = 0;
-    #pragma omp parallel reduction(+ : sink)
-    {
-        int32_t out[256] __attribute__((aligned(64)));
-        _tile_loadconfig(&tiles);
-        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
-        for (long it = 0; it < iterations; it++) {
-            _tile_dpbssd(0, 4, 6);
-            _tile_dpbssd(1, 4, 7);
-            _tile_dpbssd(2, 5, 6);
-            _tile_dpbssd(3, 5, 7);
-        }
-        _tile_stored(0, out, 64);
-        _tile_release();
-        sink += out[0];
-    }
-    double seconds = omp_get_wtime() - begin;
-    return sink == 12345 ? 0.0 : 4.0 * 32768 * iterations * omp_get_max_threads() / seconds;
-}
-#else
-double llmc_probe_amx_int8(long iterations) { return 0.0 * iterations; }
-#endif
 """
+INT8_PROBE_SOURCE += AMX_PROBE_LOOP % {"guard": "__AMX_INT8__", "name": "llmc_probe_amx_int8",  # 16x16x64 products
+                                      "instruction": "_tile_dpbssd", "out": "int32_t", "ops": 32768}
 
 
 @dataclass(frozen=True)
@@ -295,34 +264,34 @@ class MachinePeak:
     int8_unit: str = ""  # "AMX" (tdpbssd), "vpdpbusd", or "" where the CPU has neither
 
 
+def _fastest_unit(source: str, probes: tuple, options: BuildOptions) -> tuple[float, str]:
+    """The first of `probes` ((function, unit, iterations), the preferred unit first) that measures above 0,
+    in G operations/s; (0, "") when none does."""
+    lib = ctypes.CDLL(str(build_library(source, options).library))
+    for name, unit, iterations in probes:
+        probe = getattr(lib, name)
+        probe.restype, probe.argtypes = ctypes.c_double, [ctypes.c_long]
+        probe(iterations // 10)
+        rate = max(probe(iterations) for _ in range(3)) / 1e9
+        if rate > 0:
+            return round(rate, 1), unit
+    return 0.0, ""
+
+
 def measure_bf16(options: BuildOptions, lanes: int) -> tuple[float, str]:
     """GFLOP/s of bf16 products on AMX tiles, else with vdpbf16ps; (0, "") on CPUs without AVX512_BF16."""
     if not host_has_bf16_dot(lanes):
         return 0.0, ""
-    lib = ctypes.CDLL(str(build_library(BF16_PROBE_SOURCE, options).library))
-    for name, unit, iterations in (("llmc_probe_amx", "AMX", 2_000_000), ("llmc_probe_dpbf16", "vdpbf16ps", 20_000_000)):
-        probe = getattr(lib, name)
-        probe.restype, probe.argtypes = ctypes.c_double, [ctypes.c_long]
-        probe(iterations // 10)
-        gflops = max(probe(iterations) for _ in range(3)) / 1e9
-        if gflops > 0:
-            return round(gflops, 1), unit
-    return 0.0, ""
+    return _fastest_unit(BF16_PROBE_SOURCE, (("llmc_probe_amx", "AMX", 2_000_000),
+                                             ("llmc_probe_dpbf16", "vdpbf16ps", 20_000_000)), options)
 
 
 def measure_int8(options: BuildOptions, lanes: int) -> tuple[float, str]:
     """G operations/s of int8 products on AMX tiles, else with vpdpbusd; (0, "") on CPUs without them."""
     if not host_has_vnni(lanes):
         return 0.0, ""
-    lib = ctypes.CDLL(str(build_library(INT8_PROBE_SOURCE, options).library))
-    for name, unit, iterations in (("llmc_probe_amx_int8", "AMX", 2_000_000), ("llmc_probe_dpbusd", "vpdpbusd", 20_000_000)):
-        probe = getattr(lib, name)
-        probe.restype, probe.argtypes = ctypes.c_double, [ctypes.c_long]
-        probe(iterations // 10)
-        gops = max(probe(iterations) for _ in range(3)) / 1e9
-        if gops > 0:
-            return round(gops, 1), unit
-    return 0.0, ""
+    return _fastest_unit(INT8_PROBE_SOURCE, (("llmc_probe_amx_int8", "AMX", 2_000_000),
+                                             ("llmc_probe_dpbusd", "vpdpbusd", 20_000_000)), options)
 
 
 def measure(options: BuildOptions, lanes: int) -> MachinePeak:
