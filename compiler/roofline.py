@@ -38,7 +38,7 @@ class Ceilings:
     @classmethod
     def from_probe(cls, peak) -> Ceilings:
         return cls(peak.gflops, peak.bandwidth_gbs, peak.llc_gbs, peak.l2_gbs, f"probe, measured {peak.measured_at}",
-                   peak.bf16_gflops, peak.bf16_unit, getattr(peak, "int8_gops", 0.0), getattr(peak, "int8_unit", ""))
+                   peak.bf16_gflops, peak.bf16_unit, peak.int8_gops, peak.int8_unit)
 
     @classmethod
     def from_target(cls, target) -> Ceilings:
