@@ -96,9 +96,13 @@ def decomposition_table() -> dict:
 
 
 def split_inputs(example_inputs) -> tuple[tuple, dict]:
-    """Example inputs as (args, kwargs): a tuple of tensors, or a dict of keyword arguments."""
+    """Example inputs as (args, kwargs): a tuple of tensors, or a dict of keyword arguments. A lone tensor
+    is one positional input (taken as a sequence it would be unpacked along its first dimension and the
+    model compiled for the wrong shapes)."""
     if isinstance(example_inputs, dict):
         return (), dict(example_inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
     return tuple(example_inputs), {}
 
 

@@ -44,6 +44,14 @@ def test_gpt2_odd_lengths(seq):
     assert_close([got.numpy()], eager(model, inputs))
 
 
+def test_a_lone_example_tensor_is_one_input():
+    """Not a sequence of inputs: unpacked along its first dimension it would compile the wrong shapes."""
+    model, inputs = small_example("gpt2_block")
+    (x,) = inputs
+    compiled = llmc.compile(model, x, emit=lambda _: None)
+    assert_close([compiled(x).numpy()], eager(model, inputs))
+
+
 def test_gpu_target_decisions_also_preserve_semantics():
     model, inputs = small_example("llama_block")
     got = llmc.compile(model, inputs, target="gpu", backend="interpret", emit=lambda _: None)(*inputs)
