@@ -6,11 +6,14 @@ import re
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import SMALL, assert_close, eager, run_ir, run_passes, small_example
 
 import llmc
 from llmc.backends.c.build import BuildOptions
-from llmc.backends.c.module import render_module
+from llmc.backends.c.module import pack_panels, render_module
+from llmc.backends.c.plan import PackSpec
 from llmc.ir_text import parse_ir, print_ir
 
 EXAMPLE_NAMES = sorted(SMALL)
@@ -196,3 +199,22 @@ def test_calls_from_several_threads_do_not_share_the_arena():
         results = list(pool.map(lambda args: compiled(*args), batches))
     for args, got in zip(batches, results):
         assert_close([got.numpy()], eager(model, args), tol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 70), n=st.integers(1, 100), transposed=st.booleans(), base=st.integers(0, 5),
+       pad_rows=st.integers(0, 9))
+def test_weight_panels_hold_the_logical_view_padded_with_zeros(k, n, transposed, base, pad_rows):
+    """Panel p, row r, lane j is the view's element (r, p * panel + j); zero outside the view."""
+    panel = 32
+    storage = np.random.default_rng(k * 131 + n).standard_normal(base + k * n).astype(np.float32)
+    strides = (1, k) if transposed else (n, 1)  # a linear layer's weight is read transposed
+    padded = (k + pad_rows, -(-n // panel) * panel)
+    got = pack_panels(storage, PackSpec(base, (k, n), strides, panel, padded))
+    view = np.zeros(padded, dtype=np.float32)
+    for r in range(k):
+        for c in range(n):
+            view[r, c] = storage[base + r * strides[0] + c * strides[1]]
+    assert got.shape == (padded[1] // panel, padded[0], panel)
+    for p in range(got.shape[0]):
+        np.testing.assert_array_equal(got[p], view[:, p * panel : (p + 1) * panel])
