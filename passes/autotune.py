@@ -17,6 +17,7 @@ on random codes, scales and zero points in their formats' ranges.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -102,6 +103,7 @@ def undecided(kop: kernel.KernelOp, name: str) -> None:
         kop.attributes.pop(key, None)
 
 
+@functools.cache
 def llmc_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
