@@ -87,6 +87,24 @@ def test_a_pass_with_options_in_braces_gets_its_reproducer_too(repro_dir, monkey
     assert "Reproducer written to" in message and "tile{matmul=32,32,16}" in message.split("replay with: ")[1]
 
 
+def test_a_pass_after_lowering_gets_exactly_the_ir_it_was_given(repro_dir, monkeypatch, tmp_path):
+    """The runner keeps no copy of the lowered IR before each pass: the reproducer rebuilds it from the last
+    graph-level snapshot. It must be the same IR the previous pass wrote out."""
+    from llmc.passes.swizzle import SwizzlePass
+    from llmc.pipeline import DumpOptions
+
+    def apply(self, ctx, module):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(SwizzlePass, "apply", apply)
+    with pytest.raises(InternalError, match=r"llmc bug in pass 'swizzle'"):
+        llmc.compile(*block(), dumps=DumpOptions(dump_dir=tmp_path / "dumps"), emit=lambda _: None)
+    (folder,) = list(repro_dir.iterdir())
+    (coalesced,) = (tmp_path / "dumps").glob("*-coalesce.mlir")
+    assert "tile.load" in coalesced.read_text()
+    assert (folder / "input.mlir").read_text() == coalesced.read_text()
+
+
 def test_the_cli_reports_an_internal_error_in_one_line(repro_dir, broken_fuse, tmp_path, capsys):
     from llmc.cli import main
 
