@@ -129,11 +129,17 @@ class KernelRenderer(ProductRenderer):
             self.line(f" *   arg{index}: {c_comment(note)}")
         self.line(" */")
         params = ", ".join(f"{arg_c_type(arg.type.element_type, self.plan.packs.get(i))} *arg{i}" for i, arg in enumerate(block.args))
-        self.open(f"static void {self.function_name}({params}, float *scratch_base, int *status)")
+        self.open(f"static void {self.function_name}({params}, float *scratch_base, float *shared, int *status)")
         self.line("(void)status;")
+        self.line("(void)shared;")
         self.line("/* runs on every thread of the forward's one parallel region; the programs are shared out */")
         self.line("float *scratch = scratch_base + (long)omp_get_thread_num() * LLMC_SCRATCH_FLOATS;")
         self.line("(void)scratch;")
+        for spec in dict.fromkeys(self.plan.shared_lhs.values()):
+            self.line(f"/* arg{spec.arg}'s rows packed once for every program's products (the threads share the "
+                      f"blocks; the loop's barrier ends it) */")
+            self.line(f"llmc_pack_lhs(shared + {spec.offset}, arg{spec.arg} + {spec.base}, {spec.height}, {spec.width}, "
+                      f"{spec.row_stride}, {spec.padded_rows}, {spec.padded_k});")
         streams = any(STREAM_ATTR in op.attributes for op in block.walk())
         collapse = f" collapse({len(grid)})" if len(grid) > 1 else ""
         self.line(f"#pragma omp for{collapse} schedule(static){' nowait' if streams else ''}")
@@ -292,6 +298,13 @@ class KernelRenderer(ProductRenderer):
         if s1 != 1 or (info.rhs and info.cols % self.plan.nr):
             self.line(copy)
             return
+        shared = self.plan.shared_lhs.get(op)
+        if shared is not None:  # ld 0 tells llmc_dot the rows are packed, ps the step between blocks of rows
+            inside = (f"{row} >= 0 && {col} >= 0 && {row} % LLMC_MR == 0 && {row} + {info.rows} <= {shared.padded_rows} "
+                      f"&& {col} + {info.cols} <= {shared.padded_k}")
+            self.line(f"if ({inside}) {{ {v}.p = shared + {shared.offset} + ({row} / LLMC_MR) * {shared.padded_k} * "
+                      f"LLMC_MR + {col} * LLMC_MR; {v}.ld = 0; {v}.ps = {shared.padded_k} * LLMC_MR; }}")
+            self.line("else")
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")
         self.line(f"else {copy}")

@@ -23,13 +23,14 @@ a 3-stage pipeline gets triple buffering without any special case.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xdsl.dialects import scf
 from xdsl.dialects.builtin import bf16, i1, i32, i64
 from xdsl.ir import Block, BlockArgument, Operation, SSAValue
 
 from llmc.backends import shape2
+from llmc.backends.c.shared_lhs import SharedLhs, shared_lhs
 from llmc.dialects import graph, tile
 from llmc.errors import UnsupportedOpError
 
@@ -96,10 +97,22 @@ class KernelPlan:
     fused_reductions: dict[Operation, list[tile.ReduceOp]] = field(default_factory=dict)
     # a dot with int8 activations that rounds its lhs into a scratch copy first
     rounded: dict[Operation, TileValue] = field(default_factory=dict)
+    # loads that are views of an lhs packed once per launch (shared_lhs.py), and the shared floats that takes
+    shared_lhs: dict[Operation, SharedLhs] = field(default_factory=dict)
+    shared_floats: int = 0
 
     @property
     def nr(self) -> int:
         return 2 * self.lanes
+
+    def share_lhs(self, load: tile.LoadOp, spec: SharedLhs) -> None:
+        """`load` reads the launch-wide packing `spec`; loads of the same rows and tile share one."""
+        for known in self.shared_lhs.values():
+            if replace(known, offset=0) == spec:
+                self.shared_lhs[load] = known
+                return
+        self.shared_lhs[load] = replace(spec, offset=self.shared_floats)
+        self.shared_floats += -(-spec.floats // SLOT_ALIGN) * SLOT_ALIGN
 
     def allocate(self, info: TileValue) -> None:
         info.slot = self.scratch_floats
@@ -296,6 +309,10 @@ class Planner:
         if not info.panel and info.rhs and roles and all(index == 1 for _, index in roles) and s0 == 1 and s1 != 1 and small:
             info.transposed, info.ld = True, round_up(rows, self.plan.lanes)
         self.plan.values[op.result] = info
+        if not (info.panel or info.rhs or info.transposed or info.bits or info.half):
+            spec = shared_lhs(self.kernel, op, self.plan.packs, self.plan.lanes)
+            if spec is not None:
+                self.plan.share_lhs(op, spec)
 
     def pair_lhs(self, op: tile.LoadOp, roles: list) -> bool:
         """A bf16 load read only as the lhs of products whose weight is packed in k pairs."""

@@ -454,6 +454,27 @@ static const float *llmc_pack_rows(llmc_tile a, long blocks, long K) {
     return p;
 }
 
+/* A product's lhs packed once per launch for all of its programs (shared_lhs.py): rows in blocks of LLMC_MR, each
+ * block k-major over the whole of k_padded (element (r, k) at p[(r / LLMC_MR) * k_padded * LLMC_MR + k * LLMC_MR +
+ * r % LLMC_MR]), zeros outside height x width. Every thread of the region calls it: the blocks are shared out
+ * and the barrier that ends the loop lets each program read them all. */
+static void llmc_pack_lhs(float *p, const float *src, long height, long width, long row_stride, long rows_padded,
+                          long k_padded) {
+    #pragma omp for schedule(static)
+    for (long b = 0; b < rows_padded / LLMC_MR; b++) {
+        float *block = p + b * k_padded * LLMC_MR;
+        const float *rows = src + b * LLMC_MR * row_stride;
+        if ((b + 1) * LLMC_MR <= height) {
+            for (long k = 0; k < width; k++)
+                _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) block[k * LLMC_MR + i] = rows[i * row_stride + k];
+        } else {
+            for (long k = 0; k < width; k++)
+                for (int i = 0; i < LLMC_MR; i++) block[k * LLMC_MR + i] = b * LLMC_MR + i < height ? rows[i * row_stride + k] : 0.0f;
+        }
+        memset(block + width * LLMC_MR, 0, (size_t)((k_padded - width) * LLMC_MR) * sizeof(float));
+    }
+}
+
 /* One row against LLMC_GEMV_VECTORS column vectors that may sit in different panels: a decode
  * step's matrix-vector product is bound by how many weight lines are in flight, so it reads that
  * many panel streams at once (one stream per call streams at a fraction of the memory bandwidth). */
@@ -509,21 +530,23 @@ static inline void llmc_skinny(long R, long K, const float *a, long lda, llmc_ti
 }
 
 /* tile.dot: acc[M x N] (+)= a[M x K] * b[K x N]. N is a multiple of LLMC_NR (the
- * buffers are padded); `panel` is the column panel width of b (see llmc_tile). */
+ * buffers are padded); `panel` is the column panel width of b (see llmc_tile). An `a` with ld 0 is
+ * already packed (llmc_pack_lhs): M whole blocks of LLMC_MR rows, a.ps floats apart. */
 static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long panel, llmc_tile c,
                      int accumulate) {
     long start = 0;
-    if (M == 1)
+    int prepacked = a.ld == 0;
+    if (!prepacked && M == 1)
         for (; start + LLMC_GEMV_VECTORS * LLMC_W <= N; start += LLMC_GEMV_VECTORS * LLMC_W)
             llmc_gemv_wide(K, a.p, b, panel, start, c.p + start, accumulate);
-    else if (M <= 8)
+    else if (!prepacked && M <= 8)
         for (; start + LLMC_SKINNY_VECTORS * LLMC_W <= N; start += LLMC_SKINNY_VECTORS * LLMC_W)
             for (long m = 0; m < M; m += 4)
                 llmc_skinny(M - m < 4 ? M - m : 4, K, a.p + m * a.ld, a.ld, b, panel, start, c.p + m * c.ld + start,
                             c.ld, accumulate);
     /* A packed once when its row blocks are read by two column panels or more */
-    long blocks = M / LLMC_MR;
-    const float *packed = N - start >= 2 * LLMC_NR && blocks ? llmc_pack_rows(a, blocks, K) : NULL;
+    long blocks = M / LLMC_MR, block_step = prepacked ? a.ps : K * LLMC_MR;
+    const float *packed = prepacked ? a.p : N - start >= 2 * LLMC_NR && blocks ? llmc_pack_rows(a, blocks, K) : NULL;
     for (long n = start; n < N; n += LLMC_NR) {
         const float *b0 = b.p + (n / panel) * b.ps + n % panel;
         const float *b1 = b.p + ((n + LLMC_W) / panel) * b.ps + (n + LLMC_W) % panel;
@@ -531,7 +554,7 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
         for (; m + LLMC_MR <= M; m += LLMC_MR) {
             float *cm = c.p + m * c.ld + n;
             if (packed)
-                llmc_ukernel_packed(K, packed + (m / LLMC_MR) * K * LLMC_MR, b0, b1, b.ld, cm, c.ld, accumulate);
+                llmc_ukernel_packed(K, packed + (m / LLMC_MR) * block_step, b0, b1, b.ld, cm, c.ld, accumulate);
             else
                 LLMC_UKERNEL_MR(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, cm, c.ld, accumulate);
         }

@@ -126,6 +126,29 @@ def test_a_row_kernel_reads_its_statistics_once_per_row_and_prefetches_the_next_
     np.testing.assert_allclose(compiled(*x).numpy(), torch.softmax(x[0], -1).numpy(), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rows, k, tiles", [(40, 100, "16,32,32"), (130, 96, "32,64,64"), (5, 64, "8,32,32")])
+def test_a_linear_packs_its_input_once_per_launch(rows, k, tiles):
+    """Every column tile reads the same rows: the kernel packs them once into the shared buffer (zero rows
+    and k up to whole tiles) and the products read views of it; a tile of at most 8 rows (a decode step's)
+    is read in place. Odd sizes, against eager and against the same IR in the interpreter."""
+    linear = torch.nn.Linear(k, 96).eval()
+    inputs = (torch.randn(1, rows, k),)
+    passes = (f"fuse,tile{{target=cpu matmul={tiles}}},lower-tile,coalesce{{target=cpu}},swizzle{{target=cpu}},"
+              f"pipeline{{stages=2}},plan-memory")
+    compiled = compile_c(linear, inputs, passes=passes)
+    source = compiled.program.source.text
+    packs = re.findall(r"llmc_pack_lhs\(shared \+ 0, arg0 \+ 0, (\d+), (\d+), (\d+), (\d+), (\d+)\);", source)
+    tile_rows, tile_k = int(tiles.split(",")[0]), int(tiles.split(",")[2])
+    if tile_rows <= 8:
+        assert not packs
+    else:
+        assert packs == [tuple(str(n) for n in (rows, k, k, -(-rows // tile_rows) * tile_rows, -(-k // tile_k) * tile_k))]
+        assert source.count(".ld = 0;") == 2  # the pipeline's prologue and body loads: views of the packing
+    interpreted = run_ir(compiled.module, inputs, compiled.imported.weights)
+    assert_close(outputs(compiled(*inputs)), interpreted, tol=1e-4)
+    assert_close(outputs(compiled(*inputs)), eager(linear, inputs), tol=1e-4)
+
+
 def test_ir_text_to_c_round_trip(tmp_path):
     model, inputs = small_example("gpt2_block")
     first = llmc.compile(model, inputs, backend="interpret", emit=lambda _: None)

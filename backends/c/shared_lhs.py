@@ -1,0 +1,119 @@
+"""A product's lhs packed once per launch for all of its programs.
+
+Every program of a linear layer's kernel reads the rows of its output tile over the whole K, and the
+micro-kernel reads them packed k-major in blocks of LLMC_MR rows (llmc_ukernel_packed). Packed inside each
+product, the same rows were packed again by every column tile (18 times for a 128x768x2304 projection in
+128-column tiles), each time from rows a row stride apart. A load that qualifies is instead a view into one
+copy that all threads pack at the start of the launch (llmc_pack_lhs, runtime.h) into the forward's shared
+buffer: rows padded to whole tiles and K to whole K steps, with zeros, so every tile of the loop lies inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.dialects import arith, scf
+from xdsl.dialects.builtin import f32
+from xdsl.ir import BlockArgument, SSAValue
+
+from llmc.backends import shape2
+from llmc.dialects import tile
+
+
+def micro_rows(lanes: int) -> int:
+    """LLMC_MR, the micro-kernel's rows (runtime.h): 8 with 32 vector registers, else 6."""
+    return 8 if lanes >= 16 else 6
+
+
+@dataclass(frozen=True)
+class SharedLhs:
+    arg: int  # the kernel argument packed
+    base: int
+    height: int
+    width: int
+    row_stride: int
+    rows: int  # the tile a load reads
+    cols: int
+    offset: int = 0  # floats into the shared buffer
+
+    @property
+    def padded_rows(self) -> int:
+        return -(-self.height // self.rows) * self.rows
+
+    @property
+    def padded_k(self) -> int:
+        return -(-self.width // self.cols) * self.cols
+
+    @property
+    def floats(self) -> int:
+        return self.padded_rows * self.padded_k
+
+
+def constant_index(value: SSAValue, grid: tuple[int, ...]) -> int | None:
+    """`value` folded to a number when only constants (and program ids of a grid axis of extent 1) make it."""
+    op = value.owner
+    if isinstance(op, arith.ConstantOp):
+        return op.value.value.data
+    if isinstance(op, tile.ProgramIdOp):
+        return 0 if grid[op.axis.value.data] == 1 else None
+    folds = {arith.AddiOp: int.__add__, arith.SubiOp: int.__sub__, arith.MuliOp: int.__mul__}
+    if type(op) in folds:
+        lhs, rhs = (constant_index(v, grid) for v in op.operands)
+        return None if lhs is None or rhs is None else folds[type(op)](lhs, rhs)
+    return None
+
+
+def only_products(value: SSAValue, seen: set) -> bool:
+    """Every use of `value`, followed around loop iter_args, is a product reading it as its lhs."""
+    if value in seen:
+        return True
+    seen.add(value)
+    for use in value.uses:
+        user = use.operation
+        if isinstance(user, tile.DotOp):
+            if use.index != 0:
+                return False
+        elif isinstance(user, scf.ForOp) and use.index >= 3:
+            if not only_products(user.body.block.args[use.index - 2], seen):
+                return False
+        elif isinstance(user, scf.YieldOp):
+            if not only_products(user.parent_block().args[1 + use.index], seen):
+                return False
+        else:
+            return False
+    return True
+
+
+def float_weight_rhs(dot: tile.DotOp, packs: dict) -> bool:
+    """The product's rhs is an f32 weight in compile-time panels: the float micro-kernel (llmc_dot) runs it."""
+    from llmc.backends.c.plan import defining_load
+
+    if dot.activations is not None:
+        return False
+    load = defining_load(dot.rhs)
+    if load is None or not isinstance(load.buffer, BlockArgument) or load.pack is None:
+        return False
+    pack = packs.get(load.buffer.index)
+    return pack is not None and not pack.half and not pack.vnni and load.buffer.type.element_type == f32
+
+
+def shared_lhs(kernel: tile.KernelOp, load: tile.LoadOp, packs: dict, lanes: int) -> SharedLhs | None:
+    """The launch-wide packing a load can be a view of, or None when it reads anything else."""
+    rows, cols = shape2(load.result)
+    (height, width), (s0, s1) = load.shape.get_values(), load.strides.get_values()
+    if not isinstance(load.buffer, BlockArgument) or load.buffer.type.element_type != f32 or s1 != 1:
+        return None
+    if load.padding is not None or load.pack is not None or rows % micro_rows(lanes) or rows <= 8:
+        return None  # (products of at most 8 rows run the few-row kernels, which read rows in place)
+    seen: set = set()
+    if not only_products(load.result, seen):
+        return None
+    dots = {use.operation for value in seen for use in value.uses if isinstance(use.operation, tile.DotOp)}
+    if not dots or not all(float_weight_rhs(dot, packs) for dot in dots):
+        return None
+    if any(isinstance(op, tile.StoreOp | tile.ScatterOp) and op.buffer is load.buffer for op in kernel.body.walk()):
+        return None  # written by the kernel itself: a copy taken at the start would go stale
+    base = constant_index(load.base, tuple(kernel.grid.get_values()))
+    if base is None:
+        return None
+    return SharedLhs(load.buffer.index, base, height, width, s0, rows, cols)
