@@ -13,7 +13,7 @@ from xdsl.dialects.builtin import FloatAttr, bf16, f16, f32, i1, i8, i32, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from llmc.backends import CMPI_SYMBOLS, shape2
-from llmc.backends.c.exprs import ACCESS, C_TYPES, HALF, INDEX_BINARY, SPLAT, WHERE, c_comment, c_identifier, float_literal, literal
+from llmc.backends.c.exprs import ACCESS, C_TYPES, INDEX_BINARY, SPLAT, WHERE, c_comment, c_identifier, float_literal, literal
 from llmc.backends.c.nest import Nest, element_key, kind_of
 from llmc.backends.c.plan import INLINE, QSOURCE, KernelPlan
 from llmc.backends.c.products import ProductRenderer
@@ -256,8 +256,7 @@ class KernelRenderer(ProductRenderer):
         if info.kind in (INLINE, QSOURCE):  # a quantized weight's loads are read by its tile.dequant
             return
         v = self.name(op.result)
-        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
-        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        buf, row, col = (self.name(x) for x in (op.buffer, op.row, op.col))
         self.line(f"/* {self.describe(op)} */")
         if info.panel:
             pack = self.plan.packs[op.buffer.index]
@@ -274,40 +273,7 @@ class KernelRenderer(ProductRenderer):
         if info.bits:
             self.load_bits(op, info)
             return
-        key = element_key(op.buffer.type.element_type)
-        if key in HALF:  # widened into a zero-padded f32 copy (K^T of attention: whole vectors along k)
-            self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
-            if s0 == 1 and s1 != 1:
-                self.line(f"llmc_pack_transposed_{key}({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, "
-                          f"{info.cols}, {height}, {width}, {s1});")
-                return
-            self.line(f"llmc_pack_block_{key}({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
-                      f"{height}, {width}, {s0}, {s1});")
-            return
-        if s0 == 1 and s1 != 1:
-            copy = (
-                f"llmc_pack_transposed({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
-                f"{height}, {width}, {s1});"
-            )
-        else:
-            copy = (
-                f"llmc_pack_block({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
-                f"{height}, {width}, {s0}, {s1});"
-            )
-        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
-        if s1 != 1 or (info.rhs and info.cols % self.plan.nr):
-            self.line(copy)
-            return
-        shared = self.plan.shared_lhs.get(op)
-        if shared is not None:  # ld 0 tells llmc_dot the rows are packed, ps the step between blocks of rows
-            inside = (f"{row} >= 0 && {col} >= 0 && {row} % LLMC_MR == 0 && {row} + {info.rows} <= {shared.padded_rows} "
-                      f"&& {col} + {info.cols} <= {shared.padded_k}")
-            self.line(f"if ({inside}) {{ {v}.p = shared + {shared.offset} + ({row} / LLMC_MR) * {shared.padded_k} * "
-                      f"LLMC_MR + {col} * LLMC_MR; {v}.ld = 0; {v}.ps = {shared.padded_k} * LLMC_MR; }}")
-            self.line("else")
-        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
-        self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")
-        self.line(f"else {copy}")
+        self.load_operand(op, info)
 
     def op_full(self, op: tile.FullOp) -> None:
         info = self.plan.values[op.result]

@@ -101,6 +101,47 @@ class ProductRenderer:
 
     # ------------------------------------------------------------------ operands read in a product's own form
 
+    def load_operand(self, op: tile.LoadOp, info) -> None:
+        """A float (or widened 16-bit) operand of a product: a view of the source when the tile lies inside it, of
+        the launch's packed lhs (shared_lhs.py), else a zero-padded copy in scratch."""
+        v = self.name(op.result)
+        buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
+        (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
+        key = element_key(op.buffer.type.element_type)
+        if key in HALF:  # widened into a zero-padded f32 copy (K^T of attention: whole vectors along k)
+            self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+            if s0 == 1 and s1 != 1:
+                self.line(f"llmc_pack_transposed_{key}({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, "
+                          f"{info.cols}, {height}, {width}, {s1});")
+                return
+            self.line(f"llmc_pack_block_{key}({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
+                      f"{height}, {width}, {s0}, {s1});")
+            return
+        if s0 == 1 and s1 != 1:
+            copy = (
+                f"llmc_pack_transposed({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
+                f"{height}, {width}, {s1});"
+            )
+        else:
+            copy = (
+                f"llmc_pack_block({v}.p, {info.ld}, {buf} + {base}, {row}, {col}, {info.rows}, {info.cols}, "
+                f"{height}, {width}, {s0}, {s1});"
+            )
+        self.line(f"llmc_tile {v} = {{{self.slot(op.result)}, {info.ld}, {self.plan.nr}}};")
+        if s1 != 1 or (info.rhs and info.cols % self.plan.nr):
+            self.line(copy)
+            return
+        shared = self.plan.shared_lhs.get(op)
+        if shared is not None:  # ld 0 tells llmc_dot the rows are packed, ps the step between blocks of rows
+            inside = (f"{row} >= 0 && {col} >= 0 && {row} % LLMC_MR == 0 && {row} + {info.rows} <= {shared.padded_rows} "
+                      f"&& {col} + {info.cols} <= {shared.padded_k}")
+            self.line(f"if ({inside}) {{ {v}.p = shared + {shared.offset} + ({row} / LLMC_MR) * {shared.padded_k} * "
+                      f"LLMC_MR + {col} * LLMC_MR; {v}.ld = 0; {v}.ps = {shared.padded_k} * LLMC_MR; }}")
+            self.line("else")
+        inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
+        self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")
+        self.line(f"else {copy}")
+
     def load_bits(self, op: tile.LoadOp, info) -> None:
         """A bf16 lhs of k-pair products as its bits: a view of the source when the tile lies inside it in whole
         blocks of rows and of k, else a zero-padded copy (rows up to whole blocks)."""
