@@ -8,6 +8,7 @@ call and written back after it, so state lives where eager keeps it.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -77,10 +78,11 @@ class CompiledModel:
     def run_flat(self, flat: list) -> list[torch.Tensor]:
         """Run on the flattened model inputs: bind the graph's arguments (state buffers included), run,
         write mutated buffers and inputs back; returns the model's own outputs."""
-        outputs = self.run_graph([self._bound(source, flat) for source in self.imported.arguments])
+        bound_buffers: dict[str, torch.Tensor] = {}
+        outputs = self.run_graph([self._bound(source, flat, bound_buffers) for source in self.imported.arguments])
         with torch.no_grad():
             for index, target in self.imported.writebacks:
-                bound = self._bound(target, flat)
+                bound = self._bound(target, flat, bound_buffers)
                 if outputs[index].data_ptr() != bound.data_ptr():  # else written in place (a KV cache)
                     bound.copy_(outputs[index])
         return [outputs[i] for i in self.imported.user_outputs]
@@ -90,7 +92,21 @@ class CompiledModel:
         flat = self.flat_inputs(args, kwargs)
         return [self._bound(source, flat) for source in self.imported.arguments]
 
+    @functools.cached_property
+    def _positional_tensors(self) -> int:
+        """How many tensors the model takes when its inputs are positional tensors only (then a call's
+        tensors are its flat inputs as they are: no tree to flatten and compare), else -1."""
+        spec = self.imported.in_spec
+        if spec is None or spec.num_children != 2:
+            return -1
+        args, kwargs = spec.child(0), spec.child(1)
+        if args.type is not tuple or kwargs.type is not dict or kwargs.num_children:
+            return -1
+        return args.num_children if all(args.child(i).is_leaf() for i in range(args.num_children)) else -1
+
     def flat_inputs(self, args: tuple, kwargs: dict) -> list:
+        if not kwargs and len(args) == self._positional_tensors and all(isinstance(a, torch.Tensor) for a in args):
+            return list(args)
         spec = self.imported.in_spec
         if spec is None:
             if kwargs:
@@ -106,10 +122,14 @@ class CompiledModel:
             raise LlmcError(f"the model was compiled for inputs shaped like {spec}; got {given}")
         return flat
 
-    def _bound(self, source: Source, flat: list) -> torch.Tensor:
+    def _bound(self, source: Source, flat: list, buffers: dict | None = None) -> torch.Tensor:
         if source.kind == "input":
             return flat[source.index]
-        return self.model.get_buffer(source.name)
+        if buffers is None:
+            return self.model.get_buffer(source.name)
+        if source.name not in buffers:  # looked up once per call (a KV cache is read and written back)
+            buffers[source.name] = self.model.get_buffer(source.name)
+        return buffers[source.name]
 
     def run_graph(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run the compiled graph on its own inputs; returns every function result."""

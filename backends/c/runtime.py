@@ -32,6 +32,8 @@ class CLibrary:
         self.lib.llmc_forward_profiled.restype = ctypes.c_int
         self.lib.llmc_forward_profiled.argtypes = [*self.lib.llmc_forward.argtypes, ctypes.POINTER(ctypes.c_double)]
         self.source = source
+        self.input_dtypes = [torch_dtype(element) for element in source.input_elements]
+        self.output_dtypes = [torch_dtype(element) for element in source.output_elements]
         self.lock = threading.Lock()
         self.arrays = [slot.materialise(weights) for slot in source.weights]
         pointers = (ctypes.c_void_p * max(1, len(self.arrays)))(*[a.ctypes.data for a in self.arrays])
@@ -62,10 +64,9 @@ class CLibrary:
         if len(inputs) != len(self.source.input_shapes):
             raise LlmcError(f"the compiled graph takes {len(self.source.input_shapes)} inputs, got {len(inputs)}")
         arguments = []
-        for index, (tensor, shape, element) in enumerate(zip(inputs, self.source.input_shapes, self.source.input_elements)):
+        for index, (tensor, shape, dtype) in enumerate(zip(inputs, self.source.input_shapes, self.input_dtypes)):
             if tuple(tensor.shape) != shape:
                 raise LlmcError(f"input {index} has shape {tuple(tensor.shape)}; the graph was compiled for {shape}")
-            dtype = torch_dtype(element)
             if tensor.dtype != dtype or tensor.device.type != "cpu":
                 raise LlmcError(
                     f"input {index} is a {tensor.dtype} tensor on {tensor.device}; the graph was compiled for "
@@ -74,12 +75,13 @@ class CLibrary:
             if index in self.source.output_aliases.values() and not tensor.is_contiguous():
                 raise LlmcError(f"input {index} is updated in place (a cache) and must be contiguous")
             arguments.append(tensor.detach().contiguous())
+        aliases = self.source.output_aliases  # outputs written in place into an input (a cache): its storage
         if outputs is None:
-            outputs = [torch.empty(shape, dtype=torch_dtype(element))
-                       for shape, element in zip(self.source.output_shapes, self.source.output_elements)]
+            outputs = [arguments[aliases[i]] if i in aliases else torch.empty(shape, dtype=dtype)
+                       for i, (shape, dtype) in enumerate(zip(self.source.output_shapes, self.output_dtypes))]
         outputs = list(outputs)
-        for output, argument in self.source.output_aliases.items():
-            outputs[output] = arguments[argument]  # written in place by the graph: the caller's storage
+        for output, argument in aliases.items():
+            outputs[output] = arguments[argument]
         in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])
         out_ptrs = (ctypes.c_void_p * max(1, len(outputs)))(*[t.data_ptr() for t in outputs])
         # ctypes drops the GIL during the call; one context's arena must not serve two calls at once

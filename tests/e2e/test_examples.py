@@ -52,6 +52,20 @@ def test_a_lone_example_tensor_is_one_input():
     assert_close([compiled(x).numpy()], eager(model, inputs))
 
 
+def test_calls_that_do_not_match_the_example_inputs_are_refused():
+    """Positional tensors take a fast path past the input tree; anything else still meets the tree's check."""
+    model, inputs = small_example("gpt2_block")
+    compiled = llmc.compile(model, inputs, emit=lambda _: None)
+    (x,) = inputs
+    with pytest.raises(llmc.LlmcError, match="compiled for inputs shaped like"):
+        compiled(x, x)
+    with pytest.raises(llmc.LlmcError, match="compiled for inputs shaped like"):
+        compiled([x])
+    with pytest.raises(llmc.LlmcError, match="positional|keyword"):
+        compiled(x=x)
+    assert_close([compiled(x).numpy()], eager(model, inputs))
+
+
 def test_gpu_target_decisions_also_preserve_semantics():
     model, inputs = small_example("llama_block")
     got = llmc.compile(model, inputs, target="gpu", backend="interpret", emit=lambda _: None)(*inputs)
