@@ -139,8 +139,9 @@ class KernelRenderer(ProductRenderer):
         for spec in dict.fromkeys(self.plan.shared_lhs.values()):
             self.line(f"/* arg{spec.arg}'s rows packed once for every program's products (the threads share the "
                       f"blocks; the loop's barrier ends it) */")
-            self.line(f"llmc_pack_lhs(shared + {spec.offset}, arg{spec.arg} + {spec.base}, {spec.height}, {spec.width}, "
-                      f"{spec.row_stride}, {spec.padded_rows}, {spec.padded_k});")
+            self.line(f"for (long b = 0; b < {spec.batches}; b++) llmc_pack_lhs(shared + {spec.offset} + b * "
+                      f"{spec.matrix_floats}, arg{spec.arg} + {spec.base} + b * {spec.batch_step}, {spec.height}, "
+                      f"{spec.width}, {spec.row_stride}, {spec.padded_rows}, {spec.padded_k});")
         streams = any(STREAM_ATTR in op.attributes for op in block.walk())
         collapse = f" collapse({len(grid)})" if len(grid) > 1 else ""
         self.line(f"#pragma omp for{collapse} schedule(static){' nowait' if streams else ''}")

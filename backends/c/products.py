@@ -135,7 +135,8 @@ class ProductRenderer:
         if shared is not None:  # ld 0 tells llmc_dot the rows are packed, ps the step between blocks of rows
             inside = (f"{row} >= 0 && {col} >= 0 && {row} % LLMC_MR == 0 && {row} + {info.rows} <= {shared.padded_rows} "
                       f"&& {col} + {info.cols} <= {shared.padded_k}")
-            self.line(f"if ({inside}) {{ {v}.p = shared + {shared.offset} + ({row} / LLMC_MR) * {shared.padded_k} * "
+            matrix = f" + ({base} - {shared.base}) / {shared.batch_step} * {shared.matrix_floats}" if shared.batch_step else ""
+            self.line(f"if ({inside}) {{ {v}.p = shared + {shared.offset}{matrix} + ({row} / LLMC_MR) * {shared.padded_k} * "
                       f"LLMC_MR + {col} * LLMC_MR; {v}.ld = 0; {v}.ps = {shared.padded_k} * LLMC_MR; }}")
             self.line("else")
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"

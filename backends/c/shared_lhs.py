@@ -20,6 +20,9 @@ from llmc.backends import shape2
 from llmc.dialects import tile
 
 
+MAX_BATCHES = 4096  # program ids of the batch axis folded at compile time, one by one
+
+
 def micro_rows(lanes: int) -> int:
     """LLMC_MR, the micro-kernel's rows (runtime.h): 8 with 32 vector registers, else 6."""
     return 8 if lanes >= 16 else 6
@@ -28,12 +31,14 @@ def micro_rows(lanes: int) -> int:
 @dataclass(frozen=True)
 class SharedLhs:
     arg: int  # the kernel argument packed
-    base: int
+    base: int  # of the first matrix (a batch's programs read one matrix each, `batch_step` apart)
     height: int
     width: int
     row_stride: int
     rows: int  # the tile a load reads
     cols: int
+    batches: int = 1
+    batch_step: int = 0
     offset: int = 0  # floats into the shared buffer
 
     @property
@@ -45,22 +50,63 @@ class SharedLhs:
         return -(-self.width // self.cols) * self.cols
 
     @property
-    def floats(self) -> int:
+    def matrix_floats(self) -> int:
         return self.padded_rows * self.padded_k
 
+    @property
+    def floats(self) -> int:
+        return self.batches * self.matrix_floats
 
-def constant_index(value: SSAValue, grid: tuple[int, ...]) -> int | None:
-    """`value` folded to a number when only constants (and program ids of a grid axis of extent 1) make it."""
+
+FOLDS = {arith.AddiOp: int.__add__, arith.SubiOp: int.__sub__, arith.MuliOp: int.__mul__,
+         arith.DivSIOp: int.__floordiv__, arith.RemSIOp: int.__mod__}
+
+
+def constant_index(value: SSAValue, pids: tuple[int, ...]) -> int | None:
+    """`value` folded to a number for the program whose ids are `pids`, when only constants, program ids and
+    integer arithmetic make it (indices are non-negative, so C's division and remainder are Python's)."""
     op = value.owner
     if isinstance(op, arith.ConstantOp):
         return op.value.value.data
     if isinstance(op, tile.ProgramIdOp):
-        return 0 if grid[op.axis.value.data] == 1 else None
-    folds = {arith.AddiOp: int.__add__, arith.SubiOp: int.__sub__, arith.MuliOp: int.__mul__}
-    if type(op) in folds:
-        lhs, rhs = (constant_index(v, grid) for v in op.operands)
-        return None if lhs is None or rhs is None else folds[type(op)](lhs, rhs)
+        return pids[op.axis.value.data]
+    if type(op) in FOLDS:
+        lhs, rhs = (constant_index(v, pids) for v in op.operands)
+        if lhs is None or rhs is None or (rhs == 0 and type(op) in (arith.DivSIOp, arith.RemSIOp)):
+            return None
+        return FOLDS[type(op)](lhs, rhs)
     return None
+
+
+def program_axes(value: SSAValue) -> set[int] | None:
+    """The grid axes whose program ids `value` is computed from; None when anything else but constants and
+    integer arithmetic goes into it."""
+    op = value.owner
+    if isinstance(op, arith.ConstantOp):
+        return set()
+    if isinstance(op, tile.ProgramIdOp):
+        return {op.axis.value.data}
+    if type(op) in FOLDS:
+        axes = [program_axes(v) for v in op.operands]
+        return None if None in axes else set().union(*axes)
+    return None
+
+
+def matrix_bases(base: SSAValue, grid: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(first base, step, count) when the programs' bases depend on the first grid axis alone (a batch), fold
+    to numbers and are evenly spaced; None otherwise."""
+    axes = program_axes(base)
+    if axes is None or axes - {0} or grid[0] > MAX_BATCHES:
+        return None
+    rest = (0,) * (len(grid) - 1)
+    found = [constant_index(base, (pid, *rest)) for pid in range(grid[0])]
+    if None in found:
+        return None
+    bases = sorted(set(found))
+    step = bases[1] - bases[0] if len(bases) > 1 else 0
+    if any(b != bases[0] + i * step for i, b in enumerate(bases)):
+        return None
+    return bases[0], step, len(bases)
 
 
 def only_products(value: SSAValue, seen: set) -> bool:
@@ -113,7 +159,9 @@ def shared_lhs(kernel: tile.KernelOp, load: tile.LoadOp, packs: dict, lanes: int
         return None
     if any(isinstance(op, tile.StoreOp | tile.ScatterOp) and op.buffer is load.buffer for op in kernel.body.walk()):
         return None  # written by the kernel itself: a copy taken at the start would go stale
-    base = constant_index(load.base, tuple(kernel.grid.get_values()))
-    if base is None:
+    grid = tuple(kernel.grid.get_values())
+    bases = matrix_bases(load.base, grid)
+    if bases is None:
         return None
-    return SharedLhs(load.buffer.index, base, height, width, s0, rows, cols)
+    first, step, count = bases
+    return SharedLhs(load.buffer.index, first, height, width, s0, rows, cols, count, step)

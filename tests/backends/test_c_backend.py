@@ -128,23 +128,28 @@ def test_a_row_kernel_reads_its_statistics_once_per_row_and_prefetches_the_next_
     np.testing.assert_allclose(compiled(*x).numpy(), torch.softmax(x[0], -1).numpy(), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rows, k, tiles", [(40, 100, "16,32,32"), (130, 96, "32,64,64"), (5, 64, "8,32,32")])
-def test_a_linear_packs_its_input_once_per_launch(rows, k, tiles):
-    """Every column tile reads the same rows: the kernel packs them once into the shared buffer (zero rows
-    and k up to whole tiles) and the products read views of it; a tile of at most 8 rows (a decode step's)
-    is read in place. Odd sizes, against eager and against the same IR in the interpreter."""
+@pytest.mark.parametrize("batch, rows, k, tiles", [(1, 40, 100, "16,32,32"), (1, 130, 96, "32,64,64"),
+                                                    (3, 21, 50, "16,32,32"), (1, 5, 64, "8,32,32")])
+def test_a_linear_packs_its_input_once_per_launch(batch, rows, k, tiles):
+    """Every column tile reads the same rows: the kernel packs them once into the shared buffer (each batch's
+    matrix, zero rows and k up to whole tiles) and the products read views of it; a tile of at most 8 rows (a
+    decode step's) is read in place. Odd sizes, against eager and against the same IR in the interpreter."""
     linear = torch.nn.Linear(k, 96).eval()
-    inputs = (torch.randn(1, rows, k),)
+    inputs = (torch.randn(batch, rows, k),)
     passes = (f"fuse,tile{{target=cpu matmul={tiles}}},lower-tile,coalesce{{target=cpu}},swizzle{{target=cpu}},"
               f"pipeline{{stages=2}},plan-memory")
     compiled = compile_c(linear, inputs, passes=passes)
     source = compiled.program.source.text
-    packs = re.findall(r"llmc_pack_lhs\(shared \+ 0, arg0 \+ 0, (\d+), (\d+), (\d+), (\d+), (\d+)\);", source)
+    packs = re.findall(r"for \(long b = 0; b < (\d+); b\+\+\) llmc_pack_lhs\(shared \+ 0 \+ b \* (\d+), arg0 \+ 0 \+ "
+                       r"b \* (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\);", source)
     tile_rows, tile_k = int(tiles.split(",")[0]), int(tiles.split(",")[2])
+    padded_rows, padded_k = -(-rows // tile_rows) * tile_rows, -(-k // tile_k) * tile_k
     if tile_rows <= 8:
         assert not packs
     else:
-        assert packs == [tuple(str(n) for n in (rows, k, k, -(-rows // tile_rows) * tile_rows, -(-k // tile_k) * tile_k))]
+        step = rows * k if batch > 1 else 0
+        expected = (batch, padded_rows * padded_k, step, rows, k, k, padded_rows, padded_k)
+        assert packs == [tuple(str(n) for n in expected)]
         assert source.count(".ld = 0;") == 2  # the pipeline's prologue and body loads: views of the packing
     interpreted = run_ir(compiled.module, inputs, compiled.imported.weights)
     assert_close(outputs(compiled(*inputs)), interpreted, tol=1e-4)
