@@ -441,16 +441,19 @@ static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, 
     }
 }
 
+/* LLMC_MR rows, row_stride apart, of K columns k-major, as llmc_ukernel_packed reads them. */
+static inline void llmc_pack_row_block(float *dst, const float *rows, long row_stride, long K) {
+    for (long k = 0; k < K; k++)
+        _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) dst[k * LLMC_MR + i] = rows[i * row_stride + k];
+}
+
 /* A's first `blocks` blocks of LLMC_MR rows packed for llmc_ukernel_packed, block after block, into a
  * per-thread buffer. */
 static const float *llmc_pack_rows(llmc_tile a, long blocks, long K) {
     static __thread void *buffer;
     static __thread size_t capacity;
     float *p = llmc_thread_buffer(&buffer, &capacity, (size_t)(blocks * K * LLMC_MR) * sizeof(float));
-    for (long b = 0; b < blocks; b++)
-        for (long k = 0; k < K; k++)
-            _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++)
-                p[(b * K + k) * LLMC_MR + i] = a.p[(b * LLMC_MR + i) * a.ld + k];
+    for (long b = 0; b < blocks; b++) llmc_pack_row_block(p + b * K * LLMC_MR, a.p + b * LLMC_MR * a.ld, a.ld, K);
     return p;
 }
 
@@ -465,8 +468,7 @@ static void llmc_pack_lhs(float *p, const float *src, long height, long width, l
         float *block = p + b * k_padded * LLMC_MR;
         const float *rows = src + b * LLMC_MR * row_stride;
         if ((b + 1) * LLMC_MR <= height) {
-            for (long k = 0; k < width; k++)
-                _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) block[k * LLMC_MR + i] = rows[i * row_stride + k];
+            llmc_pack_row_block(block, rows, row_stride, width);
         } else {
             for (long k = 0; k < width; k++)
                 for (int i = 0; i < LLMC_MR; i++) block[k * LLMC_MR + i] = b * LLMC_MR + i < height ? rows[i * row_stride + k] : 0.0f;
