@@ -89,8 +89,8 @@ class CompiledModel:
 
     def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The tensors the compiled graph takes for these model inputs (state buffers included)."""
-        flat = self.flat_inputs(args, kwargs)
-        return [self._bound(source, flat) for source in self.imported.arguments]
+        flat, buffers = self.flat_inputs(args, kwargs), {}
+        return [self._bound(source, flat, buffers) for source in self.imported.arguments]
 
     @functools.cached_property
     def _positional_tensors(self) -> int:
@@ -122,11 +122,10 @@ class CompiledModel:
             raise LlmcError(f"the model was compiled for inputs shaped like {spec}; got {given}")
         return flat
 
-    def _bound(self, source: Source, flat: list, buffers: dict | None = None) -> torch.Tensor:
+    def _bound(self, source: Source, flat: list, buffers: dict) -> torch.Tensor:
+        """The tensor `source` names: a flat input, or a model buffer looked up once per call in `buffers`."""
         if source.kind == "input":
             return flat[source.index]
-        if buffers is None:
-            return self.model.get_buffer(source.name)
         if source.name not in buffers:  # looked up once per call (a KV cache is read and written back)
             buffers[source.name] = self.model.get_buffer(source.name)
         return buffers[source.name]
