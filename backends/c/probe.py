@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
+from llmc.errors import BuildError
 from llmc.target import (host_cpu_flags, host_cpu_target, host_has_amx_bf16, host_has_bf16_dot, host_has_vnni,
                           host_key)
 
@@ -216,7 +217,7 @@ INT8_PROBE_SOURCE = r"""
 /* Integer operations per second of vpdpbusd: 12 independent chains per thread, 4 multiply-adds a lane. */
 double llmc_probe_dpbusd(long iterations) {
     double begin = omp_get_wtime();
-    int sink = 0;
+    unsigned sink = 0; /* unsigned: the sums wrap, they are only kept alive */
     #pragma omp parallel reduction(+ : sink)
     {
         volatile int seed = 0x01010101;
@@ -227,7 +228,8 @@ double llmc_probe_dpbusd(long iterations) {
             #pragma GCC unroll 12
             for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], x, x);
         }
-        for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_epi32(acc[i]);
+        /* one lane each, as below: a reduction's signed adds overflow on long runs */
+        for (int i = 0; i < 12; i++) sink += (unsigned)_mm_cvtsi128_si32(_mm512_castsi512_si128(acc[i]));
 #define LANES 16
 #else
         __m256i x = _mm256_set1_epi32(seed), acc[12];
@@ -236,7 +238,7 @@ double llmc_probe_dpbusd(long iterations) {
             #pragma GCC unroll 12
             for (int i = 0; i < 12; i++) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], x, x);
         }
-        for (int i = 0; i < 12; i++) sink += _mm256_extract_epi32(acc[i], 0);
+        for (int i = 0; i < 12; i++) sink += (unsigned)_mm256_extract_epi32(acc[i], 0);
 #define LANES 8
 #endif
     }
@@ -266,8 +268,13 @@ class MachinePeak:
 
 def _fastest_unit(source: str, probes: tuple, options: BuildOptions) -> tuple[float, str]:
     """The first of `probes` ((function, unit, iterations), the preferred unit first) that measures above 0,
-    in G operations/s; (0, "") when none does."""
-    lib = ctypes.CDLL(str(build_library(source, options).library))
+    in G operations/s; (0, "") when none does, or when the probe does not build: flags without
+    -march=native (say -O2 alone) give the compiler none of these instructions, so no build with them has
+    the unit."""
+    try:
+        lib = ctypes.CDLL(str(build_library(source, options).library))
+    except BuildError:
+        return 0.0, ""
     for name, unit, iterations in probes:
         probe = getattr(lib, name)
         probe.restype, probe.argtypes = ctypes.c_double, [ctypes.c_long]
