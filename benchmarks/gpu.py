@@ -142,13 +142,16 @@ def compile_llmc(model, inputs, pipelining: str):
 
 def run_case(key, title, model, inputs, dtype, args, device, results):
     model = model.eval().to(dtype)
-    inputs = tuple(x.to(dtype) for x in inputs)
+    # only float inputs take the case's dtype: a decode step's position stays an integer index
+    inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
     with torch.no_grad():
         expected = model(*inputs)  # on the CPU: the reference the llmc outputs are checked against
     compiled = {"llmc": compile_llmc(model, inputs, "delegate")}  # exports on the CPU, runs on `device`
     if args.pipelining == "both":
         compiled["llmc-explicit"] = compile_llmc(model, inputs, "explicit")
-    model = copy.deepcopy(model).to(device)
+    # the compiled graphs read and write the model's buffers (a KV cache): they live where the kernels run
+    eager = copy.deepcopy(model).to(device)
+    model.to(device)
     inputs = tuple(x.to(device) for x in inputs)
     for name, fn in compiled.items():
         got = fn(*inputs)
@@ -156,13 +159,13 @@ def run_case(key, title, model, inputs, dtype, args, device, results):
         want = expected[0] if isinstance(expected, tuple) else expected
         error = float((got.float().cpu() - want.float()).abs().max())
         print(f"  {name}: max abs error vs eager on the CPU {error:.3g}", flush=True)
-    runs = {"eager": model}
+    runs = {"eager": eager}
     if not args.smoke:
-        runs["inductor"] = torch.compile(model)
+        runs["inductor"] = torch.compile(eager)
     runs.update(compiled)
     timed = {name: (lambda fn=fn: fn(*inputs)) for name, fn in runs.items()}
     if key == "decode" and device == "cuda":
-        timed["inductor-cudagraphs"] = lambda fn=torch.compile(model, mode="reduce-overhead"): fn(*inputs)
+        timed["inductor-cudagraphs"] = lambda fn=torch.compile(eager, mode="reduce-overhead"): fn(*inputs)
         timed["llmc-cudagraph"] = cuda_graphed(compiled["llmc"], inputs)
     medians = median_ms(timed, args.repeats, device)
     faster = min(v for k, v in medians.items() if not k.startswith("llmc"))

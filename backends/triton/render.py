@@ -450,7 +450,7 @@ def render_host(module: ModuleOp) -> tuple[str, list[tuple[str, object]]]:
             lines.append(f"    launch({python_name(callee)}, {callee!r}, {grid}, {options!r}, {args}, status)")
     if any(isinstance(op, tile.GatherOp | tile.ScatterOp) for k in kernels.values() for op in k.walk()):
         codes = {code: name for code, name in enumerate(kernels, start=1)}
-        lines.append(f"    check_status(int(status.item()), {codes!r})")
+        lines.append(f"    check_status(status, {codes!r})")
     returned = [names[v] for v in block.last_op.operands]
     lines.append(f"    return ({', '.join(returned)},)")
     return "\n".join(lines), weight_names
