@@ -18,6 +18,7 @@ from llmc.target import Target
 
 POINTWISE_FLOPS = 1
 ROW_FLOPS = {graph.SoftmaxOp: 5, graph.LayerNormOp: 8}
+GPU_WIDE_WARPS = 8  # warps of a program with a wide tile (the Triton renderer's launch options)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
         return matmul_tiles(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target, operand_bytes,
                             rounds_lhs(anchor))
     if kind == "attention":
-        return attention_tiles(graph.shape_of(anchor.query), graph.shape_of(anchor.key)[2], target)
+        return attention_tiles(graph.shape_of(anchor.query), graph.shape_of(anchor.key)[2], target,
+                               element_bytes(anchor.query.type.element_type))
     if kind == "row":
         return row_tiles(as_2d(graph.shape_of(anchor.operands[0])), target)
     if kind == "scatter":  # the source rows it writes, not the whole destination
@@ -112,13 +114,13 @@ def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int, r
     int8 weighs its re-reads by ROUNDING_COST, and wider column tiles are candidates."""
     ranked = []
     lhs_cost = ROUNDING_COST if rounded_lhs else 1.0
+    gpu = target.kind == "gpu"
+    widths = (16, 32, 64, 128, 256, 512) if rounded_lhs else (16, 32, 64, 128, 256) if gpu else (16, 32, 64, 128)
     for bm in _candidates(m, (16, 32, 64, 128)):
-        for bn in _candidates(n, (16, 32, 64, 128, 256, 512) if rounded_lhs else (16, 32, 64, 128)):
-            for bk in _candidates(k, (16, 32, 64) if target.kind == "gpu" else (16, 32, 64, 128, 256)):
+        for bn in _candidates(n, widths):
+            for bk in _candidates(k, (16, 32, 64) if gpu else (16, 32, 64, 128, 256)):
                 stages = min(target.default_stages, math.ceil(k / bk))
-                # GPU stages are shared-memory copies; CPU stages are cache prefetches of one panel pair.
-                staged = stages if target.kind == "gpu" else 1
-                if (bm * bk + bk * bn) * operand_bytes * staged + bm * bn * 4 > target.scratch_bytes:
+                if not _fits_scratch(bm, bn, bk, stages, operand_bytes, target):
                     continue
                 waste = (math.ceil(m / bm) * bm * math.ceil(n / bn) * bn) / (m * n)
                 traffic = m * n * k * (lhs_cost / bn + 1 / bm) * waste
@@ -128,15 +130,32 @@ def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int, r
     return sorted(ranked)
 
 
+def _fits_scratch(bm: int, bn: int, bk: int, stages: int, operand_bytes: int, target: Target) -> bool:
+    """On a GPU every pipeline stage holds an operand pair in shared memory, and the f32 accumulator
+    lives in registers: at most 128 per thread of an 8-warp program, about half of the 255 a thread
+    may hold (the rest for operand fragments and addresses), so 128x256 and no more. On a CPU the stages are cache
+    prefetches of one panel pair, which shares the scratch budget with the accumulator."""
+    accumulator = bm * bn * 4
+    if target.kind == "gpu":
+        per_thread = pow2_at_least(target.vector_registers) // 2
+        return (bm * bk + bk * bn) * operand_bytes * stages <= target.scratch_bytes \
+            and accumulator <= GPU_WIDE_WARPS * 32 * per_thread * 4
+    return (bm * bk + bk * bn) * operand_bytes + accumulator <= target.scratch_bytes
+
+
 def _candidates(extent: int, sizes: tuple[int, ...]) -> list[int]:
     cap = pow2_at_least(extent)
     return sorted({min(s, cap) for s in sizes})
 
 
-def attention_tiles(q_shape: tuple[int, ...], tk: int, target: Target) -> TileDecision:
+def attention_tiles(q_shape: tuple[int, ...], tk: int, target: Target, operand_bytes: int = 4) -> TileDecision:
+    """On a GPU, 16-bit operands go to the tensor cores from shared memory and a program takes 128 query
+    rows; f32 operands are multiplied exactly (`input_precision="ieee"`), by FMAs on operands held in
+    registers, where 128 rows spill: a 128x64 tile ran the H100's fp32 GPT-2 block 8.5x slower than 64x64."""
     _, _, tq, d = q_shape
     bd = pow2_at_least(d)
-    bm = min(64 if target.kind == "cpu" else 128, pow2_at_least(tq))
+    rows = 64 if target.kind == "cpu" or operand_bytes >= 4 else 128
+    bm = min(rows, pow2_at_least(tq))
     bn = min(64, pow2_at_least(tk))
     while bn > 16 and (bm * bd + 2 * bn * bd + bm * bn) * 4 > target.scratch_bytes:
         bn //= 2
@@ -145,9 +164,14 @@ def attention_tiles(q_shape: tuple[int, ...], tk: int, target: Target) -> TileDe
 
 
 def row_tiles(shape: tuple[int, ...], target: Target) -> TileDecision:
+    """Whole rows per program. On a CPU a program's rows and the copy of them that LayerNorm or softmax
+    materialises (the centred rows, the exponentials) share half of L1 with room to spare: with each
+    at a quarter, LayerNorm 16384x1024 beyond a 32 MiB LLC ran at 41 GB/s with 2 rows per program
+    against 29 GB/s with 4 and 26 with 6 (Zen 4, 32 KiB L1d), the later passes reading from L2."""
     cols = pow2_at_least(shape[-1])
-    rows = max(1, min(pow2_at_least(shape[-2]), target.l1_bytes // 2 // (cols * 4)))
-    return TileDecision((rows, cols), 1, "whole rows, as many as fit half of L1")
+    share = target.l1_bytes // 4 if target.kind == "cpu" else target.l1_bytes // 2
+    rows = max(1, min(pow2_at_least(shape[-2]), share // (cols * 4)))
+    return TileDecision((rows, cols), 1, "whole rows: the input and a materialised copy in half of L1")
 
 
 def pointwise_tiles(shape: tuple[int, ...], target: Target) -> TileDecision:

@@ -104,19 +104,23 @@ def host_has_amx_bf16(lanes: int) -> bool:
     return host_has_bf16_dot(lanes) and {"amx_tile", "amx_bf16"} <= host_cpu_flags()
 
 
-def host_llc_bytes() -> int | None:
-    """The largest cache the kernel reports for CPU 0 (the last level), in bytes; None if unknown."""
-    sizes = []
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+@lru_cache(maxsize=4)
+def host_caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> dict[int, int]:
+    """Bytes of CPU 0's data (or unified) cache at each level the kernel reports: {1: L1d, 2: L2, 3: L3};
+    empty where it reports none."""
+    sizes: dict[int, int] = {}
+    for index in Path(root).glob("index*"):
         try:
+            kind = (index / "type").read_text().strip()
+            level = int((index / "level").read_text().strip())
             text = (index / "size").read_text().strip()
-        except OSError:
+        except (OSError, ValueError):
             continue
         scale = {"K": 1024, "M": 1024 * 1024, "G": 1024**3}.get(text[-1:].upper(), 1)
         digits = text.rstrip("KMGkmg")
-        if digits.isdigit():
-            sizes.append(int(digits) * scale)
-    return max(sizes, default=None)
+        if kind != "Instruction" and digits.isdigit():
+            sizes[level] = int(digits) * scale
+    return sizes
 
 
 def host_cpu_target() -> Target:
@@ -132,11 +136,17 @@ def host_cpu_target() -> Target:
         name = "cpu-avx512" if "avx512f" in flags else "cpu-avx2" if {"avx2", "fma"} <= flags else "cpu-scalar"
         base = TARGETS[name]
     cores = len(os.sched_getaffinity(0))
-    # nominal per-core throughput and bandwidth share, scaled to the cores this process may use
+    caches = host_caches()
+    l2 = caches.get(2, base.l2_bytes)
+    # nominal per-core throughput and bandwidth share, scaled to the cores this process may use; the
+    # caches as the host reports them (the scratch budget is half of L2, as on every nominal target)
     return replace(
         base,
         cores=cores,
-        llc_bytes=host_llc_bytes() or base.llc_bytes,
+        l1_bytes=caches.get(1, base.l1_bytes),
+        l2_bytes=l2,
+        scratch_bytes=l2 // 2,
+        llc_bytes=max(caches.values(), default=base.llc_bytes),
         peak_gflops=base.peak_gflops / base.cores * cores,
         bandwidth_gbs=base.bandwidth_gbs * min(1.0, max(cores, 4) / base.cores),
     )
