@@ -125,9 +125,9 @@ def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int, bf16_d
 
 
 def _vnni_codes(loads: list, lanes: int, int8_tiles: bool) -> int:
-    """The bits of codes whose every product has int8 activations and whole blocks of 32 k per tile, and few
-    rows on a host with integer dot products or any rows where `int8_tiles` (AMX int8) take the larger
-    ones (laid out for llmc_qdot_act8, quant_amx.h); else 0."""
+    """The bits of codes whose every product has int8 activations and whole blocks of 32 k per tile, on a
+    host with integer dot products (vpdpbusd: a row at a time for a few rows, LLMC_VNNI_ROWS at a time
+    for more) or AMX int8 tiles (prefill); laid out for llmc_qdot_act8 (quant_amx.h); else 0."""
     dequants = []
     for load in loads:
         for use in load.results[0].uses:
@@ -141,7 +141,7 @@ def _vnni_codes(loads: list, lanes: int, int8_tiles: bool) -> int:
         if not (isinstance(dot, tile.DotOp) and dot.activations is not None and dot.rhs.owner in dequants):
             return 0
         rows, k = dot.lhs.type.get_shape()
-        if (rows > MAX_FUSED_ROWS and not int8_tiles) or k % ACTIVATION_BLOCK:
+        if k % ACTIVATION_BLOCK:
             return 0
     return dequants[0].bits
 

@@ -371,6 +371,106 @@ LLMC_QROW_VNNI(2)
 LLMC_QROW_VNNI8(8)
 LLMC_QROW_VNNI8(4)
 LLMC_QROW_VNNI8(2)
+/* The same for LLMC_VNNI_ROWS rows at once (prefill), over two vectors of columns: each vector of codes is
+ * loaded once for all the rows, and for int8 codes their column sums (the -128 correction) are taken once
+ * too, where a row at a time takes them again for every row. */
+#if LLMC_W >= 16
+#define LLMC_VNNI_ROWS 4 /* 4 rows x 2 vectors: 8 sums, 8 accumulators and the codes in 32 registers */
+#else
+#define LLMC_VNNI_ROWS 2 /* 16 registers */
+#endif
+static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da, const int8_t *q, long qps,
+                                    const float *s, long sps, long kpg, long n, float *c, long ldc, int accumulate) {
+    enum { R = LLMC_VNNI_ROWS };
+    const long blocks = K / LLMC_ACT_BLOCK;
+    const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
+    const vi ones = (vi)LLMC_SPLAT(0x01010101);
+    vf acc[R][2];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+        acc[r][0] = accumulate ? vload(c + r * ldc) : vsplat(0.0f);
+        acc[r][1] = accumulate ? vload(c + r * ldc + LLMC_W) : vsplat(0.0f);
+    }
+    for (long b = 0; b < blocks; b++) {
+        vi isum[R][2], wsum0 = (vi)LLMC_SPLAT(0), wsum1 = (vi)LLMC_SPLAT(0);
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
+        _Pragma("GCC unroll 8") for (long k4 = b * 8; k4 < b * 8 + 8; k4++) {
+            vi x0, x1;
+            memcpy(&x0, qp0 + k4 * LLMC_NR * 4, sizeof x0);
+            memcpy(&x1, qp1 + k4 * LLMC_NR * 4, sizeof x1);
+            __builtin_prefetch(qp0 + (k4 + 16) * LLMC_NR * 4);
+            __builtin_prefetch(qp1 + (k4 + 16) * LLMC_NR * 4);
+            wsum0 = llmc_dpbusd(wsum0, ones, x0);
+            wsum1 = llmc_dpbusd(wsum1, ones, x1);
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                int32_t a4;
+                memcpy(&a4, qau + r * K + 4 * k4, 4);
+                vi av = (vi)LLMC_SPLAT(a4);
+                isum[r][0] = llmc_dpbusd(isum[r][0], av, x0);
+                isum[r][1] = llmc_dpbusd(isum[r][1], av, x1);
+            }
+        }
+        long row = (b * LLMC_ACT_BLOCK) / kpg;
+        vf s0 = vload(LLMC_PANEL_AT(s, sps, n) + row * LLMC_NR), s1 = vload(LLMC_PANEL_AT(s, sps, n + LLMC_W) + row * LLMC_NR);
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+            vf dv = vsplat(da[r * blocks + b]);
+            acc[r][0] += __builtin_convertvector(isum[r][0] - (wsum0 << 7), vf) * (s0 * dv);
+            acc[r][1] += __builtin_convertvector(isum[r][1] - (wsum1 << 7), vf) * (s1 * dv);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+        vstore(c + r * ldc, acc[r][0]);
+        vstore(c + r * ldc + LLMC_W, acc[r][1]);
+    }
+}
+
+/* int4 codes: the nibbles of each vector are split once for all the rows. */
+static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, const int32_t *sa, const int8_t *q,
+                                    long qps, const float *s, long sps, const float *z, long kpg, long n, float *c,
+                                    long ldc, int accumulate) {
+    enum { R = LLMC_VNNI_ROWS };
+    const long blocks = K / LLMC_ACT_BLOCK;
+    const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
+    const vi low = (vi)LLMC_SPLAT(0x0F0F0F0F);
+    vf acc[R][2];
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+        acc[r][0] = accumulate ? vload(c + r * ldc) : vsplat(0.0f);
+        acc[r][1] = accumulate ? vload(c + r * ldc + LLMC_W) : vsplat(0.0f);
+    }
+    for (long b = 0; b < blocks; b++) {
+        vi isum[R][2];
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
+        _Pragma("GCC unroll 4") for (long k8 = b * 4; k8 < b * 4 + 4; k8++) {
+            vi x0, x1;
+            memcpy(&x0, qp0 + k8 * LLMC_NR * 4, sizeof x0);
+            memcpy(&x1, qp1 + k8 * LLMC_NR * 4, sizeof x1);
+            __builtin_prefetch(qp0 + (k8 + 16) * LLMC_NR * 4);
+            __builtin_prefetch(qp1 + (k8 + 16) * LLMC_NR * 4);
+            vi lo0 = x0 & low, hi0 = (x0 >> 4) & low, lo1 = x1 & low, hi1 = (x1 >> 4) & low;
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+                int32_t lo4, hi4;
+                memcpy(&lo4, qa + r * K + 8 * k8, 4);
+                memcpy(&hi4, qa + r * K + 8 * k8 + 4, 4);
+                vi alo = (vi)LLMC_SPLAT(lo4), ahi = (vi)LLMC_SPLAT(hi4);
+                isum[r][0] = llmc_dpbusd(llmc_dpbusd(isum[r][0], lo0, alo), hi0, ahi);
+                isum[r][1] = llmc_dpbusd(llmc_dpbusd(isum[r][1], lo1, alo), hi1, ahi);
+            }
+        }
+        long row = (b * LLMC_ACT_BLOCK) / kpg;
+        vf s0 = vload(LLMC_PANEL_AT(s, sps, n) + row * LLMC_NR), s1 = vload(LLMC_PANEL_AT(s, sps, n + LLMC_W) + row * LLMC_NR);
+        vf z0 = z ? vload(LLMC_PANEL_AT(z, sps, n) + row * LLMC_NR) : vsplat(8.0f);
+        vf z1 = z ? vload(LLMC_PANEL_AT(z, sps, n + LLMC_W) + row * LLMC_NR) : vsplat(8.0f);
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+            vf dv = vsplat(da[r * blocks + b]), sumv = vsplat((float)sa[r * blocks + b]);
+            acc[r][0] += (__builtin_convertvector(isum[r][0], vf) - z0 * sumv) * (s0 * dv);
+            acc[r][1] += (__builtin_convertvector(isum[r][1], vf) - z1 * sumv) * (s1 * dv);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
+        vstore(c + r * ldc, acc[r][0]);
+        vstore(c + r * ldc + LLMC_W, acc[r][1]);
+    }
+}
+
 #if LLMC_QV == 8
 #define LLMC_QROW_VNNI_WIDE llmc_qrow_vnni_8
 #define LLMC_QROW_VNNI8_WIDE llmc_qrow_vnni8_8
@@ -384,8 +484,20 @@ LLMC_QROW_VNNI8(2)
 static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
                            long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
     llmc_act8 act = llmc_act8_rows(a, M, M, K, 0);
-    long blocks = K / LLMC_ACT_BLOCK;
-    for (long m = 0; m < M; m++) {
+    long blocks = K / LLMC_ACT_BLOCK, m = 0;
+    for (; M > 8 && m + LLMC_VNNI_ROWS <= M; m += LLMC_VNNI_ROWS) {
+        if (bits == 8) {
+            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place */
+            for (long k = 0; k < LLMC_VNNI_ROWS * K; k++) qau[k] ^= 0x80;
+            for (long n = 0; n < N; n += 2 * LLMC_W)
+                llmc_qrows_vnni8(K, qau, act.d + m * blocks, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, c.ld, accumulate);
+        } else {
+            for (long n = 0; n < N; n += 2 * LLMC_W)
+                llmc_qrows_vnni4(K, act.q + m * K, act.d + m * blocks, act.sum + m * blocks, q, qps, s, sps, z, kpg, n,
+                                 c.p + m * c.ld + n, c.ld, accumulate);
+        }
+    }
+    for (; m < M; m++) {
         const int8_t *qa = act.q + m * K;
         const float *da = act.d + m * blocks;
         long n = 0;

@@ -68,7 +68,8 @@ class Prefill(torch.nn.Module):
 @pytest.mark.parametrize("no_amx", [False, True], ids=["amx", "vpdpbusd"])
 def test_quantized_prefill_on_this_hosts_int8_tiles_matches_the_interpreter(fmt, rows, no_amx):
     """13 rows: one partial 16-row strip; 45: a whole 32-row pass and a partial one. Without AMX the same
-    packed codes go through vpdpbusd a row at a time (what runs where the kernel refuses the tiles)."""
+    packed codes go through vpdpbusd several rows at a time, the rest one by one (what runs where the kernel
+    refuses the tiles, and on hosts with vpdpbusd alone)."""
     torch.manual_seed(0)
     model, x = Prefill().eval(), (torch.randn(rows, 96),)
     flags = " ".join(DEFAULT_FLAGS) + (" -DLLMC_NO_AMX" if no_amx else "")
