@@ -6,12 +6,14 @@ import torch
 from conftest import MLP, SMALL, filecheck, graph_args, run_ir, run_passes, small_example, user_results
 
 import llmc
+from llmc.backends.c.build import BuildOptions
+from llmc.backends.c.probe import bf16_products_on_matrix_unit
 from llmc.dtypes import bf16_bits, bf16_values, round_to
 from llmc.errors import LlmcError
 from llmc.exporter import export_model
 from llmc.interpret import interpret
 from llmc.ir_text import parse_ir, print_ir
-from llmc.target import get_target, host_has_amx_bf16
+from llmc.target import get_target
 from xdsl.dialects.builtin import bf16, f16
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -235,7 +237,8 @@ def test_the_c_fallback_runs_a_16_bit_model(no_gpu):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_a_16_bit_decode_step_streams_16_bit_weight_panels(dtype):
     """Few-row products read their weights 16-bit (widened as they stream); larger ones from f32 panels, or
-    (bf16 on a host with AMX) from panels in k pairs for the matrix unit."""
+    (bf16 on a host with AMX, or whose vdpbf16ps the probe measured faster than its FMAs) from panels in k
+    pairs for the matrix unit."""
     key = "bf16" if dtype == "bfloat16" else "f16"
     model, inputs = as_dtype("llama_decode", DTYPES[dtype])
     compiled = llmc.compile(model, inputs, target="cpu", emit=lambda _: None)
@@ -246,6 +249,6 @@ def test_a_16_bit_decode_step_streams_16_bit_weight_panels(dtype):
     prefill = llmc.compile(prefill_model, prefill_inputs, target="cpu", emit=lambda _: None)
     calls = [line for line in prefill.program.source.text.splitlines() if f"llmc_dot_{key}(" in line and "static" not in line]
     assert calls == []
-    amx = key == "bf16" and host_has_amx_bf16(get_target("cpu").lanes)
-    assert all(slot.pack.half == ("pairs" if amx else "") for slot in prefill.program.source.weights
+    pairs = key == "bf16" and bf16_products_on_matrix_unit(BuildOptions.from_environment(), get_target("cpu").lanes)
+    assert all(slot.pack.half == ("pairs" if pairs else "") for slot in prefill.program.source.weights
                if slot.pack is not None)
