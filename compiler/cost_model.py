@@ -133,8 +133,8 @@ def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int, r
 def _fits_scratch(bm: int, bn: int, bk: int, stages: int, operand_bytes: int, target: Target) -> bool:
     """On a GPU every pipeline stage holds an operand pair in shared memory, and the f32 accumulator
     lives in registers: at most 128 per thread of an 8-warp program, about half of the 255 a thread
-    may hold (the rest for operand fragments and addresses), so 128x256 and no more. On a CPU the stages are cache
-    prefetches of one panel pair, which shares the scratch budget with the accumulator."""
+    may hold (the rest for operand fragments and addresses), so 128x256 and no more. On a CPU the
+    stages are cache prefetches of one panel pair, which shares the scratch budget with the accumulator."""
     accumulator = bm * bn * 4
     if target.kind == "gpu":
         per_thread = pow2_at_least(target.vector_registers) // 2
@@ -167,7 +167,8 @@ def row_tiles(shape: tuple[int, ...], target: Target) -> TileDecision:
     """Whole rows per program. On a CPU a program's rows and the copy of them that LayerNorm or softmax
     materialises (the centred rows, the exponentials) share half of L1 with room to spare: with each
     at a quarter, LayerNorm 16384x1024 beyond a 32 MiB LLC ran at 41 GB/s with 2 rows per program
-    against 29 GB/s with 4 and 26 with 6 (Zen 4, 32 KiB L1d), the later passes reading from L2."""
+    against 29 GB/s with 4 and 28 with 8 (Zen 4, 32 KiB L1d; in rotation), the later passes of more
+    rows reading back from L2."""
     cols = pow2_at_least(shape[-1])
     share = target.l1_bytes // 4 if target.kind == "cpu" else target.l1_bytes // 2
     rows = max(1, min(pow2_at_least(shape[-2]), share // (cols * 4)))
