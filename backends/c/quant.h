@@ -371,7 +371,7 @@ LLMC_QROW_VNNI(2)
 LLMC_QROW_VNNI8(8)
 LLMC_QROW_VNNI8(4)
 LLMC_QROW_VNNI8(2)
-/* The same for LLMC_VNNI_ROWS rows at once (prefill), over two vectors of columns: each vector of codes is
+/* The same for LLMC_VNNI_ROWS rows at once, over two vectors of columns: each vector of codes is
  * loaded once for all the rows, and for int8 codes their column sums (the -128 correction) are taken once
  * too, where a row at a time takes them again for every row. */
 #if LLMC_W >= 16
@@ -479,13 +479,13 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
 #define LLMC_QROW_VNNI8_WIDE llmc_qrow_vnni8_4
 #endif
 
-/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout, a row at a time;
- * K a multiple of 32. */
+/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout, LLMC_VNNI_ROWS rows
+ * at a time and the rest one by one; K a multiple of 32. */
 static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
                            long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
     llmc_act8 act = llmc_act8_rows(a, M, M, K, 0);
     long blocks = K / LLMC_ACT_BLOCK, m = 0;
-    for (; M > 8 && m + LLMC_VNNI_ROWS <= M; m += LLMC_VNNI_ROWS) {
+    for (; m + LLMC_VNNI_ROWS <= M; m += LLMC_VNNI_ROWS) {
         if (bits == 8) {
             uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place */
             for (long k = 0; k < LLMC_VNNI_ROWS * K; k++) qau[k] ^= 0x80;

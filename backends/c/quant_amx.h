@@ -9,7 +9,7 @@
  * AMX kernels do for its Q8_0 activations). The int8 codes' integer-dot layout (4 k in a 32-bit lane,
  * 16 columns a vector, the panel's two vectors a row of 128 bytes) is the B tile layout with a row
  * stride of 128 bytes; int4 codes are widened into an int8 staging tile per block.
- * Elsewhere (a few rows, no AMX, the tiles refused) llmc_qdot_vnni runs a row at a time. */
+ * Elsewhere (a few rows, no AMX, the tiles refused) llmc_qdot_vnni runs them with vpdpbusd. */
 
 #ifdef LLMC_VNNI
 #if defined(__AMX_INT8__) && defined(LLMC_AMX) && LLMC_W == 16

@@ -56,10 +56,10 @@ def test_c_kernels_match_the_dequantized_reference(fmt, rows):
 
 
 @pytest.mark.parametrize("fmt", ["int8:a8", "int4:32:a8", "int4:64:asym:a8"])
-@pytest.mark.parametrize("rows", [1, 3, 20, 23])
+@pytest.mark.parametrize("rows", [1, 3, 5, 20, 23])
 def test_int8_activations_match_the_interpreter(fmt, rows):
-    """Integer dot products where the host has them (vpdpbusd: a row at a time for few rows, several at a
-    time for more, 23 leaving a partial group; AMX int8 tiles for prefill), the activations rounded into a
+    """Integer dot products where the host has them (vpdpbusd: several rows at a time, the rows left over
+    one by one, as 1, 3, 5 and 23 leave them; AMX int8 tiles for prefill), the activations rounded into a
     scratch copy otherwise: the IR's semantics either way."""
     torch.manual_seed(0)
     model = ThreeLinears(80).eval()
