@@ -379,6 +379,19 @@ LLMC_QROW_VNNI8(2)
 #else
 #define LLMC_VNNI_ROWS 2 /* 16 registers */
 #endif
+/* The LLMC_VNNI_ROWS x 2 vectors of accumulators of the kernels below, from and back to c (row stride ldc). */
+static inline void llmc_rows_acc_load(vf acc[LLMC_VNNI_ROWS][2], const float *c, long ldc, int accumulate) {
+    _Pragma("GCC unroll 4") for (int r = 0; r < LLMC_VNNI_ROWS; r++) {
+        acc[r][0] = accumulate ? vload(c + r * ldc) : vsplat(0.0f);
+        acc[r][1] = accumulate ? vload(c + r * ldc + LLMC_W) : vsplat(0.0f);
+    }
+}
+static inline void llmc_rows_acc_store(vf acc[LLMC_VNNI_ROWS][2], float *c, long ldc) {
+    _Pragma("GCC unroll 4") for (int r = 0; r < LLMC_VNNI_ROWS; r++) {
+        vstore(c + r * ldc, acc[r][0]);
+        vstore(c + r * ldc + LLMC_W, acc[r][1]);
+    }
+}
 static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da, const int8_t *q, long qps,
                                     const float *s, long sps, long kpg, long n, float *c, long ldc, int accumulate) {
     enum { R = LLMC_VNNI_ROWS };
@@ -386,10 +399,7 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
     const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
     const vi ones = (vi)LLMC_SPLAT(0x01010101);
     vf acc[R][2];
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-        acc[r][0] = accumulate ? vload(c + r * ldc) : vsplat(0.0f);
-        acc[r][1] = accumulate ? vload(c + r * ldc + LLMC_W) : vsplat(0.0f);
-    }
+    llmc_rows_acc_load(acc, c, ldc, accumulate);
     for (long b = 0; b < blocks; b++) {
         vi isum[R][2], wsum0 = (vi)LLMC_SPLAT(0), wsum1 = (vi)LLMC_SPLAT(0);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
@@ -417,10 +427,7 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
             acc[r][1] += __builtin_convertvector(isum[r][1] - (wsum1 << 7), vf) * (s1 * dv);
         }
     }
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-        vstore(c + r * ldc, acc[r][0]);
-        vstore(c + r * ldc + LLMC_W, acc[r][1]);
-    }
+    llmc_rows_acc_store(acc, c, ldc);
 }
 
 /* int4 codes: the nibbles of each vector are split once for all the rows. */
@@ -432,10 +439,7 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
     const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
     const vi low = (vi)LLMC_SPLAT(0x0F0F0F0F);
     vf acc[R][2];
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-        acc[r][0] = accumulate ? vload(c + r * ldc) : vsplat(0.0f);
-        acc[r][1] = accumulate ? vload(c + r * ldc + LLMC_W) : vsplat(0.0f);
-    }
+    llmc_rows_acc_load(acc, c, ldc, accumulate);
     for (long b = 0; b < blocks; b++) {
         vi isum[R][2];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
@@ -465,10 +469,7 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
             acc[r][1] += (__builtin_convertvector(isum[r][1], vf) - z1 * sumv) * (s1 * dv);
         }
     }
-    _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-        vstore(c + r * ldc, acc[r][0]);
-        vstore(c + r * ldc + LLMC_W, acc[r][1]);
-    }
+    llmc_rows_acc_store(acc, c, ldc);
 }
 
 #if LLMC_QV == 8
