@@ -13,7 +13,7 @@ from llmc.dialects import graph, kernel, tile
 from llmc.dtypes import element_bytes
 from llmc.passes.lowering.templates import STAGES_ATTR
 from llmc.passes.tile import TUNED_ATTR
-from llmc.target import Target, host_has_amx_int8, host_has_vnni
+from llmc.target import Target, host_has_vnni
 
 
 def _layouts(kop: tile.KernelOp) -> str:
@@ -101,7 +101,7 @@ def _autotune_rows(kernels: ModuleOp) -> list[str]:
 def _quantized_rows(kernels: ModuleOp, backend: str, target: Target) -> list[str]:
     """Per kernel with a quantized weight: its weight bytes before and after, and where it is dequantized."""
     rows = []
-    integer_dot = target.kind == "cpu" and (host_has_vnni(target.lanes) or host_has_amx_int8(target.lanes))
+    integer_dot = target.kind == "cpu" and host_has_vnni(target.lanes)  # AMX int8 hosts have vpdpbusd too
     for kop in (op for op in kernels.walk() if isinstance(op, kernel.KernelOp)):
         for dq in (op for op in kop.body.block.ops if isinstance(op, graph.DequantizeOp)):
             n, k = graph.shape_of(dq.result)
@@ -109,16 +109,16 @@ def _quantized_rows(kernels: ModuleOp, backend: str, target: Target) -> list[str
             linear = next(u.operation for u in dq.result.uses)
             m = math.prod(graph.shape_of(linear.results[0])) // n
             if backend == "triton":
-                where = "in registers before tl.dot"
-            elif linear.activations is not None and integer_dot:
-                where = None  # the C backend packs the codes for integer dot products where K tiles allow
+                how = "dequantized in registers before tl.dot"
+            elif linear.activations is not None and integer_dot:  # the C backend packs the codes for them
+                how = ("not dequantized: its codes times the int8 activations in integer dot products (vpdpbusd, "
+                       "several rows at a time; AMX int8 tiles for prefill where the CPU has them), as long as K "
+                       "tiles hold whole blocks of 32")
             elif m <= MAX_FUSED_ROWS:
-                where = f"in registers in the K loop ({m} rows <= {MAX_FUSED_ROWS}: each weight byte is read once)"
+                how = f"dequantized in registers in the K loop ({m} rows <= {MAX_FUSED_ROWS}: each weight byte is read once)"
             else:
-                where = f"once per K x N tile into scratch ({m} rows > {MAX_FUSED_ROWS}: the float micro-kernel reuses it)"
+                how = (f"dequantized once per K x N tile into scratch ({m} rows > {MAX_FUSED_ROWS}: the float "
+                       "micro-kernel reuses it)")
             rows.append(f"  {kop.kernel_name.data}: {dq.format.data} weight {n}x{k} (groups of {dq.group}): "
-                        f"{n * k * 4 / 1024:.1f} KB as f32 -> {after / 1024:.1f} KB; "
-                        + (f"dequantized {where}" if where else "not dequantized: its codes times the int8 activations "
-                           "in integer dot products (vpdpbusd, several rows at a time; AMX int8 tiles for prefill "
-                           "where the CPU has them), as long as K tiles hold whole blocks of 32"))
+                        f"{n * k * 4 / 1024:.1f} KB as f32 -> {after / 1024:.1f} KB; {how}")
     return ["quantized weights:", *rows] if rows else []

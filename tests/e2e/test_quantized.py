@@ -71,6 +71,7 @@ def test_int8_activations_match_the_interpreter(fmt, rows):
     calls = [line for line in compiled.program.source.text.splitlines() if "llmc_qdot_act8(" in line and "static" not in line]
     lanes = get_target("cpu").lanes
     assert bool(calls) == (host_has_vnni(lanes) or host_has_amx_int8(lanes))
+    assert ("not dequantized: its codes times the int8 activations" in compiled.report()) == bool(calls)
     assert "llmc_round_activations(r" in compiled.program.source.text  # the narrow weight: rounded copy
 
 
