@@ -116,7 +116,7 @@ def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int, r
     lhs_cost = ROUNDING_COST if rounded_lhs else 1.0
     gpu = target.kind == "gpu"
     widths = (16, 32, 64, 128, 256, 512) if rounded_lhs else (16, 32, 64, 128, 256) if gpu else (16, 32, 64, 128)
-    for bm in _candidates(m, (16, 32, 64, 128)):
+    for bm in _row_candidates(m, target):
         for bn in _candidates(n, widths):
             for bk in _candidates(k, (16, 32, 64) if gpu else (16, 32, 64, 128, 256)):
                 stages = min(target.default_stages, math.ceil(k / bk))
@@ -141,6 +141,18 @@ def _fits_scratch(bm: int, bn: int, bk: int, stages: int, operand_bytes: int, ta
         return (bm * bk + bk * bn) * operand_bytes * stages <= target.scratch_bytes \
             and accumulator <= GPU_WIDE_WARPS * 32 * per_thread * 4
     return (bm * bk + bk * bn) * operand_bytes + accumulator <= target.scratch_bytes
+
+
+def _row_candidates(m: int, target: Target) -> list[int]:
+    """A matmul's row tiles. On a GPU powers of two. On a CPU whole blocks of the micro-kernel's rows,
+    2 to 16 of them (16..128 rows with 32 vector registers, 12..96 with 16, where a power of two would end
+    in a partial block that the slower narrow kernels compute), at most m rounded up to whole blocks; a
+    product of at most 8 rows (a decode step) keeps its power of two, for the few-row kernels."""
+    if target.kind == "gpu" or m <= 8:
+        return _candidates(m, (16, 32, 64, 128))
+    rows = target.micro_rows
+    whole = -(-m // rows) * rows
+    return sorted({min(rows * blocks, whole) for blocks in (2, 4, 8, 16)})
 
 
 def _candidates(extent: int, sizes: tuple[int, ...]) -> list[int]:

@@ -37,6 +37,17 @@ class Target:
         """float32 lanes of a vector register (1 for scalar code)."""
         return max(1, self.vector_bytes // 4)
 
+    @property
+    def micro_rows(self) -> int:
+        """Rows of the C micro-kernel; a CPU matmul's row tile is a whole number of them."""
+        return micro_rows(self.lanes)
+
+
+def micro_rows(lanes: int) -> int:
+    """LLMC_MR in runtime.h: 8 with 32 vector registers (AVX-512), else 6 (12 accumulators, 2 B vectors and
+    a broadcast in 16)."""
+    return 8 if lanes >= 16 else 6
+
 
 TARGETS = {
     "cpu-avx2": Target("cpu-avx2", "cpu", 2 * 2 * 2 * 8 * 3.0, 20.0, 2, 32, 16, 32 * 1024, 1024 * 1024, 512 * 1024, 2),

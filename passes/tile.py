@@ -18,7 +18,7 @@ from xdsl.passes import ModulePass
 from llmc.cost_model import decide_tiles
 from llmc.dialects import graph, kernel
 from llmc.errors import PassOptionError
-from llmc.target import get_target
+from llmc.target import Target, get_target
 
 TUNED_ATTR = "llmc.autotune"  # set by the autotune pass beside the tiles and stages it measured best
 TILE_RANK = {"matmul": 3, "attention": 2, "row": 2, "pointwise": 2, "gather": 2, "scatter": 2}
@@ -37,12 +37,17 @@ class TilePass(ModulePass):
     scatter: tuple[int, ...] | None = None
     stages: int | None = None
 
-    def override(self, kind: str) -> tuple[int, ...] | None:
+    def override(self, kind: str, target: Target) -> tuple[int, ...] | None:
         tiles = getattr(self, kind)
         if tiles is None:
             return None
-        if len(tiles) != TILE_RANK[kind] or any(t < 1 or t & (t - 1) for t in tiles):
-            raise PassOptionError(f"tile: '{kind}' takes {TILE_RANK[kind]} powers of two, got {list(tiles)}")
+        # Triton's block shapes are powers of two. The C micro-kernel takes a matmul's rows in whole blocks
+        # of its height, 6 where the host has 16 vector registers: such a row tile is a multiple of it.
+        rows = target.micro_rows if kind == "matmul" and target.kind == "cpu" else None
+        whole_blocks = rows is not None and len(tiles) > 0 and tiles[0] > 0 and tiles[0] % rows == 0
+        if len(tiles) != TILE_RANK[kind] or not all(_power_of_two(t) for t in tiles[int(whole_blocks):]):
+            also = f" (the rows: or a multiple of {rows})" if rows is not None else ""
+            raise PassOptionError(f"tile: '{kind}' takes {TILE_RANK[kind]} powers of two{also}, got {list(tiles)}")
         return tuple(tiles)
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
@@ -50,12 +55,12 @@ class TilePass(ModulePass):
         if self.stages is not None and self.stages < 1:
             raise PassOptionError("tile: stages must be at least 1")
         for kind in TILE_RANK:
-            self.override(kind)
+            self.override(kind, target)
         for kop in op.walk():
             if not isinstance(kop, kernel.KernelOp):
                 continue
             kind = kop.kind.data
-            override = self.override(kind)
+            override = self.override(kind, target)
             if override is None and self.stages is None and TUNED_ATTR in kop.attributes:
                 continue  # measured on this host by `autotune`: a dump replays that decision
             decision = decide_tiles(kop, target)
@@ -68,3 +73,7 @@ class TilePass(ModulePass):
             default_stages = target.default_stages if override and kind in ("matmul", "attention") else decision.stages
             kop.attributes["tiles"] = graph.dense(override or decision.tiles)
             kop.attributes["stages"] = IntegerAttr(self.stages or default_stages, 64)
+
+
+def _power_of_two(size: int) -> bool:
+    return size >= 1 and not size & (size - 1)

@@ -18,14 +18,9 @@ from xdsl.ir import BlockArgument, SSAValue
 
 from llmc.backends import shape2
 from llmc.dialects import tile
-
+from llmc.target import micro_rows
 
 MAX_BATCHES = 4096  # program ids of the batch axis folded at compile time, one by one
-
-
-def micro_rows(lanes: int) -> int:
-    """LLMC_MR, the micro-kernel's rows (runtime.h): 8 with 32 vector registers, else 6."""
-    return 8 if lanes >= 16 else 6
 
 
 @dataclass(frozen=True)

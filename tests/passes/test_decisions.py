@@ -4,11 +4,14 @@ import itertools
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from llmc.cost_model import attention_tiles, matmul_tiles, row_tiles
 from llmc.dialects.tile_interp import grouped_coords
+from llmc.errors import PassOptionError
 from llmc.passes.coalesce import access_layout
 from llmc.passes.plan_memory import Interval, plan_offsets
+from llmc.passes.tile import TilePass
 from llmc.target import get_target
 
 
@@ -52,6 +55,29 @@ def test_matmul_tiles_fit_scratch_and_do_not_exceed_the_problem():
         # GPU operand tiles are staged in shared memory, one pair per stage; the accumulator is in registers
         assert (bm * bk + bk * bn) * operand_bytes * gpu.default_stages <= gpu.scratch_bytes
         assert bm * bn <= 8 * 32 * 128  # at most 128 registers per thread of an 8-warp program
+
+
+def test_cpu_matmul_row_tiles_are_whole_micro_kernel_blocks():
+    """With 16 vector registers the micro-kernel takes 6 rows: a power-of-two row tile would end in a partial
+    block (64 = 10 x 6 + 4) run by the slower narrow kernels, and no launch-wide lhs packing could serve it."""
+    for name, rows in (("cpu-avx2", 6), ("cpu-avx512", 8)):
+        cpu = get_target(name)
+        assert cpu.micro_rows == rows
+        for m, n, k in ((128, 768, 768), (1024, 1024, 1024), (40, 96, 100), (300, 2048, 512)):
+            bm = matmul_tiles(m, n, k, cpu).tiles[0]
+            assert bm % rows == 0 and bm < m + rows, (name, m, bm)
+        assert matmul_tiles(7, 768, 768, cpu).tiles[0] == 8  # a decode-sized product: the few-row kernels
+    gpu = get_target("gpu")
+    assert all(not t & (t - 1) for m in (40, 100, 1024) for t in matmul_tiles(m, 4096, 4096, gpu).tiles)
+
+
+def test_the_tile_pass_takes_row_tiles_of_whole_blocks_on_the_cpu_only():
+    assert TilePass(target="cpu-avx2", matmul=(48, 64, 64)).override("matmul", get_target("cpu-avx2")) == (48, 64, 64)
+    assert TilePass(target="cpu-avx512", matmul=(40, 64, 64)).override("matmul", get_target("cpu-avx512"))
+    for target, tiles in (("cpu-avx512", (20, 64, 64)), ("gpu", (48, 64, 64)), ("cpu-avx2", (64, 48, 64)),
+                          ("cpu-avx2", (20, 64, 64))):
+        with pytest.raises(PassOptionError, match="powers of two"):
+            TilePass(target=target, matmul=tiles).override("matmul", get_target(target))
 
 
 def test_a_large_gpu_product_takes_the_widest_tile_its_registers_hold():
