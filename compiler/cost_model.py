@@ -111,14 +111,19 @@ def matmul_tiles(m: int, n: int, k: int, target: Target, operand_bytes: int = 4,
 
 def _matmul_ranked(m: int, n: int, k: int, target: Target, operand_bytes: int, rounded_lhs: bool = False) -> list[tuple]:
     """Every tiling that fits the scratch budget as (score, tiles, stages), best first. An lhs rounded to
-    int8 weighs its re-reads by ROUNDING_COST, and wider column tiles are candidates."""
+    int8 weighs its re-reads by ROUNDING_COST, wider column tiles are candidates, and K tiles hold whole
+    blocks of the rounding (the integer dot products need them: with 16 k a tile, a host with a 512 KiB L2
+    took 96x512x16 and dequantized every weight tile)."""
     ranked = []
     lhs_cost = ROUNDING_COST if rounded_lhs else 1.0
     gpu = target.kind == "gpu"
     widths = (16, 32, 64, 128, 256, 512) if rounded_lhs else (16, 32, 64, 128, 256) if gpu else (16, 32, 64, 128)
+    if not gpu:  # the micro-kernel computes two vectors of columns: a narrower tile computes padding
+        widths = tuple(w for w in widths if w >= 2 * target.lanes)
     for bm in _row_candidates(m, target):
         for bn in _candidates(n, widths):
-            for bk in _candidates(k, (16, 32, 64) if gpu else (16, 32, 64, 128, 256)):
+            depths = (16, 32, 64) if gpu else (32, 64, 128, 256) if rounded_lhs else (16, 32, 64, 128, 256)
+            for bk in _candidates(k, depths):
                 stages = min(target.default_stages, math.ceil(k / bk))
                 if not _fits_scratch(bm, bn, bk, stages, operand_bytes, target):
                     continue

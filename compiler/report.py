@@ -13,7 +13,7 @@ from llmc.dialects import graph, kernel, tile
 from llmc.dtypes import element_bytes
 from llmc.passes.lowering.templates import STAGES_ATTR
 from llmc.passes.tile import TUNED_ATTR
-from llmc.target import Target, host_has_vnni
+from llmc.target import Target, host_has_integer_dot, host_has_vnni
 
 
 def _layouts(kop: tile.KernelOp) -> str:
@@ -101,7 +101,8 @@ def _autotune_rows(kernels: ModuleOp) -> list[str]:
 def _quantized_rows(kernels: ModuleOp, backend: str, target: Target) -> list[str]:
     """Per kernel with a quantized weight: its weight bytes before and after, and where it is dequantized."""
     rows = []
-    integer_dot = target.kind == "cpu" and host_has_vnni(target.lanes)  # AMX int8 hosts have vpdpbusd too
+    integer_dot = target.kind == "cpu" and host_has_integer_dot(target.lanes)  # AMX int8 hosts have vpdpbusd too
+    instruction = "vpdpbusd" if host_has_vnni(target.lanes) else "vpmaddubsw and vpmaddwd"
     for kop in (op for op in kernels.walk() if isinstance(op, kernel.KernelOp)):
         for dq in (op for op in kop.body.block.ops if isinstance(op, graph.DequantizeOp)):
             n, k = graph.shape_of(dq.result)
@@ -111,7 +112,7 @@ def _quantized_rows(kernels: ModuleOp, backend: str, target: Target) -> list[str
             if backend == "triton":
                 how = "dequantized in registers before tl.dot"
             elif linear.activations is not None and integer_dot:  # the C backend packs the codes for them
-                how = ("not dequantized: its codes times the int8 activations in integer dot products (vpdpbusd, "
+                how = (f"not dequantized: its codes times the int8 activations in integer dot products ({instruction}, "
                        "several rows at a time; AMX int8 tiles for prefill where the CPU has them), as long as K "
                        "tiles hold whole blocks of 32")
             elif m <= MAX_FUSED_ROWS:

@@ -97,6 +97,12 @@ def host_has_vnni(lanes: int) -> bool:
     return (lanes == 16 and {"avx512f", "avx512_vnni"} <= flags) or (lanes == 8 and "avx_vnni" in flags)
 
 
+def host_has_integer_dot(lanes: int) -> bool:
+    """Whether this host multiplies int8 vectors into int32 sums at `lanes`: vpdpbusd (VNNI), or on AVX2
+    vpmaddubsw with vpmaddwd (quant.h)."""
+    return host_has_vnni(lanes) or (lanes == 8 and "avx2" in host_cpu_flags())
+
+
 def host_has_amx_int8(lanes: int) -> bool:
     """Whether a -march=native build at this vector width has AMX int8 tiles (and vpdpbusd, their fallback
     where the kernel refuses the tile state)."""

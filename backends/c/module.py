@@ -34,7 +34,7 @@ from llmc.dtypes import LOW_PRECISION, element_bytes, encode, storage_dtype
 from llmc.errors import MalformedIRError
 from llmc.passes.swizzle import weight_arguments
 from llmc.quantization import ACTIVATION_BLOCK, weight_value
-from llmc.target import host_has_amx_bf16, host_has_amx_int8, host_has_vnni
+from llmc.target import host_has_amx_bf16, host_has_amx_int8, host_has_integer_dot
 
 ARENA_ATTR = "llmc.arena_bytes"
 
@@ -135,7 +135,7 @@ def _vnni_codes(loads: list, lanes: int, int8_tiles: bool) -> int:
             if not (isinstance(d, tile.DequantOp) and d.codes is load.results[0] and (d.zeros is None or d.bits == 4)):
                 return 0
             dequants.append(d)
-    if not dequants or not (int8_tiles or host_has_vnni(lanes)) or len({d.bits for d in dequants}) != 1:
+    if not dequants or not (int8_tiles or host_has_integer_dot(lanes)) or len({d.bits for d in dequants}) != 1:
         return 0
     for dot in (u.operation for d in dequants for u in d.result.uses):
         if not (isinstance(dot, tile.DotOp) and dot.activations is not None and dot.rhs.owner in dequants):

@@ -60,10 +60,10 @@ class ProductRenderer:
         info, acc = self.plan.values[op.result], self.plan.values[op.acc]
         lhs, out = self.name(op.lhs), self.name(op.result)
         if op.rhs in self.vnni_args:
-            how = "AMX int8 tiles, else vpdpbusd" if m > MAX_FUSED_ROWS else "vpdpbusd"
+            how = "AMX int8 tiles, else vpdpbusd or vpmaddubsw" if m > MAX_FUSED_ROWS else "vpdpbusd or vpmaddubsw"
             self.line(f"/* {self.describe(op)}: {m}x{k} * {k}x{n}, int8 activations x codes, integer dot products ({how}) */")
-            self.line("#ifndef LLMC_VNNI")
-            self.line('#error "llmc: these weights were packed for vpdpbusd; build with -march=native on the compiling host"')
+            self.line("#ifndef LLMC_INT_DOT")
+            self.line('#error "llmc: these weights were packed for integer dot products; build with -march=native on the compiling host"')
             self.line("#endif")
         else:
             if op in self.plan.rounded:  # the linear reads its input rounded to int8 per block of 32

@@ -270,15 +270,50 @@ static llmc_act8 llmc_act8_rows(llmc_tile a, long rows, long rows_padded, long K
     return act;
 }
 
+/* Integer dot products, 4 bytes per 32-bit lane: llmc_dpbusd(acc, u, s) adds sum_i u_i s_i (u unsigned, s
+ * signed) to each lane, llmc_dpbusd2 two such products. llmc_dot_act8(acc, a, q) adds sum_i a_i q_i of int8
+ * activations and int8 codes; LLMC_ACT_OFFSET says whether `a` comes as a + 128 (unsigned bytes, with
+ * llmc_code_sums giving the sums that correct for it) or as it is. */
 #if defined(__AVX512VNNI__) && defined(__AVX512F__) && LLMC_W == 16
-#define LLMC_VNNI 1
+#define LLMC_INT_DOT 1
 static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)u, (__m512i)s); }
 #elif defined(__AVXVNNI__) && LLMC_W == 8
-#define LLMC_VNNI 1
+#define LLMC_INT_DOT 1
 static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm256_dpbusd_avx_epi32((__m256i)acc, (__m256i)u, (__m256i)s); }
+#elif defined(__AVX2__) && LLMC_W == 8
+/* AVX2 without VNNI: vpmaddubsw multiplies unsigned by signed bytes into 16-bit sums of pairs, which
+ * saturate, and vpmaddwd adds pairs of those into 32 bits. Exact for the operands given here: an int4 code
+ * (at most 15) against an activation, or the magnitude of an activation (at most 127) against an int8 code
+ * that carries the activation's sign (vpsignb; codes are in [-127, 127], where -128 would wrap), so no sum of
+ * pairs leaves int16, nor do two int4 ones added. */
+#define LLMC_INT_DOT 1
+#define LLMC_ACT_OFFSET 0
+static inline vi llmc_madd_pairs(__m256i pairs) { return (vi)_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)); }
+static inline vi llmc_dpbusd(vi acc, vi u, vi s) {
+    return acc + llmc_madd_pairs(_mm256_maddubs_epi16((__m256i)u, (__m256i)s));
+}
+static inline vi llmc_dpbusd2(vi acc, vi u0, vi s0, vi u1, vi s1) {
+    return acc + llmc_madd_pairs(_mm256_add_epi16(_mm256_maddubs_epi16((__m256i)u0, (__m256i)s0),
+                                                  _mm256_maddubs_epi16((__m256i)u1, (__m256i)s1)));
+}
+static inline vi llmc_dot_act8(vi acc, vi a, vi q) {
+    return llmc_dpbusd(acc, (vi)_mm256_abs_epi8((__m256i)a), (vi)_mm256_sign_epi8((__m256i)q, (__m256i)a));
+}
+static inline vi llmc_code_sums(vi acc, vi q) {
+    (void)q;
+    return acc;
+}
+#endif
+#if defined(LLMC_INT_DOT) && !defined(LLMC_ACT_OFFSET)
+/* vpdpbusd wants one unsigned operand: the activations go in as a + 128, and each block subtracts 128 *
+ * sum_k q_k, the column sums coming from one more vpdpbusd of the codes with ones. */
+#define LLMC_ACT_OFFSET 1
+static inline vi llmc_dpbusd2(vi acc, vi u0, vi s0, vi u1, vi s1) { return llmc_dpbusd(llmc_dpbusd(acc, u0, s0), u1, s1); }
+static inline vi llmc_dot_act8(vi acc, vi a, vi q) { return llmc_dpbusd(acc, a, q); }
+static inline vi llmc_code_sums(vi acc, vi q) { return llmc_dpbusd(acc, (vi)LLMC_SPLAT(0x01010101), q); }
 #endif
 
-#ifdef LLMC_VNNI
+#ifdef LLMC_INT_DOT
 /* Integer dot products of int4 codes with int8 activations (what the fastest CPU engines do for decode).
  * The codes are packed for it: per panel and 8 rows of k, each column's 32-bit lane holds its codes for
  * k0..k0+3 in the low nibbles and k0+4..k0+7 in the high ones, so one vpdpbusd multiplies 4 k of 16
@@ -310,8 +345,7 @@ static inline vi llmc_dpbusd(vi acc, vi u, vi s) { return (vi)_mm256_dpbusd_avx_
                     vi x;                                                                                  \
                     memcpy(&x, qp[j] + k8 * LLMC_NR * 4, sizeof x);                                        \
                     __builtin_prefetch(qp[j] + (k8 + 16) * LLMC_NR * 4);                                   \
-                    isum[j] = llmc_dpbusd(isum[j], x & low, alo);                                          \
-                    isum[j] = llmc_dpbusd(isum[j], (x >> 4) & low, ahi);                                   \
+                    isum[j] = llmc_dpbusd2(isum[j], x & low, alo, (x >> 4) & low, ahi);                    \
                 }                                                                                          \
             }                                                                                              \
             long row = (b * LLMC_ACT_BLOCK) / kpg;                                                         \
@@ -329,16 +363,13 @@ LLMC_QROW_VNNI(8)
 LLMC_QROW_VNNI(4)
 LLMC_QROW_VNNI(2)
 
-/* int8 codes (signed) against int8 activations: vpdpbusd wants one unsigned operand, so the activations go
- * in as q + 128 and each block subtracts 128 * sum_k q_k, the column sums coming from one more vpdpbusd of
- * the codes with ones. The codes are packed 4 k to a lane. */
+/* int8 codes (signed) against int8 activations (as LLMC_ACT_OFFSET says), the codes packed 4 k to a lane. */
 #define LLMC_QROW_VNNI8(V)                                                                                  \
     static inline void llmc_qrow_vnni8_##V(long K, const uint8_t *qau, const float *da, const int8_t *q,   \
                                            long qps, const float *s, long sps, long kpg, long n, float *c,  \
                                            int accumulate) {                                                \
         const int8_t *qp[V];                                                                               \
         vf acc[V];                                                                                         \
-        const vi ones = (vi)LLMC_SPLAT(0x01010101);                                                        \
         _Pragma("GCC unroll 8") for (int j = 0; j < V; j++) {                                              \
             long col = n + j * LLMC_W;                                                                     \
             qp[j] = LLMC_VNNI_AT(q, qps, col);                                                             \
@@ -355,8 +386,8 @@ LLMC_QROW_VNNI(2)
                     vi x;                                                                                  \
                     memcpy(&x, qp[j] + k4 * LLMC_NR * 4, sizeof x);                                        \
                     __builtin_prefetch(qp[j] + (k4 + 16) * LLMC_NR * 4);                                   \
-                    isum[j] = llmc_dpbusd(isum[j], av, x);                                                 \
-                    wsum[j] = llmc_dpbusd(wsum[j], ones, x);                                               \
+                    isum[j] = llmc_dot_act8(isum[j], av, x);                                               \
+                    wsum[j] = llmc_code_sums(wsum[j], x);                                                  \
                 }                                                                                          \
             }                                                                                              \
             long row = (b * LLMC_ACT_BLOCK) / kpg;                                                         \
@@ -397,7 +428,6 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
     enum { R = LLMC_VNNI_ROWS };
     const long blocks = K / LLMC_ACT_BLOCK;
     const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
-    const vi ones = (vi)LLMC_SPLAT(0x01010101);
     vf acc[R][2];
     llmc_rows_acc_load(acc, c, ldc, accumulate);
     for (long b = 0; b < blocks; b++) {
@@ -409,14 +439,14 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
             memcpy(&x1, qp1 + k4 * LLMC_NR * 4, sizeof x1);
             __builtin_prefetch(qp0 + (k4 + 16) * LLMC_NR * 4);
             __builtin_prefetch(qp1 + (k4 + 16) * LLMC_NR * 4);
-            wsum0 = llmc_dpbusd(wsum0, ones, x0);
-            wsum1 = llmc_dpbusd(wsum1, ones, x1);
+            wsum0 = llmc_code_sums(wsum0, x0);
+            wsum1 = llmc_code_sums(wsum1, x1);
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 int32_t a4;
                 memcpy(&a4, qau + r * K + 4 * k4, 4);
                 vi av = (vi)LLMC_SPLAT(a4);
-                isum[r][0] = llmc_dpbusd(isum[r][0], av, x0);
-                isum[r][1] = llmc_dpbusd(isum[r][1], av, x1);
+                isum[r][0] = llmc_dot_act8(isum[r][0], av, x0);
+                isum[r][1] = llmc_dot_act8(isum[r][1], av, x1);
             }
         }
         long row = (b * LLMC_ACT_BLOCK) / kpg;
@@ -455,8 +485,8 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
                 memcpy(&lo4, qa + r * K + 8 * k8, 4);
                 memcpy(&hi4, qa + r * K + 8 * k8 + 4, 4);
                 vi alo = (vi)LLMC_SPLAT(lo4), ahi = (vi)LLMC_SPLAT(hi4);
-                isum[r][0] = llmc_dpbusd(llmc_dpbusd(isum[r][0], lo0, alo), hi0, ahi);
-                isum[r][1] = llmc_dpbusd(llmc_dpbusd(isum[r][1], lo1, alo), hi1, ahi);
+                isum[r][0] = llmc_dpbusd2(isum[r][0], lo0, alo, hi0, ahi);
+                isum[r][1] = llmc_dpbusd2(isum[r][1], lo1, alo, hi1, ahi);
             }
         }
         long row = (b * LLMC_ACT_BLOCK) / kpg;
@@ -488,8 +518,9 @@ static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q,
     long blocks = K / LLMC_ACT_BLOCK, m = 0;
     for (; m + LLMC_VNNI_ROWS <= M; m += LLMC_VNNI_ROWS) {
         if (bits == 8) {
-            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place */
-            for (long k = 0; k < LLMC_VNNI_ROWS * K; k++) qau[k] ^= 0x80;
+            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place (LLMC_ACT_OFFSET) */
+            if (LLMC_ACT_OFFSET)
+                for (long k = 0; k < LLMC_VNNI_ROWS * K; k++) qau[k] ^= 0x80;
             for (long n = 0; n < N; n += 2 * LLMC_W)
                 llmc_qrows_vnni8(K, qau, act.d + m * blocks, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, c.ld, accumulate);
         } else {
@@ -503,8 +534,9 @@ static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q,
         const float *da = act.d + m * blocks;
         long n = 0;
         if (bits == 8) {
-            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place */
-            for (long k = 0; k < K; k++) qau[k] ^= 0x80;
+            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place (LLMC_ACT_OFFSET) */
+            if (LLMC_ACT_OFFSET)
+                for (long k = 0; k < K; k++) qau[k] ^= 0x80;
             for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
                 LLMC_QROW_VNNI8_WIDE(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             for (; n < N; n += 2 * LLMC_W)

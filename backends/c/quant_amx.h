@@ -9,9 +9,10 @@
  * AMX kernels do for its Q8_0 activations). The int8 codes' integer-dot layout (4 k in a 32-bit lane,
  * 16 columns a vector, the panel's two vectors a row of 128 bytes) is the B tile layout with a row
  * stride of 128 bytes; int4 codes are widened into an int8 staging tile per block.
- * Elsewhere (a few rows, no AMX, the tiles refused) llmc_qdot_vnni runs them with vpdpbusd. */
+ * Elsewhere (a few rows, no AMX, the tiles refused) llmc_qdot_vnni runs them with vpdpbusd, or on AVX2
+ * without VNNI with vpmaddubsw and vpmaddwd. */
 
-#ifdef LLMC_VNNI
+#ifdef LLMC_INT_DOT
 #if defined(__AMX_INT8__) && defined(LLMC_AMX) && LLMC_W == 16
 #define LLMC_AMX_INT8 1
 #define LLMC_AMX_ROWS 32 /* rows of activations per pass over the codes: two 16-row strips */

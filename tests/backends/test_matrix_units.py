@@ -122,10 +122,15 @@ def test_x86_paths_compile_for_cpus_this_host_is_not(tmp_path):
         done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", *flags, "-c", integer, "-o", str(tmp_path / "q.o")])
         assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
     refused = compile_only(["gcc", "-O2", "-std=gnu11", "-march=skylake-avx512", "-c", integer, "-o", str(tmp_path / "q.o")])
-    assert refused.returncode != 0 and "packed for vpdpbusd" in refused.stderr
+    assert refused.returncode != 0 and "packed for integer dot products" in refused.stderr
     avx2 = rendered("cpu-avx2", 8, False, False, tmp_path)
     done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", "-march=haswell", "-c", avx2, "-o", str(tmp_path / "a.o")])
     assert done.returncode == 0, done.stderr[-2000:]
+    for fmt in ("int8:a8", "int4:32:a8"):  # integer products on vpmaddubsw (quant.h), where VNNI is absent
+        integer = rendered("cpu-avx2", 8, False, False, tmp_path, "gpt2_block", quantize=fmt)
+        assert "llmc_qdot_act8(" in open(integer).read()
+        done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", "-march=haswell", "-c", integer, "-o", str(tmp_path / "q.o")])
+        assert done.returncode == 0, f"{fmt}: {done.stderr[-2000:]}"
 
 
 def test_neon_path_compiles_for_aarch64(tmp_path):

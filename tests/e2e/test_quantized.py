@@ -11,7 +11,7 @@ import llmc
 from llmc.accuracy import dequantized_model, quantization_report
 from llmc.cli import main as cli_main
 from llmc.quantization import QuantFormat
-from llmc.target import get_target, host_has_amx_int8, host_has_vnni
+from llmc.target import get_target, host_has_amx_int8, host_has_integer_dot
 
 FORMATS = ["int8", "int4:32", "int4:64:asym", "int4:channel"]
 
@@ -58,7 +58,7 @@ def test_c_kernels_match_the_dequantized_reference(fmt, rows):
 @pytest.mark.parametrize("fmt", ["int8:a8", "int4:32:a8", "int4:64:asym:a8"])
 @pytest.mark.parametrize("rows", [1, 3, 5, 20, 23])
 def test_int8_activations_match_the_interpreter(fmt, rows):
-    """Integer dot products where the host has them (vpdpbusd: several rows at a time, the rows left over
+    """Integer dot products where the host has them (vpdpbusd, or vpmaddubsw on AVX2: several rows at a time, the rows left over
     one by one, as 1, 3, 5 and 23 leave them; AMX int8 tiles for prefill), the activations rounded into a
     scratch copy otherwise: the IR's semantics either way."""
     torch.manual_seed(0)
@@ -70,7 +70,7 @@ def test_int8_activations_match_the_interpreter(fmt, rows):
         np.testing.assert_allclose(g.numpy(), e.numpy(), atol=2e-5, rtol=1e-4)
     calls = [line for line in compiled.program.source.text.splitlines() if "llmc_qdot_act8(" in line and "static" not in line]
     lanes = get_target("cpu").lanes
-    assert bool(calls) == (host_has_vnni(lanes) or host_has_amx_int8(lanes))
+    assert bool(calls) == (host_has_integer_dot(lanes) or host_has_amx_int8(lanes))
     assert ("not dequantized: its codes times the int8 activations" in compiled.report()) == bool(calls)
     assert "llmc_round_activations(r" in compiled.program.source.text  # the narrow weight: rounded copy
 
