@@ -137,7 +137,8 @@ class ProductRenderer:
                       f"&& {col} + {info.cols} <= {shared.padded_k}")
             matrix = f" + ({base} - {shared.base}) / {shared.batch_step} * {shared.matrix_floats}" if shared.batch_step else ""
             self.line(f"if ({inside}) {{ {v}.p = shared + {shared.offset}{matrix} + ({row} / LLMC_MR) * {shared.padded_k} * "
-                      f"LLMC_MR + {col} * LLMC_MR; {v}.ld = 0; {v}.ps = {shared.padded_k} * LLMC_MR; }}")
+                      f"LLMC_MR + {col} * LLMC_MR; {v}.ld = 0; {v}.ps = {shared.padded_k} * LLMC_MR; "
+                      f"{v}.rows = {shared.height} - {row}; }}")
             self.line("else")
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")

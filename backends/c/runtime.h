@@ -37,11 +37,13 @@ typedef int64_t vl __attribute__((vector_size(LLMC_W * 8))); /* integer tiles co
 typedef float vf_u __attribute__((vector_size(LLMC_W * 4), aligned(4)));
 
 /* A materialised tile: element (r, c) lives at p + r*ld + (c / P)*ps + c % P,
- * P being the panel width the kernel was compiled with (ps = P for row-major). */
+ * P being the panel width the kernel was compiled with (ps = P for row-major). A product's lhs packed
+ * once per launch (ld 0, see llmc_dot) also says how many of its rows hold data (0: all of them). */
 typedef struct {
     float *p;
     long ld;
     long ps;
+    long rows;
 } llmc_tile;
 /* Where column `col` of a panel-packed operand starts (row 0). */
 #define LLMC_PANEL_AT(base, ps, col) ((base) + ((col) / LLMC_NR) * (ps) + (col) % LLMC_NR)
@@ -538,6 +540,9 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
                      int accumulate) {
     long start = 0;
     int prepacked = a.ld == 0;
+    /* a tile of packed rows past the matrix's last (zeros) computes only the blocks that hold data: the
+     * rows past them are never stored (with 6-row blocks, 128 rows in tiles of 48 would compute 144) */
+    if (prepacked && a.rows > 0 && a.rows < M) M = (a.rows + LLMC_MR - 1) / LLMC_MR * LLMC_MR;
     if (!prepacked && M == 1)
         for (; start + LLMC_GEMV_VECTORS * LLMC_W <= N; start += LLMC_GEMV_VECTORS * LLMC_W)
             llmc_gemv_wide(K, a.p, b, panel, start, c.p + start, accumulate);

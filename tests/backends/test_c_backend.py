@@ -154,6 +154,8 @@ def test_a_linear_packs_its_input_once_per_launch(batch, rows, k, row_blocks, ti
         expected = (batch, padded_rows * padded_k, step, rows, k, k, padded_rows, padded_k)
         assert packs == [tuple(str(n) for n in expected)]
         assert source.count(".ld = 0;") == 2  # the pipeline's prologue and body loads: views of the packing
+        # and they say how many rows hold data, so that the last row tile computes only those blocks
+        assert source.count(f".rows = {rows} - ") == 2
     interpreted = run_ir(compiled.module, inputs, compiled.imported.weights)
     assert_close(outputs(compiled(*inputs)), interpreted, tol=1e-4)
     assert_close(outputs(compiled(*inputs)), eager(linear, inputs), tol=1e-4)
