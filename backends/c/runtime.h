@@ -175,11 +175,13 @@ static inline float vhmax(vf v) {
 }
 
 /* exp: round-to-nearest range reduction (x = n ln2 + r, |r| <= ln2/2) and
- * Cephes' degree-6 polynomial, max rel. error ~2 ulp. Inputs below -87.3
- * flush to 0, so masked scores (-inf) never produce denormals. */
+ * Cephes' degree-6 polynomial, max rel. error ~2 ulp. Inputs below -87.68
+ * give exactly 0: clamped to -88, n is -127 and the scale 2^n's bits are 0, so
+ * masked scores (-inf) never produce denormals, without a compare and mask. */
 static inline vf vexp(vf x) {
-    vf xc = vmin(vmax(x, vsplat(-87.3f)), vsplat(88.37f));
-    vf n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* rint via 1.5 * 2^23 */
+    vf xc = vmin(vmax(x, vsplat(-88.0f)), vsplat(88.37f));
+    vf shifted = xc * 1.44269504088896341f + 12582912.0f; /* rint via 1.5 * 2^23: n in the low bits */
+    vf n = shifted - 12582912.0f;
     vf r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     vf y = vsplat(1.9875691500e-4f);
     y = y * r + 1.3981999507e-3f;
@@ -188,8 +190,8 @@ static inline vf vexp(vf x) {
     y = y * r + 1.6666665459e-1f;
     y = y * r + 5.0000001201e-1f;
     y = y * r * r + r + 1.0f;
-    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-    return (vf)((vi)(y * (vf)e) & (x >= -87.3f));
+    vi e = ((vi)shifted - (0x4B400000 - 127)) << 23; /* the bits of 2^n, with no conversion */
+    return y * (vf)e;
 }
 static inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
 static inline vf vgelu_tanh(vf x) { /* 0.5x(1+tanh(u)) == x*sigmoid(2u) */
