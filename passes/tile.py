@@ -18,6 +18,7 @@ from xdsl.passes import ModulePass
 from llmc.cost_model import decide_tiles
 from llmc.dialects import graph, kernel
 from llmc.errors import PassOptionError
+from llmc.passes.lowering.emit import pow2_at_least
 from llmc.target import Target, get_target
 
 TUNED_ATTR = "llmc.autotune"  # set by the autotune pass beside the tiles and stages it measured best
@@ -42,12 +43,15 @@ class TilePass(ModulePass):
         if tiles is None:
             return None
         # Triton's block shapes are powers of two. The C micro-kernel takes a matmul's rows in whole blocks
-        # of its height, 6 where the host has 16 vector registers: such a row tile is a multiple of it.
+        # of its height, 6 where the host has 16 vector registers: such a row tile may be a multiple of it.
         rows = target.micro_rows if kind == "matmul" and target.kind == "cpu" else None
-        whole_blocks = rows is not None and len(tiles) > 0 and tiles[0] > 0 and tiles[0] % rows == 0
-        if len(tiles) != TILE_RANK[kind] or not all(_power_of_two(t) for t in tiles[int(whole_blocks):]):
-            also = f" (the rows: or a multiple of {rows})" if rows is not None else ""
-            raise PassOptionError(f"tile: '{kind}' takes {TILE_RANK[kind]} powers of two{also}, got {list(tiles)}")
+
+        def allowed(index: int, size: int) -> bool:
+            return size >= 1 and (pow2_at_least(size) == size or (index == 0 and rows is not None and size % rows == 0))
+
+        if len(tiles) != TILE_RANK[kind] or not all(allowed(i, t) for i, t in enumerate(tiles)):
+            rows_too = f" (the first may be a multiple of {rows} instead)" if rows is not None else ""
+            raise PassOptionError(f"tile: '{kind}' takes {TILE_RANK[kind]} powers of two{rows_too}, got {list(tiles)}")
         return tuple(tiles)
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
@@ -73,7 +77,3 @@ class TilePass(ModulePass):
             default_stages = target.default_stages if override and kind in ("matmul", "attention") else decision.stages
             kop.attributes["tiles"] = graph.dense(override or decision.tiles)
             kop.attributes["stages"] = IntegerAttr(self.stages or default_stages, 64)
-
-
-def _power_of_two(size: int) -> bool:
-    return size >= 1 and not size & (size - 1)

@@ -514,6 +514,15 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
 #define LLMC_QROW_VNNI8_WIDE llmc_qrow_vnni8_4
 #endif
 
+/* n int8 activation codes as llmc_dot_act8 takes them, in place: q + 128 as unsigned bytes where
+ * LLMC_ACT_OFFSET says so, else as they are. */
+static inline const uint8_t *llmc_act8_operand(int8_t *q, long n) {
+    uint8_t *u = (uint8_t *)q;
+    if (LLMC_ACT_OFFSET)
+        for (long k = 0; k < n; k++) u[k] ^= 0x80;
+    return u;
+}
+
 /* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout, LLMC_VNNI_ROWS rows
  * at a time and the rest one by one; K a multiple of 32. */
 static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
@@ -522,9 +531,7 @@ static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q,
     long blocks = K / LLMC_ACT_BLOCK, m = 0;
     for (; m + LLMC_VNNI_ROWS <= M; m += LLMC_VNNI_ROWS) {
         if (bits == 8) {
-            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place (LLMC_ACT_OFFSET) */
-            if (LLMC_ACT_OFFSET)
-                for (long k = 0; k < LLMC_VNNI_ROWS * K; k++) qau[k] ^= 0x80;
+            const uint8_t *qau = llmc_act8_operand(act.q + m * K, LLMC_VNNI_ROWS * K);
             for (long n = 0; n < N; n += 2 * LLMC_W)
                 llmc_qrows_vnni8(K, qau, act.d + m * blocks, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, c.ld, accumulate);
         } else {
@@ -538,9 +545,7 @@ static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q,
         const float *da = act.d + m * blocks;
         long n = 0;
         if (bits == 8) {
-            uint8_t *qau = (uint8_t *)act.q + m * K; /* q + 128, as unsigned bytes, in place (LLMC_ACT_OFFSET) */
-            if (LLMC_ACT_OFFSET)
-                for (long k = 0; k < K; k++) qau[k] ^= 0x80;
+            const uint8_t *qau = llmc_act8_operand(act.q + m * K, K);
             for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
                 LLMC_QROW_VNNI8_WIDE(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             for (; n < N; n += 2 * LLMC_W)
