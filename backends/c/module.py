@@ -126,7 +126,7 @@ def packed_arguments(kernel: tile.KernelOp, weight_args: set, lanes: int, bf16_d
 
 def _vnni_codes(loads: list, lanes: int, int8_tiles: bool) -> int:
     """The bits of codes whose every product has int8 activations and whole blocks of 32 k per tile, on a
-    host with integer dot products (vpdpbusd, LLMC_VNNI_ROWS rows at a time and the rest one by one) or
+    host with integer dot products (vpdpbusd, a few rows at a time and the rest one by one) or
     AMX int8 tiles (prefill); laid out for llmc_qdot_act8 (quant_amx.h); else 0."""
     dequants = []
     for load in loads:

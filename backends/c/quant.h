@@ -402,38 +402,45 @@ LLMC_QROW_VNNI(2)
 LLMC_QROW_VNNI8(8)
 LLMC_QROW_VNNI8(4)
 LLMC_QROW_VNNI8(2)
-/* The same for LLMC_VNNI_ROWS rows at once, over two vectors of columns: each vector of codes is
- * loaded once for all the rows, and for int8 codes their column sums (the -128 correction) are taken once
- * too, where a row at a time takes them again for every row. */
+/* The same for R rows at once, over two vectors of columns: each vector of codes is loaded once for all
+ * the rows, and for int8 codes their column sums (the -128 correction) are taken once too. The integer sums
+ * of a block of 32 k stay in registers; the float sums are the output tile's (in L1), scaled in once per
+ * block, which leaves the registers to the integer sums, the codes and the activations (with them in
+ * registers, AVX2's 16 spilled and reloaded the codes for every row). */
 #if LLMC_W >= 16
-#define LLMC_VNNI_ROWS 4 /* 4 rows x 2 vectors: 8 sums, 8 accumulators and the codes in 32 registers */
+#define LLMC_VNNI_ROWS8 4 /* 4 rows x 2 vectors: 8 sums and the codes in 32 registers */
+#define LLMC_VNNI_ROWS4 4
 #elif !LLMC_ACT_OFFSET
-/* AVX2's vpmaddubsw form: with 3 rows a few accumulators spill (they are touched once per block), and
- * LLaMA's int4:32:a8 prefill took 0.88x the kernel time of 2 rows on a Zen 3 host (int8:a8 0.98x) */
-#define LLMC_VNNI_ROWS 3
+/* AVX2's vpmaddubsw form in 16 registers, on a Zen 3 host against 3 rows with the float sums in registers:
+ * GPT-2 int8:a8 prefill 0.85x the kernel time with 4 rows, LLaMA int4:32:a8 0.91x with 3 (its nibbles take
+ * four more registers; 4 rows were 0.98x) */
+#define LLMC_VNNI_ROWS8 4
+#define LLMC_VNNI_ROWS4 3
 #else
-#define LLMC_VNNI_ROWS 2 /* 16 registers */
+#define LLMC_VNNI_ROWS8 2 /* 16 registers */
+#define LLMC_VNNI_ROWS4 2
 #endif
-/* The LLMC_VNNI_ROWS x 2 vectors of accumulators of the kernels below, from and back to c (row stride ldc). */
-static inline void llmc_rows_acc_load(vf acc[LLMC_VNNI_ROWS][2], const float *c, long ldc, int accumulate) {
-    _Pragma("GCC unroll 4") for (int r = 0; r < LLMC_VNNI_ROWS; r++) {
-        acc[r][0] = accumulate ? vload(c + r * ldc) : vsplat(0.0f);
-        acc[r][1] = accumulate ? vload(c + r * ldc + LLMC_W) : vsplat(0.0f);
-    }
+/* c[r][0..2W) (= or +=, as `accumulate` says) for the first time: zeros where the sums start afresh. */
+static inline void llmc_rows_clear(int rows, float *c, long ldc, int accumulate) {
+    if (!accumulate)
+        for (int r = 0; r < rows; r++) {
+            vstore(c + r * ldc, vsplat(0.0f));
+            vstore(c + r * ldc + LLMC_W, vsplat(0.0f));
+        }
 }
-static inline void llmc_rows_acc_store(vf acc[LLMC_VNNI_ROWS][2], float *c, long ldc) {
-    _Pragma("GCC unroll 4") for (int r = 0; r < LLMC_VNNI_ROWS; r++) {
-        vstore(c + r * ldc, acc[r][0]);
-        vstore(c + r * ldc + LLMC_W, acc[r][1]);
-    }
+/* c[r] += (integer sums - offset) * scale, for one block of 32 k. */
+static inline void llmc_rows_scale_in(float *c, vi isum0, vi isum1, vf off0, vf off1, vf scale0, vf scale1) {
+    vstore(c, vload(c) + (__builtin_convertvector(isum0, vf) - off0) * scale0);
+    vstore(c + LLMC_W, vload(c + LLMC_W) + (__builtin_convertvector(isum1, vf) - off1) * scale1);
 }
-static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da, const int8_t *q, long qps,
+static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da, long blocks, const int8_t *q, long qps,
                                     const float *s, long sps, long kpg, long n, float *c, long ldc, int accumulate) {
-    enum { R = LLMC_VNNI_ROWS };
-    const long blocks = K / LLMC_ACT_BLOCK;
+    enum { R = LLMC_VNNI_ROWS8 };
     const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
-    vf acc[R][2];
-    llmc_rows_acc_load(acc, c, ldc, accumulate);
+    const float *s0 = LLMC_PANEL_AT(s, sps, n), *s1 = LLMC_PANEL_AT(s, sps, n + LLMC_W);
+    llmc_rows_clear(R, c, ldc, accumulate);
+    /* the scale row of block b, b * 32 / kpg, without a division per block (groups hold whole blocks) */
+    long row = 0, left = kpg;
     for (long b = 0; b < blocks; b++) {
         vi isum[R][2], wsum0 = (vi)LLMC_SPLAT(0), wsum1 = (vi)LLMC_SPLAT(0);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
@@ -453,27 +460,27 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
                 isum[r][1] = llmc_dot_act8(isum[r][1], av, x1);
             }
         }
-        long row = (b * LLMC_ACT_BLOCK) / kpg;
-        vf s0 = vload(LLMC_PANEL_AT(s, sps, n) + row * LLMC_NR), s1 = vload(LLMC_PANEL_AT(s, sps, n + LLMC_W) + row * LLMC_NR);
+        vf sv0 = vload(s0 + row * LLMC_NR), sv1 = vload(s1 + row * LLMC_NR);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            vf dv = vsplat(da[r * blocks + b]);
-            acc[r][0] += __builtin_convertvector(isum[r][0] - (wsum0 << 7), vf) * (s0 * dv);
-            acc[r][1] += __builtin_convertvector(isum[r][1] - (wsum1 << 7), vf) * (s1 * dv);
+            vf dv = vsplat(da[r * blocks + b]), none = vsplat(0.0f);
+            llmc_rows_scale_in(c + r * ldc, isum[r][0] - (wsum0 << 7), isum[r][1] - (wsum1 << 7), none, none, sv0 * dv,
+                               sv1 * dv);
         }
+        if ((left -= LLMC_ACT_BLOCK) <= 0) row++, left = kpg;
     }
-    llmc_rows_acc_store(acc, c, ldc);
 }
 
 /* int4 codes: the nibbles of each vector are split once for all the rows. */
-static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, const int32_t *sa, const int8_t *q,
-                                    long qps, const float *s, long sps, const float *z, long kpg, long n, float *c,
-                                    long ldc, int accumulate) {
-    enum { R = LLMC_VNNI_ROWS };
-    const long blocks = K / LLMC_ACT_BLOCK;
+static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, const int32_t *sa, long blocks,
+                                    const int8_t *q, long qps, const float *s, long sps, const float *z, long kpg,
+                                    long n, float *c, long ldc, int accumulate) {
+    enum { R = LLMC_VNNI_ROWS4 };
     const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
+    const float *s0 = LLMC_PANEL_AT(s, sps, n), *s1 = LLMC_PANEL_AT(s, sps, n + LLMC_W);
+    const float *z0 = z ? LLMC_PANEL_AT(z, sps, n) : NULL, *z1 = z ? LLMC_PANEL_AT(z, sps, n + LLMC_W) : NULL;
     const vi low = (vi)LLMC_SPLAT(0x0F0F0F0F);
-    vf acc[R][2];
-    llmc_rows_acc_load(acc, c, ldc, accumulate);
+    llmc_rows_clear(R, c, ldc, accumulate);
+    long row = 0, left = kpg;
     for (long b = 0; b < blocks; b++) {
         vi isum[R][2];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
@@ -493,17 +500,15 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
                 isum[r][1] = llmc_dpbusd2(isum[r][1], lo1, alo, hi1, ahi);
             }
         }
-        long row = (b * LLMC_ACT_BLOCK) / kpg;
-        vf s0 = vload(LLMC_PANEL_AT(s, sps, n) + row * LLMC_NR), s1 = vload(LLMC_PANEL_AT(s, sps, n + LLMC_W) + row * LLMC_NR);
-        vf z0 = z ? vload(LLMC_PANEL_AT(z, sps, n) + row * LLMC_NR) : vsplat(8.0f);
-        vf z1 = z ? vload(LLMC_PANEL_AT(z, sps, n + LLMC_W) + row * LLMC_NR) : vsplat(8.0f);
+        vf sv0 = vload(s0 + row * LLMC_NR), sv1 = vload(s1 + row * LLMC_NR);
+        vf zv0 = z ? vload(z0 + row * LLMC_NR) : vsplat(8.0f), zv1 = z ? vload(z1 + row * LLMC_NR) : vsplat(8.0f);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             vf dv = vsplat(da[r * blocks + b]), sumv = vsplat((float)sa[r * blocks + b]);
-            acc[r][0] += (__builtin_convertvector(isum[r][0], vf) - z0 * sumv) * (s0 * dv);
-            acc[r][1] += (__builtin_convertvector(isum[r][1], vf) - z1 * sumv) * (s1 * dv);
+            llmc_rows_scale_in(c + r * ldc, isum[r][0], isum[r][1], zv0 * sumv, zv1 * sumv, sv0 * dv,
+                               sv1 * dv);
         }
+        if ((left -= LLMC_ACT_BLOCK) <= 0) row++, left = kpg;
     }
-    llmc_rows_acc_store(acc, c, ldc);
 }
 
 #if LLMC_QV == 8
@@ -523,33 +528,33 @@ static inline const uint8_t *llmc_act8_operand(int8_t *q, long n) {
     return u;
 }
 
-/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout, LLMC_VNNI_ROWS rows
- * at a time and the rest one by one; K a multiple of 32. */
+/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout, LLMC_VNNI_ROWS8 (or 4)
+ * rows at a time, each group over every column pair (the pair's codes stay in L1 for the next group), and the
+ * rest one by one; K a multiple of 32. */
 static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
                            long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
     llmc_act8 act = llmc_act8_rows(a, M, M, K, 0);
-    long blocks = K / LLMC_ACT_BLOCK, m = 0;
-    for (; m + LLMC_VNNI_ROWS <= M; m += LLMC_VNNI_ROWS) {
-        if (bits == 8) {
-            const uint8_t *qau = llmc_act8_operand(act.q + m * K, LLMC_VNNI_ROWS * K);
-            for (long n = 0; n < N; n += 2 * LLMC_W)
-                llmc_qrows_vnni8(K, qau, act.d + m * blocks, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, c.ld, accumulate);
-        } else {
-            for (long n = 0; n < N; n += 2 * LLMC_W)
-                llmc_qrows_vnni4(K, act.q + m * K, act.d + m * blocks, act.sum + m * blocks, q, qps, s, sps, z, kpg, n,
-                                 c.p + m * c.ld + n, c.ld, accumulate);
+    long blocks = K / LLMC_ACT_BLOCK, rows = bits == 8 ? LLMC_VNNI_ROWS8 : LLMC_VNNI_ROWS4, grouped = M / rows * rows;
+    const uint8_t *qau = bits == 8 ? llmc_act8_operand(act.q, grouped * K) : NULL;
+    for (long n = 0; n < N; n += 2 * LLMC_W)
+        for (long m = 0; m < grouped; m += rows) {
+            float *cm = c.p + m * c.ld + n;
+            if (bits == 8)
+                llmc_qrows_vnni8(K, qau + m * K, act.d + m * blocks, blocks, q, qps, s, sps, kpg, n, cm, c.ld, accumulate);
+            else
+                llmc_qrows_vnni4(K, act.q + m * K, act.d + m * blocks, act.sum + m * blocks, blocks, q, qps, s, sps, z,
+                                 kpg, n, cm, c.ld, accumulate);
         }
-    }
-    for (; m < M; m++) {
+    for (long m = grouped; m < M; m++) {
         const int8_t *qa = act.q + m * K;
         const float *da = act.d + m * blocks;
         long n = 0;
         if (bits == 8) {
-            const uint8_t *qau = llmc_act8_operand(act.q + m * K, K);
+            const uint8_t *row = llmc_act8_operand(act.q + m * K, K);
             for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
-                LLMC_QROW_VNNI8_WIDE(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
+                LLMC_QROW_VNNI8_WIDE(K, row, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             for (; n < N; n += 2 * LLMC_W)
-                llmc_qrow_vnni8_2(K, qau, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
+                llmc_qrow_vnni8_2(K, row, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             continue;
         }
         const int32_t *sa = act.sum + m * blocks;

@@ -129,8 +129,10 @@ def test_x86_paths_compile_for_cpus_this_host_is_not(tmp_path):
     for fmt in ("int8:a8", "int4:32:a8"):  # integer products on vpmaddubsw (quant.h), where VNNI is absent
         integer = rendered("cpu-avx2", 8, False, False, tmp_path, "gpt2_block", quantize=fmt)
         assert "llmc_qdot_act8(" in open(integer).read()
-        done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", "-march=haswell", "-c", integer, "-o", str(tmp_path / "q.o")])
-        assert done.returncode == 0, f"{fmt}: {done.stderr[-2000:]}"
+        for cpu in ("haswell", "alderlake"):  # alderlake: AVX-VNNI's 8-lane vpdpbusd, activations offset by 128
+            done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", f"-march={cpu}", "-c", integer, "-o",
+                                 str(tmp_path / "q.o")])
+            assert done.returncode == 0, f"{fmt} on {cpu}: {done.stderr[-2000:]}"
 
 
 def test_neon_path_compiles_for_aarch64(tmp_path):
