@@ -201,12 +201,21 @@ static void llmc_quantize_block(const float *a, long n, int8_t *q, float *d, int
         for (int k = 0; k < LLMC_ACT_BLOCK; k += LLMC_W) amaxv = vmax(amaxv, (vf)((vi)vload(a + k) & 0x7FFFFFFF));
         float dd = vhmax(amaxv) / 127.0f;
         vf inv = vsplat(1.0f / (dd > 0.0f ? dd : 1.0f)), magic = vsplat(12582912.0f);
-        vi total = (vi)LLMC_SPLAT(0);
-        for (int k = 0; k < LLMC_ACT_BLOCK; k += LLMC_W) {
-            vi v = __builtin_convertvector((vload(a + k) * inv + magic) - magic, vi);
-            total += v;
-            for (int j = 0; j < LLMC_W; j++) q[k + j] = (int8_t)v[j];
+        vi v[LLMC_ACT_BLOCK / LLMC_W], total = (vi)LLMC_SPLAT(0);
+        for (int k = 0; k < LLMC_ACT_BLOCK / LLMC_W; k++) {
+            v[k] = __builtin_convertvector((vload(a + k * LLMC_W) * inv + magic) - magic, vi);
+            total += v[k];
         }
+#if defined(__AVX2__) && LLMC_W == 8
+        /* narrowed with saturating packs (the codes are within [-127, 127]), which work per 128-bit half:
+         * the 4-byte groups come out as v0 v1 v2 v3 low halves, then high halves; one permutation orders them */
+        __m256i w01 = _mm256_packs_epi32((__m256i)v[0], (__m256i)v[1]), w23 = _mm256_packs_epi32((__m256i)v[2], (__m256i)v[3]);
+        __m256i bytes = _mm256_packs_epi16(w01, w23);
+        _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+        for (int k = 0; k < LLMC_ACT_BLOCK / LLMC_W; k++)
+            for (int j = 0; j < LLMC_W; j++) q[k * LLMC_W + j] = (int8_t)v[k][j];
+#endif
         *d = dd;
         *sum = 0;
         for (int j = 0; j < LLMC_W; j++) *sum += total[j];
