@@ -142,7 +142,7 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
                       f"blocks; the loop's barrier ends it) */")
             self.line(f"for (long b = 0; b < {spec.batches}; b++) llmc_pack_lhs(shared + {spec.offset} + b * "
                       f"{spec.matrix_floats}, arg{spec.arg} + {spec.base} + b * {spec.batch_step}, {spec.height}, "
-                      f"{spec.width}, {spec.row_stride}, {spec.padded_rows}, {spec.padded_k});")
+                      f"{spec.width}, {spec.row_stride}, {spec.padded_k});")
         streams = any(STREAM_ATTR in op.attributes for op in block.walk())
         collapse = f" collapse({len(grid)})" if len(grid) > 1 else ""
         self.line(f"#pragma omp for{collapse} schedule(static){' nowait' if streams else ''}")

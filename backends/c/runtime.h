@@ -464,11 +464,13 @@ static const float *llmc_pack_rows(llmc_tile a, long blocks, long K) {
 /* A product's lhs packed once per launch for all of its programs (shared_lhs.py): rows in blocks of LLMC_MR, each
  * block k-major over the whole of k_padded (element (r, k) at p[(r / LLMC_MR) * k_padded * LLMC_MR + k * LLMC_MR +
  * r % LLMC_MR]), zeros outside height x width. Every thread of the region calls it: the blocks are shared out
- * and the barrier that ends the loop lets each program read them all. */
-static void llmc_pack_lhs(float *p, const float *src, long height, long width, long row_stride, long rows_padded,
-                          long k_padded) {
+ * and the barrier that ends the loop lets each program read them all. The blocks after the last that holds a
+ * row (rows_padded rounds up to whole row tiles) are left as they are: a packed tile says how many of its rows
+ * hold data, and llmc_dot reads no block past them (zeroing them cost LLaMA's block 2% on a Zen 3 host). */
+static void llmc_pack_lhs(float *p, const float *src, long height, long width, long row_stride, long k_padded) {
+    long blocks = (height + LLMC_MR - 1) / LLMC_MR;
     #pragma omp for schedule(static)
-    for (long b = 0; b < rows_padded / LLMC_MR; b++) {
+    for (long b = 0; b < blocks; b++) {
         float *block = p + b * k_padded * LLMC_MR;
         const float *rows = src + b * LLMC_MR * row_stride;
         if ((b + 1) * LLMC_MR <= height) {
