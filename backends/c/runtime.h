@@ -365,18 +365,54 @@ LLMC_PACK_TRANSPOSED(llmc_pack_transposed, float, vload, llmc_pack_block)
 
 /* acc[M x N] (+)= a[M x K] * b[K x N] with b given transposed (bt[n][k], row
  * step bt.ld): dot products along contiguous k. For the few rows of a decode
- * step this streams K straight from the cache, with no transposing copy. */
+ * step this streams K straight from the cache, with no transposing copy.
+ * LLMC_NT_ROWS dot products at a time, as independent chains of FMAs: one at a
+ * time, each waited on its own chain and on a horizontal sum, and that latency
+ * set the speed of a decode step's attention (on AVX2 the 8 sums come out of
+ * one tree of horizontal adds as a vector: 2.4x faster for a 64x64 tile). */
+#if defined(__AVX2__) && LLMC_W == 8
+#define LLMC_NT_ROWS 8
+static inline vf llmc_hsum8(const vf acc[8]) { /* lane j: the sum of acc[j]'s lanes */
+    __m256 h01 = _mm256_hadd_ps((__m256)acc[0], (__m256)acc[1]), h23 = _mm256_hadd_ps((__m256)acc[2], (__m256)acc[3]);
+    __m256 h45 = _mm256_hadd_ps((__m256)acc[4], (__m256)acc[5]), h67 = _mm256_hadd_ps((__m256)acc[6], (__m256)acc[7]);
+    __m256 low = _mm256_hadd_ps(h01, h23), high = _mm256_hadd_ps(h45, h67); /* per 128-bit half */
+    return (vf)_mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_permute2f128_ps(low, high, 0x31));
+}
+#else
+#define LLMC_NT_ROWS 4
+#endif
 static void llmc_dot_nt(long M, long N, long K, llmc_tile a, llmc_tile bt, llmc_tile c, int accumulate) {
+    long vk = K / LLMC_W * LLMC_W;
     for (long m = 0; m < M; m++) {
         const float *am = a.p + m * a.ld;
-        for (long n = 0; n < N; n++) {
+        float *cm = c.p + m * c.ld;
+        long n = 0;
+        for (; n + LLMC_NT_ROWS <= N; n += LLMC_NT_ROWS) {
+            vf acc[LLMC_NT_ROWS];
+            _Pragma("GCC unroll 8") for (int j = 0; j < LLMC_NT_ROWS; j++) acc[j] = vsplat(0.0f);
+            for (long k = 0; k < vk; k += LLMC_W) {
+                vf av = vload(am + k);
+                _Pragma("GCC unroll 8") for (int j = 0; j < LLMC_NT_ROWS; j++) acc[j] += av * vload(bt.p + (n + j) * bt.ld + k);
+            }
+            float sums[LLMC_NT_ROWS];
+#if LLMC_NT_ROWS == 8
+            vstore(sums, llmc_hsum8(acc));
+#else
+            for (int j = 0; j < LLMC_NT_ROWS; j++) sums[j] = vhsum(acc[j]);
+#endif
+            for (int j = 0; j < LLMC_NT_ROWS; j++) {
+                const float *bn = bt.p + (n + j) * bt.ld;
+                for (long k = vk; k < K; k++) sums[j] += am[k] * bn[k];
+                cm[n + j] = accumulate ? cm[n + j] + sums[j] : sums[j];
+            }
+        }
+        for (; n < N; n++) {
             const float *bn = bt.p + n * bt.ld;
             vf acc = vsplat(0.0f);
-            long k = 0;
-            for (; k + LLMC_W <= K; k += LLMC_W) acc += vload(am + k) * vload(bn + k);
+            for (long k = 0; k < vk; k += LLMC_W) acc += vload(am + k) * vload(bn + k);
             float sum = vhsum(acc);
-            for (; k < K; k++) sum += am[k] * bn[k];
-            c.p[m * c.ld + n] = accumulate ? c.p[m * c.ld + n] + sum : sum;
+            for (long k = vk; k < K; k++) sum += am[k] * bn[k];
+            cm[n] = accumulate ? cm[n] + sum : sum;
         }
     }
 }
