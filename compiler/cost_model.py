@@ -92,8 +92,10 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
     return pointwise_tiles(as_2d(graph.shape_of(kop.outputs[0])), target)
 
 
-# A product with int8 activations rounds its lhs tile again for every column tile that reads it: an
-# element rounded costs about as much as this many elements re-read (its max, scale, round and store).
+# A product with int8 activations on AMX tiles (and on GPUs) rounds its lhs tile again for every column tile
+# that reads it: an element rounded costs about as much as this many elements re-read (its max, scale, round
+# and store). Other CPUs round a linear's input once per launch and re-read its bytes; the weight stays, which
+# keeps their column tiles wide.
 ROUNDING_COST = 4.0
 
 

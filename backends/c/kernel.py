@@ -138,10 +138,16 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         self.line("float *scratch = scratch_base + (long)omp_get_thread_num() * LLMC_SCRATCH_FLOATS;")
         self.line("(void)scratch;")
         for spec in dict.fromkeys(self.plan.shared_lhs.values()):
+            into = f"shared + {spec.offset} + b * {spec.matrix_floats}, arg{spec.arg} + {spec.base} + b * {spec.batch_step}"
+            if spec.codes:
+                self.line(f"/* arg{spec.arg}'s rows rounded to int8 once for every program's integer products (the "
+                          f"threads share the rows; the loop's barrier ends it) */")
+                self.line(f"for (long b = 0; b < {spec.batches}; b++) llmc_act8_pack({into}, {spec.height}, {spec.width}, "
+                          f"{spec.row_stride}, {spec.padded_rows}, {spec.padded_k}, {int(spec.codes == 8)});")
+                continue
             self.line(f"/* arg{spec.arg}'s rows packed once for every program's products (the threads share the "
                       f"blocks; the loop's barrier ends it) */")
-            self.line(f"for (long b = 0; b < {spec.batches}; b++) llmc_pack_lhs(shared + {spec.offset} + b * "
-                      f"{spec.matrix_floats}, arg{spec.arg} + {spec.base} + b * {spec.batch_step}, {spec.height}, "
+            self.line(f"for (long b = 0; b < {spec.batches}; b++) llmc_pack_lhs({into}, {spec.height}, "
                       f"{spec.width}, {spec.row_stride}, {spec.padded_k});")
         streams = any(STREAM_ATTR in op.attributes for op in block.walk())
         collapse = f" collapse({len(grid)})" if len(grid) > 1 else ""

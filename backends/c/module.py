@@ -193,7 +193,7 @@ class ModuleRenderer:
         plans, bodies, scratch, shared = {}, [], 0, 0
         for code, (name, kernel) in enumerate(self.kernels.items(), start=1):
             self.packs[name] = packed_arguments(kernel, weight_args, self.lanes, self.bf16_dot, self.int8_tiles)
-            plans[name] = plan_kernel(kernel, self.lanes, self.packs[name])
+            plans[name] = plan_kernel(kernel, self.lanes, self.packs[name], self.int8_tiles)
             scratch = max(scratch, plans[name].scratch_floats)
             shared = max(shared, plans[name].shared_floats)
             notes = self.arg_notes(kernel, self.packs[name])

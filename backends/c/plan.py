@@ -131,8 +131,9 @@ def ancestor_in(op: Operation, block: Block) -> Operation | None:
 
 
 class Planner:
-    def __init__(self, kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec]):
+    def __init__(self, kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec], int8_tiles: bool = False):
         self.kernel = kernel
+        self.int8_tiles = int8_tiles
         self.plan = KernelPlan(lanes, packs=packed_args)
         self.positions: dict[Block, dict[Operation, int]] = {}
 
@@ -310,7 +311,7 @@ class Planner:
             info.transposed, info.ld = True, round_up(rows, self.plan.lanes)
         self.plan.values[op.result] = info
         if not (info.panel or info.rhs or info.transposed or info.bits or info.half):
-            spec = shared_lhs(self.kernel, op, self.plan.packs, self.plan.lanes)
+            spec = shared_lhs(self.kernel, op, self.plan.packs, self.plan.lanes, self.int8_tiles)
             if spec is not None:
                 self.plan.share_lhs(op, spec)
 
@@ -423,5 +424,5 @@ def dot_roles(value: SSAValue, seen: set | None = None) -> list[tuple[tile.DotOp
     return roles
 
 
-def plan_kernel(kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec]) -> KernelPlan:
-    return Planner(kernel, lanes, packed_args).run()
+def plan_kernel(kernel: tile.KernelOp, lanes: int, packed_args: dict[int, PackSpec], int8_tiles: bool = False) -> KernelPlan:
+    return Planner(kernel, lanes, packed_args, int8_tiles).run()

@@ -132,10 +132,17 @@ class ProductRenderer:
             self.line(copy)
             return
         shared = self.plan.shared_lhs.get(op)
+        matrix = f" + ({base} - {shared.base}) / {shared.batch_step} * {shared.matrix_floats}" if shared and shared.batch_step else ""
+        if shared is not None and shared.codes:  # a view of the rounded rows (llmc_act8_pack; every tile lies inside)
+            k, blocks = shared.padded_k, shared.padded_k // 32
+            codes_bytes = 4 * -(-shared.padded_rows * k // 4)
+            self.line(f"{v}.p = (float *)((int8_t *)(shared + {shared.offset}{matrix}) + {row} * {k} + {col}); {v}.ld = -{k}; "
+                      f"{v}.rows = {codes_bytes} + ({row} * {blocks} + {col} / 32) * 4 - ({row} * {k} + {col}); "
+                      f"{v}.ps = {shared.padded_rows * blocks * 4};")
+            return
         if shared is not None:  # ld 0 tells llmc_dot the rows are packed, ps the step between blocks of rows
             inside = (f"{row} >= 0 && {col} >= 0 && {row} % LLMC_MR == 0 && {row} + {info.rows} <= {shared.padded_rows} "
                       f"&& {col} + {info.cols} <= {shared.padded_k}")
-            matrix = f" + ({base} - {shared.base}) / {shared.batch_step} * {shared.matrix_floats}" if shared.batch_step else ""
             self.line(f"if ({inside}) {{ {v}.p = shared + {shared.offset}{matrix} + ({row} / LLMC_MR) * {shared.padded_k} * "
                       f"LLMC_MR + {col} * LLMC_MR; {v}.ld = 0; {v}.ps = {shared.padded_k} * LLMC_MR; "
                       f"{v}.rows = {shared.height} - {row}; }}")

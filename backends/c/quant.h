@@ -442,15 +442,16 @@ static inline void llmc_rows_scale_in(float *c, vi isum0, vi isum1, vf off0, vf 
     vstore(c, vload(c) + (__builtin_convertvector(isum0, vf) - off0) * scale0);
     vstore(c + LLMC_W, vload(c + LLMC_W) + (__builtin_convertvector(isum1, vf) - off1) * scale1);
 }
-static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da, long blocks, const int8_t *q, long qps,
-                                    const float *s, long sps, long kpg, long n, float *c, long ldc, int accumulate) {
+static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, long ldq, const float *da, long ldd, const int8_t *q,
+                                    long qps, const float *s, long sps, long kpg, long n, float *c, long ldc,
+                                    int accumulate) {
     enum { R = LLMC_VNNI_ROWS8 };
     const int8_t *qp0 = LLMC_VNNI_AT(q, qps, n), *qp1 = LLMC_VNNI_AT(q, qps, n + LLMC_W);
     const float *s0 = LLMC_PANEL_AT(s, sps, n), *s1 = LLMC_PANEL_AT(s, sps, n + LLMC_W);
     llmc_rows_clear(R, c, ldc, accumulate);
     /* the scale row of block b, b * 32 / kpg, without a division per block (groups hold whole blocks) */
     long row = 0, left = kpg;
-    for (long b = 0; b < blocks; b++) {
+    for (long b = 0; b < K / LLMC_ACT_BLOCK; b++) {
         vi isum[R][2], wsum0 = (vi)LLMC_SPLAT(0), wsum1 = (vi)LLMC_SPLAT(0);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
         _Pragma("GCC unroll 8") for (long k4 = b * 8; k4 < b * 8 + 8; k4++) {
@@ -463,7 +464,7 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
             wsum1 = llmc_code_sums(wsum1, x1);
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 int32_t a4;
-                memcpy(&a4, qau + r * K + 4 * k4, 4);
+                memcpy(&a4, qau + r * ldq + 4 * k4, 4);
                 vi av = (vi)LLMC_SPLAT(a4);
                 isum[r][0] = llmc_dot_act8(isum[r][0], av, x0);
                 isum[r][1] = llmc_dot_act8(isum[r][1], av, x1);
@@ -471,7 +472,7 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
         }
         vf sv0 = vload(s0 + row * LLMC_NR), sv1 = vload(s1 + row * LLMC_NR);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            vf dv = vsplat(da[r * blocks + b]), none = vsplat(0.0f);
+            vf dv = vsplat(da[r * ldd + b]), none = vsplat(0.0f);
             llmc_rows_scale_in(c + r * ldc, isum[r][0] - (wsum0 << 7), isum[r][1] - (wsum1 << 7), none, none, sv0 * dv,
                                sv1 * dv);
         }
@@ -480,7 +481,7 @@ static inline void llmc_qrows_vnni8(long K, const uint8_t *qau, const float *da,
 }
 
 /* int4 codes: the nibbles of each vector are split once for all the rows. */
-static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, const int32_t *sa, long blocks,
+static inline void llmc_qrows_vnni4(long K, const int8_t *qa, long ldq, const float *da, const int32_t *sa, long ldd,
                                     const int8_t *q, long qps, const float *s, long sps, const float *z, long kpg,
                                     long n, float *c, long ldc, int accumulate) {
     enum { R = LLMC_VNNI_ROWS4 };
@@ -490,7 +491,7 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
     const vi low = (vi)LLMC_SPLAT(0x0F0F0F0F);
     llmc_rows_clear(R, c, ldc, accumulate);
     long row = 0, left = kpg;
-    for (long b = 0; b < blocks; b++) {
+    for (long b = 0; b < K / LLMC_ACT_BLOCK; b++) {
         vi isum[R][2];
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) isum[r][0] = isum[r][1] = (vi)LLMC_SPLAT(0);
         _Pragma("GCC unroll 4") for (long k8 = b * 4; k8 < b * 4 + 4; k8++) {
@@ -502,8 +503,8 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
             vi lo0 = x0 & low, hi0 = (x0 >> 4) & low, lo1 = x1 & low, hi1 = (x1 >> 4) & low;
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 int32_t lo4, hi4;
-                memcpy(&lo4, qa + r * K + 8 * k8, 4);
-                memcpy(&hi4, qa + r * K + 8 * k8 + 4, 4);
+                memcpy(&lo4, qa + r * ldq + 8 * k8, 4);
+                memcpy(&hi4, qa + r * ldq + 8 * k8 + 4, 4);
                 vi alo = (vi)LLMC_SPLAT(lo4), ahi = (vi)LLMC_SPLAT(hi4);
                 isum[r][0] = llmc_dpbusd2(isum[r][0], lo0, alo, hi0, ahi);
                 isum[r][1] = llmc_dpbusd2(isum[r][1], lo1, alo, hi1, ahi);
@@ -512,7 +513,7 @@ static inline void llmc_qrows_vnni4(long K, const int8_t *qa, const float *da, c
         vf sv0 = vload(s0 + row * LLMC_NR), sv1 = vload(s1 + row * LLMC_NR);
         vf zv0 = z ? vload(z0 + row * LLMC_NR) : vsplat(8.0f), zv1 = z ? vload(z1 + row * LLMC_NR) : vsplat(8.0f);
         _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            vf dv = vsplat(da[r * blocks + b]), sumv = vsplat((float)sa[r * blocks + b]);
+            vf dv = vsplat(da[r * ldd + b]), sumv = vsplat((float)sa[r * ldd + b]);
             llmc_rows_scale_in(c + r * ldc, isum[r][0], isum[r][1], zv0 * sumv, zv1 * sumv, sv0 * dv,
                                sv1 * dv);
         }
@@ -537,40 +538,96 @@ static inline const uint8_t *llmc_act8_operand(int8_t *q, long n) {
     return u;
 }
 
-/* acc[M x N] (+)= round8(a)[M x K] * dequant(codes) with the codes in the VNNI layout, LLMC_VNNI_ROWS8 (or 4)
- * rows at a time, each group over every column pair (the pair's codes stay in L1 for the next group), and the
- * rest one by one; K a multiple of 32. */
-static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
-                           long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
-    llmc_act8 act = llmc_act8_rows(a, M, M, K, 0);
-    long blocks = K / LLMC_ACT_BLOCK, rows = bits == 8 ? LLMC_VNNI_ROWS8 : LLMC_VNNI_ROWS4, grouped = M / rows * rows;
-    const uint8_t *qau = bits == 8 ? llmc_act8_operand(act.q, grouped * K) : NULL;
+/* Rows of int8 activations as the integer products read them: codes (row step ldq; for int8 codes already in
+ * llmc_dot_act8's form), and per row (step ldd) and block of 32 k the scale d and the codes' sum. */
+typedef struct {
+    const int8_t *q;
+    const float *d;
+    const int32_t *sum;
+    long ldq, ldd;
+} llmc_act8_view;
+
+/* acc[M x N] (+)= act[M x K] * dequant(codes) with the codes in the VNNI layout, LLMC_VNNI_ROWS8 (or 4) rows at
+ * a time, each group over every column pair (the pair's codes stay in L1 for the next group), and the rest one
+ * by one; K a multiple of 32. */
+static void llmc_qdot_vnni_rows(long M, long N, long K, llmc_act8_view act, const int8_t *q, long qps, int bits,
+                                const float *s, long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
+    long rows = bits == 8 ? LLMC_VNNI_ROWS8 : LLMC_VNNI_ROWS4, grouped = M / rows * rows;
     for (long n = 0; n < N; n += 2 * LLMC_W)
         for (long m = 0; m < grouped; m += rows) {
             float *cm = c.p + m * c.ld + n;
             if (bits == 8)
-                llmc_qrows_vnni8(K, qau + m * K, act.d + m * blocks, blocks, q, qps, s, sps, kpg, n, cm, c.ld, accumulate);
+                llmc_qrows_vnni8(K, (const uint8_t *)act.q + m * act.ldq, act.ldq, act.d + m * act.ldd, act.ldd, q, qps,
+                                 s, sps, kpg, n, cm, c.ld, accumulate);
             else
-                llmc_qrows_vnni4(K, act.q + m * K, act.d + m * blocks, act.sum + m * blocks, blocks, q, qps, s, sps, z,
-                                 kpg, n, cm, c.ld, accumulate);
+                llmc_qrows_vnni4(K, act.q + m * act.ldq, act.ldq, act.d + m * act.ldd, act.sum + m * act.ldd, act.ldd,
+                                 q, qps, s, sps, z, kpg, n, cm, c.ld, accumulate);
         }
     for (long m = grouped; m < M; m++) {
-        const int8_t *qa = act.q + m * K;
-        const float *da = act.d + m * blocks;
+        const int8_t *qa = act.q + m * act.ldq;
+        const float *da = act.d + m * act.ldd;
         long n = 0;
         if (bits == 8) {
-            const uint8_t *row = llmc_act8_operand(act.q + m * K, K);
+            const uint8_t *row = (const uint8_t *)qa;
             for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
                 LLMC_QROW_VNNI8_WIDE(K, row, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             for (; n < N; n += 2 * LLMC_W)
                 llmc_qrow_vnni8_2(K, row, da, q, qps, s, sps, kpg, n, c.p + m * c.ld + n, accumulate);
             continue;
         }
-        const int32_t *sa = act.sum + m * blocks;
+        const int32_t *sa = act.sum + m * act.ldd;
         for (; n + LLMC_QV * LLMC_W <= N; n += LLMC_QV * LLMC_W)
             LLMC_QROW_VNNI_WIDE(K, qa, da, sa, q, qps, s, sps, z, kpg, n, c.p + m * c.ld + n, accumulate);
         for (; n < N; n += 2 * LLMC_W)
             llmc_qrow_vnni_2(K, qa, da, sa, q, qps, s, sps, z, kpg, n, c.p + m * c.ld + n, accumulate);
+    }
+}
+
+/* The same on an activation tile: a view of the rows rounded once per launch (llmc_act8_pack; ld < 0, see there),
+ * else f32 rows rounded here (every column tile rounds them again). */
+static void llmc_qdot_vnni(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
+                           long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
+    if (a.ld < 0) {
+        const char *codes = (const char *)a.p;
+        const float *d = (const float *)(codes + a.rows);
+        llmc_act8_view view = {(const int8_t *)codes, d, (const int32_t *)((const char *)d + a.ps), -a.ld,
+                               -a.ld / LLMC_ACT_BLOCK};
+        llmc_qdot_vnni_rows(M, N, K, view, q, qps, bits, s, sps, z, kpg, c, accumulate);
+        return;
+    }
+    llmc_act8 act = llmc_act8_rows(a, M, M, K, 0);
+    if (bits == 8) llmc_act8_operand(act.q, M * K);
+    llmc_act8_view view = {act.q, act.d, act.sum, K, K / LLMC_ACT_BLOCK};
+    llmc_qdot_vnni_rows(M, N, K, view, q, qps, bits, s, sps, z, kpg, c, accumulate);
+}
+
+/* A linear layer's input rounded once per launch for all of its programs' integer products (shared_lhs.py), into
+ * the launch's shared buffer at p: codes row-major [rows_padded x k_padded] (in llmc_dot_act8's form where the
+ * codes are int8: `operand`), then the scales d and then the codes' sums, each [rows_padded x k_padded / 32];
+ * zero outside height x width. Every thread of the region calls it: the rows are shared out and the barrier
+ * that ends the loop lets each program read them all. A tile of it is a descriptor whose p points at its first
+ * code, ld is minus the codes' row step, rows the bytes from there to the tile's first scale, and ps the bytes
+ * from a scale to its sum. */
+static void llmc_act8_pack(float *p, const float *src, long height, long width, long row_stride, long rows_padded,
+                           long k_padded, int operand) {
+    long blocks = k_padded / LLMC_ACT_BLOCK;
+    int8_t *codes = (int8_t *)p;
+    float *d = p + (rows_padded * k_padded + 3) / 4;
+    int32_t *sum = (int32_t *)(d + rows_padded * blocks);
+    #pragma omp for schedule(static)
+    for (long m = 0; m < rows_padded; m++) {
+        int8_t *row = codes + m * k_padded;
+        for (long b = 0; b < blocks; b++) {
+            long k0 = b * LLMC_ACT_BLOCK, n = m < height && k0 < width ? (width - k0 < LLMC_ACT_BLOCK ? width - k0 : LLMC_ACT_BLOCK) : 0;
+            if (n)
+                llmc_quantize_block(src + m * row_stride + k0, n, row + k0, &d[m * blocks + b], &sum[m * blocks + b]);
+            else {
+                memset(row + k0, 0, LLMC_ACT_BLOCK);
+                d[m * blocks + b] = 0.0f;
+                sum[m * blocks + b] = 0;
+            }
+        }
+        if (operand) llmc_act8_operand(row, k_padded);
     }
 }
 #endif

@@ -144,7 +144,7 @@ static void llmc_qdot_amx8(long M, long N, long K, llmc_tile a, const int8_t *q,
 static void llmc_qdot_act8(long M, long N, long K, llmc_tile a, const int8_t *q, long qps, int bits, const float *s,
                            long sps, const float *z, long kpg, llmc_tile c, int accumulate) {
 #ifdef LLMC_AMX_INT8
-    if (M > 8 && llmc_amx_permitted()) {
+    if (M > 8 && a.ld >= 0 && llmc_amx_permitted()) { /* (ld < 0: rows rounded once per launch, llmc_qdot_vnni's) */
         llmc_qdot_amx8(M, N, K, a, q, qps, bits, s, sps, z, kpg, c, accumulate);
         return;
     }

@@ -6,6 +6,11 @@ product, the same rows were packed again by every column tile (18 times for a 12
 128-column tiles), each time from rows a row stride apart. A load that qualifies is instead a view into one
 copy that all threads pack at the start of the launch (llmc_pack_lhs, runtime.h) into the forward's shared
 buffer: rows padded to whole tiles and K to whole K steps, with zeros, so every tile of the loop lies inside it.
+
+The input of products with int8 activations against codes laid out for integer dot products is likewise
+rounded to int8 once per launch (llmc_act8_pack, quant.h: codes, and per block of 32 k a scale and the codes'
+sum) where every column tile used to round its rows again (GPT-2's 128x3072x768 projection, in 256-column
+tiles: 12 times). Not on hosts with AMX int8 tiles, whose kernel reads the f32 rows to lay them out itself.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from xdsl.ir import BlockArgument, SSAValue
 from llmc.backends import shape2
 from llmc.dialects import tile
 from llmc.target import micro_rows
+
+ACTIVATION_BLOCK = 32  # k per int8 activation scale (LLMC_ACT_BLOCK)
 
 MAX_BATCHES = 4096  # program ids of the batch axis folded at compile time, one by one
 
@@ -35,6 +42,7 @@ class SharedLhs:
     batches: int = 1
     batch_step: int = 0
     offset: int = 0  # floats into the shared buffer
+    codes: int = 0  # 8 / 4: rounded to int8 for integer products with such codes (llmc_act8_pack); 0: f32, packed
 
     @property
     def padded_rows(self) -> int:
@@ -46,6 +54,8 @@ class SharedLhs:
 
     @property
     def matrix_floats(self) -> int:
+        if self.codes:  # a byte per code, then a scale and a sum per row and block of 32 k
+            return -(-self.padded_rows * self.padded_k // 4) + 2 * self.padded_rows * (self.padded_k // ACTIVATION_BLOCK)
         return self.padded_rows * self.padded_k
 
     @property
@@ -138,20 +148,43 @@ def float_weight_rhs(dot: tile.DotOp, packs: dict) -> bool:
     return pack is not None and not pack.half and not pack.vnni and load.buffer.type.element_type == f32
 
 
-def shared_lhs(kernel: tile.KernelOp, load: tile.LoadOp, packs: dict, lanes: int) -> SharedLhs | None:
-    """The launch-wide packing a load can be a view of, or None when it reads anything else."""
+def integer_codes(dot: tile.DotOp, packs: dict) -> int:
+    """The bits of the codes a product with int8 activations multiplies by integer dot products, else 0."""
+    from llmc.backends.c.plan import defining_load
+
+    dequant = dot.rhs.owner
+    if dot.activations is None or not isinstance(dequant, tile.DequantOp):
+        return 0
+    load = defining_load(dequant.codes)
+    pack = None if load is None or not isinstance(load.buffer, BlockArgument) else packs.get(load.buffer.index)
+    return pack.vnni if pack is not None else 0
+
+
+def shared_lhs(kernel: tile.KernelOp, load: tile.LoadOp, packs: dict, lanes: int,
+               int8_tiles: bool = False) -> SharedLhs | None:
+    """The launch-wide packing (or rounding to int8) a load can be a view of, or None when it reads anything
+    else. `int8_tiles`: the host's integer products of prefill size run on AMX tiles."""
     rows, cols = shape2(load.result)
     (height, width), (s0, s1) = load.shape.get_values(), load.strides.get_values()
     if not isinstance(load.buffer, BlockArgument) or load.buffer.type.element_type != f32 or s1 != 1:
         return None
-    if load.padding is not None or load.pack is not None or rows % micro_rows(lanes) or rows <= 8:
+    if load.padding is not None or load.pack is not None or rows <= 8:
         return None  # (products of at most 8 rows run the few-row kernels, which read rows in place)
     seen: set = set()
     if not only_products(load.result, seen):
         return None
     dots = {use.operation for value in seen for use in value.uses if isinstance(use.operation, tile.DotOp)}
-    if not dots or not all(float_weight_rhs(dot, packs) for dot in dots):
+    if not dots:
         return None
+    if all(float_weight_rhs(dot, packs) for dot in dots):
+        if rows % micro_rows(lanes):
+            return None
+        codes = 0
+    else:
+        bits = {integer_codes(dot, packs) for dot in dots}
+        if int8_tiles or len(bits) != 1 or 0 in bits or cols % ACTIVATION_BLOCK:
+            return None
+        codes = bits.pop()
     if any(isinstance(op, tile.StoreOp | tile.ScatterOp) and op.buffer is load.buffer for op in kernel.body.walk()):
         return None  # written by the kernel itself: a copy taken at the start would go stale
     grid = tuple(kernel.grid.get_values())
@@ -159,4 +192,4 @@ def shared_lhs(kernel: tile.KernelOp, load: tile.LoadOp, packs: dict, lanes: int
     if bases is None:
         return None
     first, step, count = bases
-    return SharedLhs(load.buffer.index, first, height, width, s0, rows, cols, count, step)
+    return SharedLhs(load.buffer.index, first, height, width, s0, rows, cols, count, step, codes=codes)

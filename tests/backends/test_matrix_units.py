@@ -101,7 +101,7 @@ def compile_only(command: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(sys.platform != "linux" or not __import__("platform").machine() == "x86_64",
                     reason="x86 compile-only builds need an x86-64 gcc")
-def test_x86_paths_compile_for_cpus_this_host_is_not(tmp_path):
+def test_x86_paths_compile_for_cpus_this_host_is_not(tmp_path, monkeypatch):
     pairs = rendered("cpu-avx512", 16, True, True, tmp_path, "gpt2_block")
     assert "_tile_dpbf16ps" in open(pairs).read() and "llmc_dot_pairs(" in open(pairs).read()
     builds = {
@@ -123,12 +123,19 @@ def test_x86_paths_compile_for_cpus_this_host_is_not(tmp_path):
         assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
     refused = compile_only(["gcc", "-O2", "-std=gnu11", "-march=skylake-avx512", "-c", integer, "-o", str(tmp_path / "q.o")])
     assert refused.returncode != 0 and "packed for integer dot products" in refused.stderr
+    import llmc.backends.c.module as c_module
+
+    monkeypatch.setattr(c_module, "host_has_integer_dot", lambda lanes: True)  # as an AVX512_VNNI host without AMX
+    vnni = rendered("cpu-avx512", 16, False, False, tmp_path, "gpt2_block", quantize="int8:a8")
+    assert "llmc_act8_pack(shared" in open(vnni).read()  # prefill-sized: the rows rounded once per launch
+    done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", "-march=icelake-server", "-c", vnni, "-o", str(tmp_path / "v.o")])
+    assert done.returncode == 0, done.stderr[-2000:]
     avx2 = rendered("cpu-avx2", 8, False, False, tmp_path)
     done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", "-march=haswell", "-c", avx2, "-o", str(tmp_path / "a.o")])
     assert done.returncode == 0, done.stderr[-2000:]
     for fmt in ("int8:a8", "int4:32:a8"):  # integer products on vpmaddubsw (quant.h), where VNNI is absent
         integer = rendered("cpu-avx2", 8, False, False, tmp_path, "gpt2_block", quantize=fmt)
-        assert "llmc_qdot_act8(" in open(integer).read()
+        assert "llmc_act8_pack(shared" in open(integer).read() and "llmc_qdot_act8(" in open(integer).read()
         for cpu in ("haswell", "alderlake"):  # alderlake: AVX-VNNI's 8-lane vpdpbusd, activations offset by 128
             done = compile_only(["gcc", "-O2", "-std=gnu11", "-fopenmp", f"-march={cpu}", "-c", integer, "-o",
                                  str(tmp_path / "q.o")])

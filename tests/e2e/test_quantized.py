@@ -1,6 +1,8 @@
 """Quantized models end to end: C and Triton kernels against the dequantized reference, and a real model
 against its float self."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -68,11 +70,35 @@ def test_int8_activations_match_the_interpreter(fmt, rows):
     expected = llmc.compile(model, x, quantize=fmt, backend="interpret", emit=lambda *_: None)(*x)
     for g, e in zip(compiled(*x), expected):
         np.testing.assert_allclose(g.numpy(), e.numpy(), atol=2e-5, rtol=1e-4)
-    calls = [line for line in compiled.program.source.text.splitlines() if "llmc_qdot_act8(" in line and "static" not in line]
+    source = compiled.program.source.text
+    calls = [line for line in source.splitlines() if "llmc_qdot_act8(" in line and "static" not in line]
     lanes = get_target("cpu").lanes
     assert bool(calls) == (host_has_integer_dot(lanes) or host_has_amx_int8(lanes))
+    # prefill-sized products read the rows rounded once per launch, except where AMX tiles lay them out themselves
+    once = rows > 8 and host_has_integer_dot(lanes) and not host_has_amx_int8(lanes)
+    assert ("llmc_act8_pack(shared" in source) == once
     assert ("not dequantized: its codes times the int8 activations" in compiled.report()) == bool(calls)
     assert "llmc_round_activations(r" in compiled.program.source.text  # the narrow weight: rounded copy
+
+
+@pytest.mark.parametrize("fmt", ["int8:a8", "int4:32:a8"])
+def test_a_batch_of_inputs_is_rounded_once_per_launch_and_matches_the_interpreter(fmt):
+    """Each matrix of a batch rounded to int8 once for all the column tiles that read it (llmc_act8_pack); the
+    products find their batch's rows. 20 rows in tiles of 16 (a partial last tile) and K = 80 (a partial last
+    block of 32, and K tiles of 32)."""
+    torch.manual_seed(0)
+    model = ThreeLinears(80).eval()
+    x = (torch.randn(2, 20, 80),)
+    passes = ("fuse,tile{target=cpu matmul=16,32,32},lower-tile,coalesce{target=cpu},swizzle{target=cpu},"
+              "pipeline{stages=2},plan-memory")
+    compiled = llmc.compile(model, x, passes=passes, quantize=fmt, emit=lambda *_: None)
+    expected = llmc.compile(model, x, passes=passes, quantize=fmt, backend="interpret", emit=lambda *_: None)(*x)
+    for g, e in zip(compiled(*x), expected):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), atol=2e-5, rtol=1e-4)
+    lanes = get_target("cpu").lanes
+    if host_has_integer_dot(lanes) and not host_has_amx_int8(lanes):
+        packs = re.findall(r"for \(long b = 0; b < (\d+); b\+\+\) llmc_act8_pack\(shared", compiled.program.source.text)
+        assert packs and all(count == "2" for count in packs), packs
 
 
 @pytest.mark.slow
