@@ -115,7 +115,8 @@ def matrix_bases(base: SSAValue, grid: tuple[int, ...]) -> tuple[int, int, int] 
 
 
 def only_products(value: SSAValue, seen: set) -> bool:
-    """Every use of `value`, followed around loop iter_args, is a product reading it as its lhs."""
+    """Every use of `value`, followed around loop iter_args and out of the loop (a pipeline's epilogue), is a
+    product reading it as its lhs."""
     if value in seen:
         return True
     seen.add(value)
@@ -128,7 +129,10 @@ def only_products(value: SSAValue, seen: set) -> bool:
             if not only_products(user.body.block.args[use.index - 2], seen):
                 return False
         elif isinstance(user, scf.YieldOp):
+            loop = user.parent_op()
             if not only_products(user.parent_block().args[1 + use.index], seen):
+                return False
+            if isinstance(loop, scf.ForOp) and not only_products(loop.results[use.index], seen):
                 return False
         else:
             return False
