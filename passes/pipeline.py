@@ -11,7 +11,9 @@ Decide, then expand, as MLIR's LoopPipelining and Triton's pipeliner do:
   loaded tiles ride in the loop's iter_args as a queue), and an epilogue that
   drains the last N-1 iterations without loading. A loop whose trip count is
   only known at run time (causal attention) keeps its full range; the loads it
-  issues past the end stay inside the view (masked) and are never consumed.
+  issues past the end stay inside the view (masked) and are never consumed
+  (the loop says so, `llmc.loads_past_end`: the C backend skips building
+  such a tile when it is a zero-padded copy).
 
 Every op the expansion creates carries `llmc.pipeline` = prologue / body /
 epilogue, and the loop `llmc.pipeline_stages`, so a dump shows the schedule.
@@ -39,6 +41,7 @@ from llmc.errors import PassOptionError
 from llmc.passes.lowering.templates import STAGES_ATTR
 
 PHASE_ATTR = "llmc.pipeline"
+AHEAD_ATTR = "llmc.loads_past_end"  # a pipelined loop of full range: its body loads the tiles of iteration i+N-1
 
 
 def schedule_loop(loop: scf.ForOp) -> list[Operation] | None:
@@ -150,6 +153,8 @@ class Expander:
         new_loop = scf.ForOp(loop.lb, upper, loop.step, [*carried, *queue], Region(block))
         new_loop.attributes[STAGES_ATTR] = IntegerAttr(n, 64)
         new_loop.attributes[PHASE_ATTR] = StringAttr("body")
+        if not self.static:  # its last N-1 iterations load past the end: tiles a backend may skip building
+            new_loop.attributes[AHEAD_ATTR] = builtin.UnitAttr()
         return new_loop
 
     def drain(self, new_loop: scf.ForOp, upper: SSAValue, finals: list[SSAValue]) -> list[SSAValue]:

@@ -8,11 +8,16 @@ A mixin of `KernelRenderer` (kernel.py), which holds the names, the plan and the
 
 from __future__ import annotations
 
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import StringAttr
+
 from llmc.backends import shape2
 from llmc.backends.c.exprs import ACCESS, HALF
 from llmc.backends.c.nest import element_key
 from llmc.backends.c.plan import MAX_FUSED_ROWS, PAIR_ROWS, PAIRS, QUANT, round_up
 from llmc.dialects import tile
+from llmc.passes.lowering.templates import STAGES_ATTR
+from llmc.passes.pipeline import AHEAD_ATTR, PHASE_ATTR
 
 
 class ProductRenderer:
@@ -149,7 +154,18 @@ class ProductRenderer:
             self.line("else")
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} * {s0} + {col}; {v}.ld = {s0}; }}")
-        self.line(f"else {copy}")
+        self.line(f"else {self.unless_past_end(op)}{copy}")
+
+    def unless_past_end(self, op: tile.LoadOp) -> str:
+        """For a load the body of a full-range pipelined loop issues for iteration i+N-1: a condition that skips
+        the copy past the loop's end, where the tile is never read. A decode step's attention zero-filled two
+        K and two V tiles per head that way (64 KB of a 528-row cache's 264)."""
+        loop = op.parent_op()
+        if not (isinstance(loop, scf.ForOp) and AHEAD_ATTR in loop.attributes and op.attributes.get(PHASE_ATTR) == StringAttr("body")):
+            return ""
+        stages = loop.attributes[STAGES_ATTR].value.data
+        iv, ub, step = self.name(loop.body.block.args[0]), self.name(loop.ub), self.name(loop.step)
+        return f"if ({iv} + {stages - 1} * {step} < {ub}) "
 
     def load_bits(self, op: tile.LoadOp, info) -> None:
         """A bf16 lhs of k-pair products as its bits: a view of the source when the tile lies inside it in whole
@@ -183,4 +199,4 @@ class ProductRenderer:
             return
         inside = f"{row} >= 0 && {col} >= 0 && {row} + {info.rows} <= {height} && {col} + {info.cols} <= {width}"
         self.line(f"if ({inside}) {{ {v}.p = {buf} + {base} + {row} + {col} * {s1}; {v}.ld = {s1}; }}")
-        self.line(f"else {copy}")
+        self.line(f"else {self.unless_past_end(op)}{copy}")

@@ -99,7 +99,15 @@ def test_pipeline_of_causal_attention_keeps_a_dynamic_loop():
 // CHECK: tile.load {{.*}}"prologue"
 // CHECK: scf.for
 // CHECK: llmc.pipeline = "body"
+// CHECK: llmc.loads_past_end
 """)
+
+
+def test_pipeline_of_a_static_loop_loads_nothing_past_its_end():
+    check_pass(MLP, "fuse,tile{matmul=8,16,16},lower-tile", "pipeline{stages=2}", """
+// CHECK: scf.for
+// CHECK-NOT: llmc.loads_past_end
+""", MLP_WEIGHTS)
 
 
 def test_coalesce_marks_unit_stride_vectors():
