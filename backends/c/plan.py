@@ -395,14 +395,20 @@ class Planner:
 
 
 def defining_load(value: SSAValue) -> tile.LoadOp | None:
-    """The load that produces `value`, followed back through loop iter_args (a pipelined prologue's load)."""
+    """The load that produces `value`, followed back through loop iter_args (a pipelined prologue's load) and
+    loop results (what the body yields: the tiles a pipeline's epilogue reads)."""
     seen = set()
-    while isinstance(value, BlockArgument) and value not in seen:
+    while value not in seen:
         seen.add(value)
-        loop = value.block.parent_op()
-        if not isinstance(loop, scf.ForOp) or value.index == 0:
-            return None
-        value = loop.iter_args[value.index - 1]
+        if isinstance(value, BlockArgument):
+            loop = value.block.parent_op()
+            if not isinstance(loop, scf.ForOp) or value.index == 0:
+                return None
+            value = loop.iter_args[value.index - 1]
+        elif isinstance(value.owner, scf.ForOp):
+            value = value.owner.body.block.last_op.operands[value.index]
+        else:
+            break
     return value.owner if isinstance(value.owner, tile.LoadOp) else None
 
 
