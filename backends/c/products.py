@@ -17,6 +17,7 @@ from llmc.backends.c.nest import element_key
 from llmc.backends.c.plan import MAX_FUSED_ROWS, PAIR_ROWS, PAIRS, QUANT, round_up
 from llmc.dialects import tile
 from llmc.passes.lowering.templates import STAGES_ATTR
+from llmc.quantization import ACTIVATION_BLOCK
 from llmc.passes.pipeline import AHEAD_ATTR, PHASE_ATTR
 
 
@@ -139,11 +140,10 @@ class ProductRenderer:
         shared = self.plan.shared_lhs.get(op)
         matrix = f" + ({base} - {shared.base}) / {shared.batch_step} * {shared.matrix_floats}" if shared and shared.batch_step else ""
         if shared is not None and shared.codes:  # a view of the rounded rows (llmc_act8_pack; every tile lies inside)
-            k, blocks = shared.padded_k, shared.padded_k // 32
-            codes_bytes = 4 * -(-shared.padded_rows * k // 4)
+            k, blocks = shared.padded_k, shared.act_blocks
             self.line(f"{v}.p = (float *)((int8_t *)(shared + {shared.offset}{matrix}) + {row} * {k} + {col}); {v}.ld = -{k}; "
-                      f"{v}.rows = {codes_bytes} + ({row} * {blocks} + {col} / 32) * 4 - ({row} * {k} + {col}); "
-                      f"{v}.ps = {shared.padded_rows * blocks * 4};")
+                      f"{v}.rows = {4 * shared.codes_floats} + ({row} * {blocks} + {col} / {ACTIVATION_BLOCK}) * 4 - "
+                      f"({row} * {k} + {col}); {v}.ps = {shared.padded_rows * blocks * 4};")
             return
         if shared is not None:  # ld 0 tells llmc_dot the rows are packed, ps the step between blocks of rows
             inside = (f"{row} >= 0 && {col} >= 0 && {row} % LLMC_MR == 0 && {row} + {info.rows} <= {shared.padded_rows} "

@@ -23,9 +23,8 @@ from xdsl.ir import BlockArgument, SSAValue
 
 from llmc.backends import shape2
 from llmc.dialects import tile
+from llmc.quantization import ACTIVATION_BLOCK
 from llmc.target import micro_rows
-
-ACTIVATION_BLOCK = 32  # k per int8 activation scale (LLMC_ACT_BLOCK)
 
 MAX_BATCHES = 4096  # program ids of the batch axis folded at compile time, one by one
 
@@ -53,9 +52,19 @@ class SharedLhs:
         return -(-self.width // self.cols) * self.cols
 
     @property
+    def act_blocks(self) -> int:
+        """Blocks of 32 k per row of the rounded rows (a scale and a sum each)."""
+        return self.padded_k // ACTIVATION_BLOCK
+
+    @property
+    def codes_floats(self) -> int:
+        """The rounded rows' codes, a byte each, in whole floats: the scales start after them (llmc_act8_pack)."""
+        return -(-self.padded_rows * self.padded_k // 4)
+
+    @property
     def matrix_floats(self) -> int:
-        if self.codes:  # a byte per code, then a scale and a sum per row and block of 32 k
-            return -(-self.padded_rows * self.padded_k // 4) + 2 * self.padded_rows * (self.padded_k // ACTIVATION_BLOCK)
+        if self.codes:  # the codes, then a scale and a sum per row and block of 32 k
+            return self.codes_floats + 2 * self.padded_rows * self.act_blocks
         return self.padded_rows * self.padded_k
 
     @property
