@@ -55,7 +55,7 @@ class AutotunePass(ModulePass):
 
     target: str = "cpu"
     budget: int = 60  # seconds of tuning per compile (cached kernels cost nothing)
-    candidates: int = 6
+    candidates: int = 8
     repeats: int = 15
     cache: str = ""  # the cache folder; default: the C build cache's
 

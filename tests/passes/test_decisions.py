@@ -166,3 +166,34 @@ func.func @f(%pid: index) {
     assert divisibility(values["head"]) == 64  # 768 = 3 * 256
     assert divisibility(values["k"]) == 64 and divisibility(values["next"]) == 64
     assert divisibility(values["c0"]) >= 1 << 16
+
+
+LINEAR = """
+func.func @forward(%x: tensor<1x128x{k}xf32>) -> tensor<1x128x512xf32> {{
+  %w = graph.weight "fc.weight" : tensor<512x{k}xf32>
+  %y = graph.linear %x, %w : (tensor<1x128x{k}xf32>, tensor<512x{k}xf32>) -> tensor<1x128x512xf32>
+  func.return %y : tensor<1x128x512xf32>
+}}
+"""
+
+
+@pytest.mark.parametrize("k, deep", [(768, True), (3072, True), (1000, False)])
+def test_the_tuners_cpu_candidates_take_k_in_few_even_steps_that_fit_in_l2(k, deep):
+    """Past the scratch budget (the operands are read in place): K whole or in even steps of whole blocks of 32,
+    the operand blocks together within L2, with no more pipeline stages than steps. K = 1000 has no such split,
+    and a GPU's operands are staged in shared memory: neither gets one."""
+    from conftest import run_passes
+
+    from llmc.cost_model import candidate_tiles
+    from llmc.ir_text import parse_ir
+
+    kop = next(op for op in run_passes(parse_ir(LINEAR.format(k=k)), "fuse").walk() if op.name == "kernel.kernel")
+    cpu = get_target("cpu-avx2")
+    past_model = [c for c in candidate_tiles(kop, cpu, 8) if c.tiles[2] > 256]
+    assert bool(past_model) == deep
+    for c in past_model:
+        bm, bn, bk = c.tiles
+        assert k % bk == 0 and bk % 32 == 0 and (bm + bn) * bk * 4 <= cpu.l2_bytes
+        assert c.stages <= k // bk
+    assert any(c.tiles[2] == k and c.stages == 1 for c in past_model) == (k == 768)
+    assert all(c.tiles[2] <= 64 for c in candidate_tiles(kop, get_target("gpu"), 8))
