@@ -465,44 +465,27 @@ LLMC_UKERNEL(8)
 
 /* The micro-kernel on a packed A: LLMC_MR rows k-major (row i at k: a[k * LLMC_MR + i]), one contiguous
  * stream. Rows of an A view lie a row stride apart (4 KB for K = 1024): read in place, the 8 rows of a
- * block fall in the same L1 sets as each other, and with the B panel there they evict each other.
- * llmc_ukernel_packed_R computes the first R rows of a block: the last block of a matrix whose height is
- * not a whole number of blocks (128 rows in blocks of 6 end in 2; a whole block would compute 6). */
-#define LLMC_UKERNEL_PACKED(R)                                                                               \
-    static inline void llmc_ukernel_packed_##R(long K, const float *a, const float *b0, const float *b1,      \
-                                               long ldb, float *c, long ldc, int accumulate) {               \
-        vf acc0[R], acc1[R];                                                                                 \
-        _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {                                                \
-            acc0[i] = accumulate ? vload(c + i * ldc) : vsplat(0.0f);                                        \
-            acc1[i] = accumulate ? vload(c + i * ldc + LLMC_W) : vsplat(0.0f);                               \
-        }                                                                                                    \
-        for (long k = 0; k < K; k++) {                                                                       \
-            vf bv0 = vload(b0 + k * ldb), bv1 = vload(b1 + k * ldb);                                         \
-            _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {                                            \
-                vf av = vsplat(a[k * LLMC_MR + i]);                                                          \
-                acc0[i] += av * bv0;                                                                         \
-                acc1[i] += av * bv1;                                                                         \
-            }                                                                                                \
-        }                                                                                                    \
-        _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {                                                \
-            vstore(c + i * ldc, acc0[i]);                                                                    \
-            vstore(c + i * ldc + LLMC_W, acc1[i]);                                                           \
-        }                                                                                                    \
+ * block fall in the same L1 sets as each other, and with the B panel there they evict each other. */
+static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, const float *b1, long ldb, float *c,
+                                       long ldc, int accumulate) {
+    vf acc0[LLMC_MR], acc1[LLMC_MR];
+    _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
+        acc0[i] = accumulate ? vload(c + i * ldc) : vsplat(0.0f);
+        acc1[i] = accumulate ? vload(c + i * ldc + LLMC_W) : vsplat(0.0f);
     }
-LLMC_UKERNEL_PACKED(1)
-LLMC_UKERNEL_PACKED(2)
-LLMC_UKERNEL_PACKED(3)
-LLMC_UKERNEL_PACKED(4)
-LLMC_UKERNEL_PACKED(5)
-LLMC_UKERNEL_PACKED(6)
-LLMC_UKERNEL_PACKED(7)
-LLMC_UKERNEL_PACKED(8)
-
-#if LLMC_MR == 8
-#define llmc_ukernel_packed llmc_ukernel_packed_8
-#else
-#define llmc_ukernel_packed llmc_ukernel_packed_6
-#endif
+    for (long k = 0; k < K; k++) {
+        vf bv0 = vload(b0 + k * ldb), bv1 = vload(b1 + k * ldb);
+        _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
+            vf av = vsplat(a[k * LLMC_MR + i]);
+            acc0[i] += av * bv0;
+            acc1[i] += av * bv1;
+        }
+    }
+    _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
+        vstore(c + i * ldc, acc0[i]);
+        vstore(c + i * ldc + LLMC_W, acc1[i]);
+    }
+}
 
 /* LLMC_MR rows, row_stride apart, of K columns k-major, as llmc_ukernel_packed reads them. */
 static inline void llmc_pack_row_block(float *dst, const float *rows, long row_stride, long K) {
@@ -603,14 +586,9 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
                      int accumulate) {
     long start = 0;
     int prepacked = a.ld == 0;
-    /* a tile of packed rows past the matrix's last (zeros) computes only the rows that hold data: the rows
-     * past them are never stored (with 6-row blocks, 128 rows in tiles of 48 would compute 144); the last
-     * `tail` of them are the first rows of a block */
-    long tail = 0;
-    if (prepacked && a.rows > 0 && a.rows < M) {
-        tail = a.rows % LLMC_MR;
-        M = a.rows - tail;
-    }
+    /* a tile of packed rows past the matrix's last (zeros) computes only the blocks that hold data: the
+     * rows past them are never stored (with 6-row blocks, 128 rows in tiles of 48 would compute 144) */
+    if (prepacked && a.rows > 0 && a.rows < M) M = (a.rows + LLMC_MR - 1) / LLMC_MR * LLMC_MR;
     if (!prepacked && M == 1)
         for (; start + LLMC_GEMV_VECTORS * LLMC_W <= N; start += LLMC_GEMV_VECTORS * LLMC_W)
             llmc_gemv_wide(K, a.p, b, panel, start, c.p + start, accumulate);
@@ -634,19 +612,6 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
                 LLMC_UKERNEL_MR(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, cm, c.ld, accumulate);
         }
         float *cm = c.p + m * c.ld + n;
-        if (tail) {
-            const float *am = packed + (m / LLMC_MR) * block_step;
-            switch (tail) {
-            case 7: llmc_ukernel_packed_7(K, am, b0, b1, b.ld, cm, c.ld, accumulate); break;
-            case 6: llmc_ukernel_packed_6(K, am, b0, b1, b.ld, cm, c.ld, accumulate); break;
-            case 5: llmc_ukernel_packed_5(K, am, b0, b1, b.ld, cm, c.ld, accumulate); break;
-            case 4: llmc_ukernel_packed_4(K, am, b0, b1, b.ld, cm, c.ld, accumulate); break;
-            case 3: llmc_ukernel_packed_3(K, am, b0, b1, b.ld, cm, c.ld, accumulate); break;
-            case 2: llmc_ukernel_packed_2(K, am, b0, b1, b.ld, cm, c.ld, accumulate); break;
-            default: llmc_ukernel_packed_1(K, am, b0, b1, b.ld, cm, c.ld, accumulate); break;
-            }
-            continue;
-        }
         const float *am = a.p + m * a.ld;
         switch (M - m) {
         case 7: llmc_ukernel_7(K, am, a.ld, b0, b1, b.ld, cm, c.ld, accumulate); break;
