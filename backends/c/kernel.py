@@ -81,7 +81,19 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         self.depth -= 1
         self.line("}" + suffix)
 
-    def column_loop(self, extent: int) -> Nest:
+    def row_width(self, cols: int) -> int:
+        """How many of a row kernel's `cols` tile columns hold data: its row reductions' extent (a program takes
+        whole rows, so every reduction runs over the same row). Its materialised copies need no more: they are
+        read by those reductions, which stop there, and by stores, which write nothing past the row. A width
+        that is not a power of two (GPT-2's 768, Qwen2's 896) computed the padding up to the tile's 1024 through
+        the edge loads' slow path, a third more of each pass. Other kernels keep their tiles whole: a product
+        reads its operands' padding."""
+        if self.kernel.kind.data != "row":
+            return cols
+        extents = {op.extent.value.data for op in self.kernel.body.block.walk() if isinstance(op, tile.ReduceOp)}
+        return min(cols, extents.pop()) if len(extents) == 1 else cols
+
+    def column_loop(self, extent: int | str) -> Nest:
         """Open a row's loop over vectors of columns; its nest computes values of one column (row statistics
         and what is made of them: a softmax's reciprocal sum, a norm's scale) once per row, above the loop.
         GCC would not hoist them itself: they are read from scratch, which it cannot prove the loop's
@@ -397,7 +409,7 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         self.open(f"for (long r = 0; r < {rows}; r++)")
         for reduce in reductions:
             self.reduce_init(reduce)
-        nest = self.column_loop(cols)
+        nest = self.column_loop(self.row_width(cols))
         self.line(f"const vf x{v[1:]} = {nest.compute(op)};")
         nest.memo[value] = f"x{v[1:]}"
         self.line(f"vstore({v}.p + r * {v}.ld + c, x{v[1:]});")
@@ -417,7 +429,9 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         self.open(f"for (long r = 0; r < {rows}; r++)")
         self.line(f"const long row = {row} + r;")
         self.line(f"if (row < 0 || row >= {height}) continue;")
-        value = self.column_loop(cols).vector(op.value)
+        # the columns past the view's edge are never written: the loop stops at the edge (a row kernel's tile
+        # is a power of two wider than its rows, a pointwise grid's last column tile may hang over)
+        value = self.column_loop(f"({cols} < {width} - {col} ? {cols} : {width} - {col})").vector(op.value)
         lanes = f"({cols} - c < LLMC_W ? {cols} - c : LLMC_W)"
         key = element_key(op.buffer.type.element_type)
         where = f"{buf} + {base}, row, {col} + c, {height}, {width}, {s0}, {s1}, {lanes}, {value}"

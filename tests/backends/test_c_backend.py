@@ -129,6 +129,26 @@ def test_a_row_kernel_reads_its_statistics_once_per_row_and_prefetches_the_next_
     np.testing.assert_allclose(compiled(*x).numpy(), torch.softmax(x[0], -1).numpy(), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("width", [768, 300])
+def test_a_row_kernel_computes_only_the_columns_its_rows_have(width):
+    """A row tile is a power of two: 768 columns take 1024. The centred copy and the store stop at the row's
+    width (the store at the view's edge), and nothing past it is computed through the edge loads."""
+    norm = torch.nn.LayerNorm(width).eval()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    inputs = (torch.randn(1, 5, width),)
+    compiled = compile_c(norm, inputs)
+    source = compiled.program.source.text
+    kernel = source[source.index("row kernel"):]
+    kernel = kernel[: kernel.index("\n}\n")]
+    bounds = re.findall(r"for \(long c = 0; c < ([^;]+); c \+= LLMC_W\)", kernel)
+    tile = 1 << (width - 1).bit_length()
+    assert len(bounds) == 3 and bounds[:2] == [str(width)] * 2
+    assert re.fullmatch(rf"\({tile} < {width} - v\d+ \? {tile} : {width} - v\d+\)", bounds[2])
+    assert_close(outputs(compiled(*inputs)), eager(norm, inputs), tol=1e-5)
+
+
 @pytest.mark.parametrize("batch, rows, k, row_blocks, tile_k", [(1, 40, 100, 2, 32), (1, 130, 96, 4, 64),
                                                                 (3, 21, 50, 2, 32), (1, 5, 64, 0, 32)])
 def test_a_linear_packs_its_input_once_per_launch(batch, rows, k, row_blocks, tile_k):
