@@ -237,7 +237,8 @@ static inline vf vpow(vf x, vf y) {
  * lanes outside [0,height) x [0,width) read `pad` (tile.load semantics). */
 static inline vf llmc_load_vec(const float *base, long r, long c, long height, long width,
                                long s0, long s1, float pad) {
-    if (r < 0 || r >= height) return vsplat(pad);
+    /* wholly outside: the half of a rotary embedding's concatenation that the other half's view does not cover */
+    if (r < 0 || r >= height || c >= width || c + LLMC_W <= 0) return vsplat(pad);
     const float *row = base + r * s0;
     if (s1 == 1 && c >= 0 && c + LLMC_W <= width) return vload(row + c);
     if (s1 == 0 && c >= 0 && c + LLMC_W <= width) return vsplat(row[0]);
