@@ -227,7 +227,7 @@ def candidate_tiles(kop: kernel.KernelOp, target: Target, count: int) -> list[Ti
         shape = graph.shape_of(anchor.results[0])
         ranked = _matmul_ranked(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target,
                                 element_bytes(anchor.operands[0].type.element_type), rounds_lhs(anchor))
-        # deep-K tilings of the best-ranked (BM, BN), the best of the next two, then other K depths of the decision's
+        # deep-K tilings of the four best-ranked (BM, BN), the best tiling of the second and third, then other K depths of the decision's
         shapes: dict[tuple[int, int], tuple] = {}
         for _, t, _ in ranked:
             shapes.setdefault(t[:2], t)
