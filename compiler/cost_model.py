@@ -223,35 +223,35 @@ def candidate_tiles(kop: kernel.KernelOp, target: Target, count: int) -> list[Ti
     decision = decide_tiles(kop, target)
     kind = kop.kind.data
     anchor = anchor_of(kop)
+    deep: list[tuple] = []  # (tiles, stages) of the deep-K tilings: no more stages than K steps
     if kind == "matmul":
-        shape = graph.shape_of(anchor.results[0])
-        ranked = _matmul_ranked(shape[-2], shape[-1], graph.shape_of(anchor.operands[0])[-1], target,
-                                element_bytes(anchor.operands[0].type.element_type), rounds_lhs(anchor))
-        # deep-K tilings of the four best-ranked (BM, BN), the best tiling of the second and third, then other K depths of the decision's
+        shape, k = graph.shape_of(anchor.results[0]), graph.shape_of(anchor.operands[0])[-1]
+        operand_bytes = element_bytes(anchor.operands[0].type.element_type)
+        ranked = _matmul_ranked(shape[-2], shape[-1], k, target, operand_bytes, rounds_lhs(anchor))
+        # deep-K tilings of the four best-ranked (BM, BN), the best tiling of the second and third, then other K
+        # depths of the decision's
         shapes: dict[tuple[int, int], tuple] = {}
         for _, t, _ in ranked:
             shapes.setdefault(t[:2], t)
-        k = graph.shape_of(anchor.operands[0])[-1]
-        deep = _deep_k_tilings(list(shapes)[:4], k, target, element_bytes(anchor.operands[0].type.element_type)) \
-            if target.kind == "cpu" else []
-        tilings = [(t, min(decision.stages, math.ceil(k / t[2]))) for t in deep] + [
-            (t, decision.stages) for t in list(shapes.values())[1:3] + [t for _, t, _ in ranked if t[:2] == decision.tiles[:2]]]
+        if target.kind == "cpu":
+            deep = [(t, min(decision.stages, math.ceil(k / t[2])))
+                    for t in _deep_k_tilings(list(shapes)[:4], k, target, operand_bytes)]
+        tilings = list(shapes.values())[1:3] + [t for _, t, _ in ranked if t[:2] == decision.tiles[:2]]
     elif kind == "attention":
         bm, bn = decision.tiles
-        tilings = [((m, n), decision.stages) for m in (bm, bm // 2, bm * 2) for n in (bn, bn // 2, bn * 2)
-                   if 8 <= m <= 128 and 8 <= n <= 128]
+        tilings = [(m, n) for m in (bm, bm // 2, bm * 2) for n in (bn, bn // 2, bn * 2) if 8 <= m <= 128 and 8 <= n <= 128]
     elif kind == "row":
         rows, cols = decision.tiles
-        tilings = [((r, cols), decision.stages) for r in (rows, rows * 2, max(1, rows // 2), max(1, rows // 4), 1)]
+        tilings = [(r, cols) for r in (rows, rows * 2, max(1, rows // 2), max(1, rows // 4), 1)]
     else:
         rows, cols = decision.tiles
-        tilings = [((rows, cols), decision.stages), ((rows * 2, cols), decision.stages),
-                   ((max(1, rows // 2), cols), decision.stages), ((rows, max(1, cols // 2)), decision.stages),
-                   ((max(1, rows // 4), cols), decision.stages)]
+        tilings = [(rows, cols), (rows * 2, cols), (max(1, rows // 2), cols), (rows, max(1, cols // 2)),
+                   (max(1, rows // 4), cols)]
     depths = [decision.stages] + [d for d in (1, 2, 3) if d != decision.stages] if kind in ("matmul", "attention") \
         else [decision.stages]
     seen, out = set(), []
-    for tiles, stages in [(decision.tiles, decision.stages)] + tilings + [(decision.tiles, d) for d in depths]:
+    for tiles, stages in [(decision.tiles, decision.stages)] + deep + [(t, decision.stages) for t in tilings] + [
+            (decision.tiles, d) for d in depths]:
         if (tuple(tiles), stages) not in seen:
             seen.add((tuple(tiles), stages))
             out.append(TileDecision(tuple(tiles), stages, "model" if not out else "candidate"))

@@ -17,8 +17,8 @@ from llmc.backends.c.nest import element_key
 from llmc.backends.c.plan import MAX_FUSED_ROWS, PAIR_ROWS, PAIRS, QUANT, round_up
 from llmc.dialects import tile
 from llmc.passes.lowering.templates import STAGES_ATTR
-from llmc.quantization import ACTIVATION_BLOCK
 from llmc.passes.pipeline import AHEAD_ATTR, PHASE_ATTR
+from llmc.quantization import ACTIVATION_BLOCK
 
 
 class ProductRenderer:
