@@ -199,8 +199,21 @@ static inline float vhmax(vf v) {
 #define LLMC_EXP_C3 1.6666074097e-01f
 #define LLMC_EXP_SHIFT 19
 #endif
-static inline vf vexp(vf x) {
+/* 2^(j/W) for the low log2(W) bits of each lane of j: one vpermps where the ISA has it (GCC's
+ * __builtin_shuffle would do, but clang has no variable-index form), a lane loop otherwise. */
+static inline vf llmc_exp_table(vi j) {
     static const vf table = LLMC_EXP_TABLE;
+#if defined(__AVX512F__) && LLMC_W == 16
+    return (vf)_mm512_permutexvar_ps((__m512i)j, (__m512)table);
+#elif defined(__AVX2__) && LLMC_W == 8
+    return (vf)_mm256_permutevar8x32_ps((__m256)table, (__m256i)j);
+#else
+    vf t;
+    for (int l = 0; l < LLMC_W; l++) t[l] = table[j[l] & (LLMC_W - 1)];
+    return t;
+#endif
+}
+static inline vf vexp(vf x) {
     vf xc = vmin(vmax(x, vsplat(-88.0f)), vsplat(88.37f));
     /* rint via 1.5 * 2^23: n + 127 W in the low bits */
     vf shifted = xc * (LLMC_W * 1.44269504088896341f) + (12582912.0f + 127.0f * LLMC_W);
@@ -208,7 +221,7 @@ static inline vf vexp(vf x) {
     vf r = xc - n * (0.693359375f / LLMC_W) + n * (2.12194440e-4f / LLMC_W); /* ln2/W in two parts */
     vf q = (vsplat(LLMC_EXP_C3) * r + LLMC_EXP_C2) * r * r + r;          /* e^r - 1 */
     vi bits = (vi)shifted;
-    vf t = __builtin_shuffle(table, bits);                              /* 2^(j/W): lanes read mod W */
+    vf t = llmc_exp_table(bits);                                        /* 2^(j/W) */
     vi scale = (bits << LLMC_EXP_SHIFT) & 0x7F800000;                   /* the bits of 2^i */
     return (t * q + t) * (vf)scale;
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import sys
 from importlib import resources
 
 import numpy as np
@@ -53,3 +54,17 @@ def test_vexp_is_within_an_ulp_and_a_half_and_flushes_masked_scores_to_zero(tmp_
     assert ulps.max() <= 1.5, f"{ulps.max():.2f} ulp at x = {x[normal][ulps.argmax()]}"
     assert y[x == 0].tolist() == [1.0] * int((x == 0).sum())
     assert (y[x <= -88] == 0).all() and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("lanes, flags", [(8, ["-mavx2", "-mfma"]), (16, ["-mavx512f"])])
+def test_vexp_builds_with_clang_for_the_vector_isas(tmp_path, lanes, flags):
+    """The table lookup is the ISA's permute, not GCC's __builtin_shuffle, which clang lacks: a user's CC=clang
+    builds the same runtime (zig's clang, compile only, so it runs on any CI host)."""
+    pytest.importorskip("ziglang", reason="the cross compiler comes with the test extra (ziglang)")
+    runtime = resources.files("llmc.backends.c").joinpath("runtime.h").read_text()
+    source = tmp_path / f"exp{lanes}.c"
+    source.write_text(HARNESS.format(lanes=lanes, splat=", ".join(["s"] * lanes), runtime=runtime))
+    done = subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu", "-O2", "-std=gnu11",
+                           "-fno-math-errno", *flags, "-c", str(source), "-o", str(tmp_path / "exp.o")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
