@@ -25,12 +25,18 @@ void exp_all(const float *x, float *y, long n) {{
 """
 
 
-def build(tmp_path, lanes: int):
+def harness(tmp_path, lanes: int):
+    """The runtime as a generated source includes it, with `exp_all` over a buffer at `lanes` lanes."""
     runtime = resources.files("llmc.backends.c").joinpath("runtime.h").read_text()
     source = tmp_path / f"exp{lanes}.c"
     source.write_text(HARNESS.format(lanes=lanes, splat=", ".join(["s"] * lanes), runtime=runtime))
+    return source
+
+
+def build(tmp_path, lanes: int):
+    source = harness(tmp_path, lanes)
     library = tmp_path / f"exp{lanes}.so"
-    # -march=native: 16 lanes on a host without AVX-512 are pairs of 8 (the same source, GCC's generic vectors)
+    # -march=native: 16 lanes on a host without AVX-512 are GCC's generic vectors, the table read lane by lane
     subprocess.run([find_compiler(os.environ.get("CC", "cc")), "-O2", "-march=native", "-fno-math-errno", "-fno-trapping-math",
                     "-std=gnu11", "-w", "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
     return ctypes.CDLL(str(library)).exp_all
@@ -61,9 +67,7 @@ def test_vexp_builds_with_clang_for_the_vector_isas(tmp_path, lanes, flags):
     """The table lookup is the ISA's permute, not GCC's __builtin_shuffle, which clang lacks: a user's CC=clang
     builds the same runtime (zig's clang, compile only, so it runs on any CI host)."""
     pytest.importorskip("ziglang", reason="the cross compiler comes with the test extra (ziglang)")
-    runtime = resources.files("llmc.backends.c").joinpath("runtime.h").read_text()
-    source = tmp_path / f"exp{lanes}.c"
-    source.write_text(HARNESS.format(lanes=lanes, splat=", ".join(["s"] * lanes), runtime=runtime))
+    source = harness(tmp_path, lanes)
     done = subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu", "-O2", "-std=gnu11",
                            "-fno-math-errno", *flags, "-c", str(source), "-o", str(tmp_path / "exp.o")],
                           capture_output=True, text=True, timeout=600)
