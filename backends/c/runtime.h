@@ -520,14 +520,10 @@ LLMC_UKERNEL(8)
 /* The micro-kernel on a packed A: LLMC_MR rows k-major (row i at k: a[k * LLMC_MR + i]), one contiguous
  * stream. Rows of an A view lie a row stride apart (4 KB for K = 1024): read in place, the 8 rows of a
  * block fall in the same L1 sets as each other, and with the B panel there they evict each other. */
-static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, const float *b1, long ldb, float *c,
-                                       long ldc, int accumulate) {
-    vf acc0[LLMC_MR], acc1[LLMC_MR];
-    _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
-        acc0[i] = accumulate ? vload(c + i * ldc) : vsplat(0.0f);
-        acc1[i] = accumulate ? vload(c + i * ldc + LLMC_W) : vsplat(0.0f);
-    }
-    for (long k = 0; k < K; k++) {
+static inline __attribute__((always_inline)) void llmc_ukernel_packed_steps(long K, const float *a, const float *b0,
+                                                                            const float *b1, long ldb, vf *acc0,
+                                                                            vf *acc1) {
+    _Pragma("GCC unroll 4") for (long k = 0; k < K; k++) {
         vf bv0 = vload(b0 + k * ldb), bv1 = vload(b1 + k * ldb);
         _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
             vf av = vsplat(a[k * LLMC_MR + i]);
@@ -535,6 +531,23 @@ static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, 
             acc1[i] += av * bv1;
         }
     }
+}
+
+/* The k loop is unrolled 4 times, and a B that is one panel of 2 * LLMC_W columns (a weight packed at
+ * compile time) gets its own copy of it, in which the row step is a constant: its loads take immediate
+ * offsets instead of a pointer stepped by a run-time stride. Together 0.92x the time of GEMM 1024^3 and
+ * 0.97-0.98x of the GPT-2 and LLaMA blocks on a Zen 3 host (in rotation). */
+static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, const float *b1, long ldb, float *c,
+                                       long ldc, int accumulate) {
+    vf acc0[LLMC_MR], acc1[LLMC_MR];
+    _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
+        acc0[i] = accumulate ? vload(c + i * ldc) : vsplat(0.0f);
+        acc1[i] = accumulate ? vload(c + i * ldc + LLMC_W) : vsplat(0.0f);
+    }
+    if (ldb == 2 * LLMC_W && b1 == b0 + LLMC_W)
+        llmc_ukernel_packed_steps(K, a, b0, b0 + LLMC_W, 2 * LLMC_W, acc0, acc1);
+    else
+        llmc_ukernel_packed_steps(K, a, b0, b1, ldb, acc0, acc1);
     _Pragma("GCC unroll 8") for (int i = 0; i < LLMC_MR; i++) {
         vstore(c + i * ldc, acc0[i]);
         vstore(c + i * ldc + LLMC_W, acc1[i]);
