@@ -566,8 +566,8 @@ static inline __attribute__((always_inline)) void llmc_ukernel_packed_steps(long
 
 /* The k loop is unrolled 4 times, and a B that is one panel of 2 * LLMC_W columns (a weight packed at
  * compile time) gets its own copy of it, in which the row step is a constant: its loads take immediate
- * offsets instead of a pointer stepped by a run-time stride. Together 0.92x the time of GEMM 1024^3 and
- * 0.97-0.98x of the GPT-2 and LLaMA blocks on a Zen 3 host (in rotation). */
+ * offsets instead of a pointer stepped by a run-time stride. Together 0.95x the time of the LLaMA block and
+ * 0.97-0.99x of GEMM 1024^3 on a Zen 3 host (in rotation, against an identical build as control). */
 static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, const float *b1, long ldb, float *c,
                                        long ldc, int accumulate) {
     vf acc0[LLMC_MR], acc1[LLMC_MR];
