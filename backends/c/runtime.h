@@ -396,7 +396,7 @@ static void llmc_pack_block(float *dst, long ld, const float *base, long r0, lon
 }
 
 /* Whole 8x8 blocks of a transposed pack go through registers (8 loads, 24 shuffles, 8 stores) instead of
- * 64 scalar stores: attention's K^T packs took 0.95x the kernel's time on a Zen 3 host. */
+ * 64 scalar stores (attention's K^T copy on AVX2). */
 #if defined(__AVX2__) && LLMC_W == 8
 static inline void llmc_transpose8(vf v[8]) { /* v[j][i] becomes v[i][j] */
     __m256 t0 = _mm256_unpacklo_ps((__m256)v[0], (__m256)v[1]), t1 = _mm256_unpackhi_ps((__m256)v[0], (__m256)v[1]);
@@ -697,7 +697,7 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
                             c.ld, accumulate);
     /* A packed once when its row blocks are read by two column panels or more, and its rows are long: rows of
      * at most 128 floats (attention's tiles) lie in distinct L1 sets and are read in place, where packing them
-     * cost a 64x64 attention tile 7% of its time (Zen 3) */
+     * cost attention's 64x64 tiles about 5% of their time (Zen 3) */
     long blocks = M / LLMC_MR, block_step = prepacked ? a.ps : K * LLMC_MR;
     const float *packed = prepacked ? a.p
                         : N - start >= 2 * LLMC_NR && blocks && a.ld > 128 ? llmc_pack_rows(a, blocks, K) : NULL;
