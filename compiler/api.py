@@ -140,12 +140,13 @@ class CompiledModel:
         dtypes = [torch_dtype(t.element_type) for t in self.imported.output_types]
         return [torch.from_numpy(np.array(o, order="C")).to(d) for o, d in zip(results, dtypes)]
 
-    def profile(self, inputs, repeats: int = 20) -> dict[str, float]:
-        """Measured microseconds per kernel (C backend only), on the model's inputs."""
+    def profile(self, inputs, repeats: int = 20, between=None) -> dict[str, float]:
+        """Measured microseconds per kernel (C backend only), on the model's inputs; `between` runs after each
+        of the `repeats` calls."""
         if self.backend != "c":
             raise LlmcError(f"per-kernel timing is measured by the C backend; this model runs on '{self.backend}'")
         args, kwargs = split_inputs(inputs)
-        return self.program.library.profile(tuple(self.graph_inputs(*args, **kwargs)), repeats)
+        return self.program.library.profile(tuple(self.graph_inputs(*args, **kwargs)), repeats, between)
 
     def report(self, measured: dict[str, float] | None = None, ceilings=None) -> str:
         """The per-kernel table; `ceilings` (llmc.roofline.Ceilings) are the host's measured ones."""

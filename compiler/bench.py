@@ -51,11 +51,23 @@ class BenchResult:
     peak_note: str = ""  # when the probe ran, and whether this run re-measured it
     roofline: object | None = None  # llmc.roofline.Roofline of llmc's kernels, on the probe's ceilings
     peak_name: str = "FMA"  # the compute peak held to: f32 FMA, or a matrix unit's (bf16, int8)
+    # llmc's kernels timed in rotation with one pass of the copy and FMA probes (medians): (kernels ms, copy GB/s,
+    # FMA GFLOP/s), the ceilings of the same rounds as the kernels; None where not measured
+    alongside: tuple[float, float, float] | None = None
+
+    def shares_alongside(self) -> tuple[float, float] | None:
+        """The kernels' GFLOP/s over the FMA probe's and their GB/s over the copy probe's, timed in rotation."""
+        if self.alongside is None:
+            return None
+        kernel_ms, copy_gbs, fma_gflops = self.alongside
+        return self.flops / (kernel_ms * 1e6) / fma_gflops, self.bytes / (kernel_ms * 1e6) / copy_gbs
 
     def as_dict(self) -> dict:
         return {"title": self.title, "flops": self.flops, "bytes": self.bytes,
                 "contenders": [vars(c) for c in self.contenders], "llmc_warm_compile_s": self.llmc_warm_s,
                 "max_abs_error": self.max_abs_error, "llmc_kernels_ms": self.kernel_ms,
+                **({"alongside_probes": dict(zip(("llmc_kernels_ms", "copy_gbs", "fma_gflops"), self.alongside))}
+                   if self.alongside else {}),
                 **(self.roofline.as_dict() if self.roofline else {})}
 
     def get(self, name: str) -> Contender | None:
@@ -88,6 +100,14 @@ class BenchResult:
             lines.append(
                 f"llmc kernels alone (steady state, outputs reused): {self.kernel_ms:.3f} ms, {gflops:.1f} GFLOP/s "
                 f"({100 * gflops / self.peak_gflops:.0f}% of peak), {gbs:.1f} GB/s ({100 * gbs / self.peak_gbs:.0f}% of bandwidth)"
+            )
+        if self.alongside is not None:
+            kernel_ms, copy_gbs, fma_gflops = self.alongside
+            compute, bandwidth = self.shares_alongside()
+            lines.append(
+                f"llmc kernels in rotation with the probes: {kernel_ms:.3f} ms; {100 * compute:.0f}% of the "
+                f"{fma_gflops:.1f} GFLOP/s and {100 * bandwidth:.0f}% of the {copy_gbs:.1f} GB/s they measured in "
+                "the same rounds"
             )
         if self.llmc_warm_s is not None:
             lines.append(f"llmc warm (cached) compile {self.llmc_warm_s:.2f} s (median of 3); "
@@ -182,6 +202,7 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     contenders = [Contender(name, medians[name], colds.get(name)) for name in runs]
     per_kernel = compiled.profile(inputs, repeats)
     kernel_ms = sum(per_kernel.values()) / 1e3
+    alongside = kernels_alongside_probes(compiled, inputs, repeats, build, chosen, log)
     with torch.no_grad():
         expected, got = tree_leaves(model(*args, **kwargs)), tree_leaves(compiled(*args, **kwargs))
     error = max(float((g.float() - e.float()).abs().max()) for g, e in zip(got, expected))
@@ -194,7 +215,30 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
     ceilings = Ceilings.from_probe(peak)
     kernels = roofline(kernels_ir, ceilings, per_kernel) if kernels_ir else None
     return BenchResult(title, flops, moved, ceilings.compute_gflops(precision), peak.bandwidth_gbs,
-                       contenders, warm, error, kernel_ms, note, kernels, ceilings.ceiling_name(precision))
+                       contenders, warm, error, kernel_ms, note, kernels, ceilings.ceiling_name(precision),
+                       alongside if precision == "f32" else None)
+
+
+def kernels_alongside_probes(compiled, inputs, repeats: int, build, target, log) -> tuple[float, float, float]:
+    """llmc's kernels and one pass of each probe (a copy beyond the LLC, FMA chains) in rotation, `repeats`
+    rounds: (kernels ms, copy GB/s, FMA GFLOP/s), medians. After the probes an untimed run brings the kernels'
+    data back into the caches that the copy swept, so the timed run is in the same steady state as `kernel_ms`."""
+    from llmc.backends.c.probe import RotationProbe
+
+    log("[bench] llmc's kernels in rotation with the copy and FMA probes")
+    probe = RotationProbe(build, target.lanes, target.llc_bytes)
+    args, kwargs = split_inputs(inputs)
+    library, graph_inputs = compiled.program.library, tuple(compiled.graph_inputs(*args, **kwargs))
+    outputs = library.run(graph_inputs)
+    copies, fmas = [], []
+
+    def probes():
+        copies.append(probe.copy_gbs())
+        fmas.append(probe.fma_gflops())
+        library.run(graph_inputs, None, outputs)
+
+    per_kernel = compiled.profile(inputs, repeats, between=probes)
+    return sum(per_kernel.values()) / 1e3, statistics.median(copies), statistics.median(fmas)
 
 
 def plausible_peak(peak, flops: int, moved: int, kernel_ms: float, llc_bytes: int, build, target, log,

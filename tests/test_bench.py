@@ -13,6 +13,22 @@ def test_bench_reports_medians_ratios_and_peak_fractions():
     assert result.max_abs_error < 1e-4 and result.llmc_warm_s is not None
     text = result.format()
     assert "x eager" in text and "%peak" in text and "llmc warm (cached) compile" in text
+    # the ceilings timed in rotation with the kernels: one copy beyond the LLC and one FMA pass a round
+    kernels_ms, copy_gbs, fma_gflops = result.alongside
+    assert kernels_ms > 0 and copy_gbs > 0.1 and fma_gflops > 0.1
+    assert "in rotation with the probes" in text and result.as_dict()["alongside_probes"]["copy_gbs"] == copy_gbs
+    compute, bandwidth = result.shares_alongside()
+    assert compute == result.flops / (kernels_ms * 1e6) / fma_gflops
+
+
+def test_a_profile_runs_the_probes_between_the_kernels_calls():
+    import llmc
+
+    model, inputs = small_example("gpt2_block")
+    compiled = llmc.compile(model, inputs, emit=lambda _: None)
+    calls = []
+    measured = compiled.profile(inputs, 4, between=lambda: calls.append(len(calls)))
+    assert calls == [0, 1, 2, 3] and all(us > 0 for us in measured.values())
 
 
 def test_the_gpu_benchmark_script_runs_its_cases_in_smoke_mode():

@@ -14,6 +14,8 @@ import json
 from datetime import datetime, timezone
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from llmc.backends.c.build import BuildOptions, build_library, cache_key, compiler_identity, find_compiler
 from llmc.backends.c.build import atomic_write
 from llmc.errors import BuildError
@@ -67,6 +69,15 @@ double llmc_probe_copy(long floats, int repeats) {
     free(a);
     free(b);
     return 2.0 * floats * sizeof(float) / best;
+}
+
+/* Seconds of one parallel copy of `floats` floats from a to b, buffers the caller keeps: the bench times it
+ * between a kernel's runs, so that both see the same minutes of a shared host (RotationProbe). */
+double llmc_probe_copy_pass(const float *a, float *b, long floats) {
+    double begin = omp_get_wtime();
+    #pragma omp parallel for schedule(static)
+    for (long i = 0; i < floats; i++) b[i] = a[i];
+    return omp_get_wtime() - begin;
 }
 
 /* Bytes per second of a copy that stays in a cache level: each thread copies its own share back and
@@ -321,6 +332,29 @@ def measure(options: BuildOptions, lanes: int) -> MachinePeak:
     return MachinePeak(round(gflops, 1), round(bandwidth, 1), target.cores, when, round(l2, 1), round(llc, 1),
                        tuple(sorted(host_cpu_flags() & ISA_FEATURES)), *measure_bf16(options, lanes),
                        *measure_int8(options, lanes))
+
+
+class RotationProbe:
+    """The copy and FMA probes, one short pass each, to be timed between a kernel's runs: on a shared host the
+    copy bandwidth moved by a third within an hour, so a kernel is set against the ceilings of the same rounds
+    rather than against a probe taken minutes before (llmc.bench)."""
+
+    def __init__(self, options: BuildOptions, lanes: int, llc_bytes: int):
+        self.lib = ctypes.CDLL(str(build_library(PROBE_SOURCE % {"lanes": lanes}, options).library))
+        self.lib.llmc_probe_copy_pass.restype = ctypes.c_double
+        self.lib.llmc_probe_copy_pass.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+        self.lib.llmc_probe_fma.restype = ctypes.c_double
+        self.lib.llmc_probe_fma.argtypes = [ctypes.c_long]
+        floats = max(2 * llc_bytes, 64 << 20) // 4  # each array twice the LLC: a copy from memory to memory
+        self.source, self.target = np.ones(floats, np.float32), np.zeros(floats, np.float32)
+        self.copy_gbs()  # first touch of the target's pages
+
+    def copy_gbs(self) -> float:
+        seconds = self.lib.llmc_probe_copy_pass(self.source.ctypes.data, self.target.ctypes.data, self.source.size)
+        return 2 * self.source.nbytes / seconds / 1e9
+
+    def fma_gflops(self) -> float:
+        return self.lib.llmc_probe_fma(2_000_000) / 1e9  # a few milliseconds
 
 
 def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import statistics
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,12 @@ class CLibrary:
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.run(inputs)
 
-    def profile(self, inputs: tuple[torch.Tensor, ...], repeats: int) -> dict[str, float]:
+    def profile(self, inputs: tuple[torch.Tensor, ...], repeats: int,
+                between: Callable[[], object] | None = None) -> dict[str, float]:
         """Median microseconds per kernel over `repeats` forward calls (after one warm-up), in steady
         state: the outputs are written into the same tensors each time, so first-touch page faults
-        of freshly allocated outputs are not charged to the kernels."""
+        of freshly allocated outputs are not charged to the kernels. `between` runs after each call (the
+        bench's probes, timed in rotation with the kernels)."""
         launches = self.source.launches
         outputs = self.run(inputs)
         samples: list[dict[str, float]] = []
@@ -58,6 +60,8 @@ class CLibrary:
             for name, spent in zip(launches, seconds):
                 call[name] = call.get(name, 0.0) + spent * 1e6
             samples.append(call)
+            if between is not None:
+                between()
         return {name: statistics.median(s[name] for s in samples) for name in samples[0]}
 
     def run(self, inputs, seconds=None, outputs=None) -> tuple[torch.Tensor, ...]:
