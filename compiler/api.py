@@ -142,7 +142,7 @@ class CompiledModel:
 
     def profile(self, inputs, repeats: int = 20, between=None) -> dict[str, float]:
         """Measured microseconds per kernel (C backend only), on the model's inputs; `between` runs after each
-        of the `repeats` calls."""
+        of the `repeats` calls (CLibrary.profile)."""
         if self.backend != "c":
             raise LlmcError(f"per-kernel timing is measured by the C backend; this model runs on '{self.backend}'")
         args, kwargs = split_inputs(inputs)

@@ -221,21 +221,17 @@ def bench(model, inputs, title: str, target: str = "cpu", passes: str | None = N
 
 def kernels_alongside_probes(compiled, inputs, repeats: int, build, target, log) -> tuple[float, float, float]:
     """llmc's kernels and one pass of each probe (a copy beyond the LLC, FMA chains) in rotation, `repeats`
-    rounds: (kernels ms, copy GB/s, FMA GFLOP/s), medians. After the probes an untimed run brings the kernels'
-    data back into the caches that the copy swept, so the timed run is in the same steady state as `kernel_ms`."""
+    rounds: (kernels ms, copy GB/s, FMA GFLOP/s), medians. `profile` re-warms the caches the copy swept before
+    each timed call, so the kernels run in the same steady state as `kernel_ms`."""
     from llmc.backends.c.probe import RotationProbe
 
     log("[bench] llmc's kernels in rotation with the copy and FMA probes")
     probe = RotationProbe(build, target.lanes, target.llc_bytes)
-    args, kwargs = split_inputs(inputs)
-    library, graph_inputs = compiled.program.library, tuple(compiled.graph_inputs(*args, **kwargs))
-    outputs = library.run(graph_inputs)
     copies, fmas = [], []
 
     def probes():
         copies.append(probe.copy_gbs())
         fmas.append(probe.fma_gflops())
-        library.run(graph_inputs, None, outputs)
 
     per_kernel = compiled.profile(inputs, repeats, between=probes)
     return sum(per_kernel.values()) / 1e3, statistics.median(copies), statistics.median(fmas)

@@ -312,18 +312,30 @@ def measure_int8(options: BuildOptions, lanes: int) -> tuple[float, str]:
                                              ("llmc_probe_dpbusd", "vpdpbusd", 20_000_000)), options)
 
 
+# PROBE_SOURCE's functions: (argument types), each returning a double
+PROBE_SIGNATURES = {
+    "llmc_probe_fma": (ctypes.c_long,),
+    "llmc_probe_copy": (ctypes.c_long, ctypes.c_int),
+    "llmc_probe_copy_pass": (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long),
+    "llmc_probe_copy_resident": (ctypes.c_long, ctypes.c_int),
+    "llmc_probe_read": (ctypes.c_long, ctypes.c_int),
+}
+
+
+def probe_library(options: BuildOptions, lanes: int) -> ctypes.CDLL:
+    """PROBE_SOURCE built with the kernels' compiler and flags (cached), its functions' signatures declared."""
+    lib = ctypes.CDLL(str(build_library(PROBE_SOURCE % {"lanes": lanes}, options).library))
+    for name, arguments in PROBE_SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = ctypes.c_double, list(arguments)
+    return lib
+
+
 def measure(options: BuildOptions, lanes: int) -> MachinePeak:
-    built = build_library(PROBE_SOURCE % {"lanes": lanes}, options)
-    lib = ctypes.CDLL(str(built.library))
-    lib.llmc_probe_fma.restype = ctypes.c_double
-    lib.llmc_probe_fma.argtypes = [ctypes.c_long]
-    lib.llmc_probe_copy.restype = ctypes.c_double
-    lib.llmc_probe_copy.argtypes = [ctypes.c_long, ctypes.c_int]
+    lib = probe_library(options, lanes)
     lib.llmc_probe_fma(2_000_000)  # warm up the cores' clocks
     gflops = max(lib.llmc_probe_fma(20_000_000) for _ in range(3)) / 1e9
     bandwidth = lib.llmc_probe_copy(64 * 1024 * 1024, 5) / 1e9
-    lib.llmc_probe_copy_resident.restype = ctypes.c_double
-    lib.llmc_probe_copy_resident.argtypes = [ctypes.c_long, ctypes.c_int]
     target = host_cpu_target()
     # two arrays filling half of each level: each core's share of L2, or the whole LLC
     l2 = max(lib.llmc_probe_copy_resident(target.l2_bytes // 4 // 4 * target.cores, 2000) for _ in range(3)) / 1e9
@@ -340,11 +352,7 @@ class RotationProbe:
     rather than against a probe taken minutes before (llmc.bench)."""
 
     def __init__(self, options: BuildOptions, lanes: int, llc_bytes: int):
-        self.lib = ctypes.CDLL(str(build_library(PROBE_SOURCE % {"lanes": lanes}, options).library))
-        self.lib.llmc_probe_copy_pass.restype = ctypes.c_double
-        self.lib.llmc_probe_copy_pass.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
-        self.lib.llmc_probe_fma.restype = ctypes.c_double
-        self.lib.llmc_probe_fma.argtypes = [ctypes.c_long]
+        self.lib = probe_library(options, lanes)
         floats = max(2 * llc_bytes, 64 << 20) // 4  # each array twice the LLC: a copy from memory to memory
         self.source, self.target = np.ones(floats, np.float32), np.zeros(floats, np.float32)
         self.copy_gbs()  # first touch of the target's pages
@@ -360,12 +368,8 @@ class RotationProbe:
 def read_bandwidth(options: BuildOptions, lanes: int, llc_bytes: int) -> float:
     """GB/s of a parallel read over 4x the last-level cache (at least 256 MB): main-memory reads,
     the yardstick of a memory-bound decode step. Measured each time (about a second)."""
-    built = build_library(PROBE_SOURCE % {"lanes": lanes}, options)
-    lib = ctypes.CDLL(str(built.library))
-    lib.llmc_probe_read.restype = ctypes.c_double
-    lib.llmc_probe_read.argtypes = [ctypes.c_long, ctypes.c_int]
     floats = max(4 * llc_bytes, 256 * 1024 * 1024) // 4
-    return round(lib.llmc_probe_read(floats, 5) / 1e9, 1)
+    return round(probe_library(options, lanes).llmc_probe_read(floats, 5) / 1e9, 1)
 
 
 def machine_peak(options: BuildOptions, lanes: int, remeasure: bool = False) -> MachinePeak:

@@ -412,7 +412,7 @@ static inline void llmc_transpose8(vf v[8]) { /* v[j][i] becomes v[i][j] */
     v[4] = (vf)_mm256_permute2f128_ps(s0, s4, 0x31); v[5] = (vf)_mm256_permute2f128_ps(s1, s5, 0x31);
     v[6] = (vf)_mm256_permute2f128_ps(s2, s6, 0x31); v[7] = (vf)_mm256_permute2f128_ps(s3, s7, 0x31);
 }
-#define LLMC_TRANSPOSE_BLOCKS(ctype, load)                                                                 \
+#define LLMC_TRANSPOSE_BLOCKS(load)                                                                        \
         for (; n0 + 8 <= cols; n0 += 8)                                                                    \
             for (long k = 0; k < rows; k += 8) {                                                           \
                 vf v[8];                                                                                   \
@@ -421,7 +421,7 @@ static inline void llmc_transpose8(vf v[8]) { /* v[j][i] becomes v[i][j] */
                 for (int j = 0; j < 8; j++) vstore(dst + (k + j) * ld + n0, v[j]);                        \
             }
 #else
-#define LLMC_TRANSPOSE_BLOCKS(ctype, load)
+#define LLMC_TRANSPOSE_BLOCKS(load)
 #endif
 
 /* The transposed block of a view whose rows are unit-stride (s0 == 1, e.g. K^T
@@ -437,7 +437,7 @@ static inline void llmc_transpose8(vf v[8]) { /* v[j][i] becomes v[i][j] */
         }                                                                                                  \
         for (long r = 0; r < rows; r++) memset(dst + r * ld + cols, 0, (size_t)(ld - cols) * sizeof(float)); \
         long n0 = 0;                                                                                       \
-        LLMC_TRANSPOSE_BLOCKS(ctype, load)                                                                 \
+        LLMC_TRANSPOSE_BLOCKS(load)                                                                        \
         for (long n = n0; n < cols; n++) {                                                                 \
             const ctype *src = base + (c0 + n) * s1 + r0;                                                  \
             for (long k = 0; k < rows; k += LLMC_W) {                                                      \

@@ -49,7 +49,8 @@ class CLibrary:
         """Median microseconds per kernel over `repeats` forward calls (after one warm-up), in steady
         state: the outputs are written into the same tensors each time, so first-touch page faults
         of freshly allocated outputs are not charged to the kernels. `between` runs after each call (the
-        bench's probes, timed in rotation with the kernels)."""
+        bench's probes, timed in rotation with the kernels), followed by an untimed call that brings the
+        kernels' data back into the caches it swept, so each timed call starts from the same steady state."""
         launches = self.source.launches
         outputs = self.run(inputs)
         samples: list[dict[str, float]] = []
@@ -62,6 +63,7 @@ class CLibrary:
             samples.append(call)
             if between is not None:
                 between()
+                self.run(inputs, None, outputs)
         return {name: statistics.median(s[name] for s in samples) for name in samples[0]}
 
     def run(self, inputs, seconds=None, outputs=None) -> tuple[torch.Tensor, ...]:
