@@ -97,9 +97,12 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         """Open a row's loop over vectors of columns; its nest computes values of one column (row statistics
         and what is made of them: a softmax's reciprocal sum, a norm's scale) once per row, above the loop.
         GCC would not hoist them itself: they are read from scratch, which it cannot prove the loop's
-        stores leave alone."""
+        stores leave alone. The loop also says its vectors are whole where the extent is a multiple of the
+        width: GCC cannot prove from the loop alone that c stays a multiple of it, and kept the edge tests of
+        every load, reduction and store in the loop (a softmax's exp pass branched twice per vector)."""
         above = (len(self.lines), self.depth)
         self.open(f"for (long c = 0; c < {extent}; c += LLMC_W)")
+        self.line(f"LLMC_WHOLE_VECTORS(c, {extent});")
         return Nest(self, above)
 
     def describe(self, op: Operation) -> str:

@@ -47,6 +47,13 @@ typedef struct {
 } llmc_tile;
 /* Where column `col` of a panel-packed operand starts (row 0). */
 #define LLMC_PANEL_AT(base, ps, col) ((base) + ((col) / LLMC_NR) * (ps) + (col) % LLMC_NR)
+/* Inside a loop `for (c = 0; c < extent; c += LLMC_W)`: where the extent is a multiple of the width (a constant
+ * test once the extent is one), every vector of the loop is whole, which lets the compiler drop the edge tests
+ * of its loads, stores and reductions. A pure condition: where it cannot be folded it generates no code. */
+#define LLMC_WHOLE_VECTORS(c, extent)                                                                  \
+    do {                                                                                               \
+        if ((extent) % LLMC_W == 0 && (c) + LLMC_W > (extent)) __builtin_unreachable();               \
+    } while (0)
 
 /* Streaming (non-temporal) stores for outputs far larger than the caches: no
  * read-for-ownership, and they do not evict what the next kernel reads. */
