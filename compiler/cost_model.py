@@ -86,7 +86,8 @@ def decide_tiles(kop: kernel.KernelOp, target: Target) -> TileDecision:
         return attention_tiles(graph.shape_of(anchor.query), graph.shape_of(anchor.key)[2], target,
                                element_bytes(anchor.query.type.element_type))
     if kind == "row":
-        return row_tiles(as_2d(graph.shape_of(anchor.operands[0])), target)
+        scans = any(isinstance(op, graph.CumsumOp) for op in kop.body.walk())
+        return row_tiles(as_2d(graph.shape_of(anchor.operands[0])), target, row_by_row=not scans)
     if kind == "scatter":  # the source rows it writes, not the whole destination
         return pointwise_tiles(as_2d(graph.shape_of(anchor.source)), target)
     return pointwise_tiles(as_2d(graph.shape_of(kop.outputs[0])), target)
@@ -198,13 +199,22 @@ def attention_tiles(q_shape: tuple[int, ...], tk: int, target: Target, operand_b
     return TileDecision((bm, bn), stages, "query rows per program x keys per step, fitted to scratch")
 
 
-def row_tiles(shape: tuple[int, ...], target: Target) -> TileDecision:
-    """Whole rows per program. On a CPU a program's rows and the copy of them that LayerNorm or softmax
-    materialises (the centred rows, the exponentials) share half of L1 with room to spare: with each
-    at a quarter, LayerNorm 16384x1024 beyond a 32 MiB LLC ran at 41 GB/s with 2 rows per program
-    against 29 GB/s with 4 and 28 with 8 (Zen 4, 32 KiB L1d; in rotation), the later passes of more
-    rows reading back from L2."""
+def row_tiles(shape: tuple[int, ...], target: Target, row_by_row: bool = False) -> TileDecision:
+    """Whole rows per program. Where the C backend renders the program's rows one at a time (`row_by_row`:
+    backends/c/row_pipeline.py), a row's passes and its materialised copies (the centred row, the exponentials)
+    take one row of L1 whatever the count, and each row's first pass overlaps the previous row's compute except
+    the program's first: 8 rows run it alone for one row in 8, and took LayerNorm and softmax 16384x1024 0.80x
+    and 0.84x the time of 2 rows rendered pass by pass (Zen 3, beyond the LLC, in rotation), while there are
+    still programs for four per core. Rendered pass by pass (a cumsum's scan), a program's rows and their copy
+    share half of L1 with room to spare: with each at a quarter, LayerNorm 16384x1024 beyond a 32 MiB LLC ran
+    at 41 GB/s with 2 rows per program against 29 GB/s with 4 and 28 with 8 (Zen 4, 32 KiB L1d; in rotation),
+    the later passes of more rows reading back from L2."""
     cols = pow2_at_least(shape[-1])
+    if target.kind == "cpu" and row_by_row:
+        rows = 8
+        while rows > 1 and math.prod(shape[:-1]) < rows * 4 * target.cores:
+            rows //= 2
+        return TileDecision((rows, cols), 1, "whole rows, one at a time: the next row's first pass overlaps this one's")
     share = target.l1_bytes // 4 if target.kind == "cpu" else target.l1_bytes // 2
     rows = max(1, min(pow2_at_least(shape[-2]), share // (cols * 4)))
     return TileDecision((rows, cols), 1, "whole rows: the input and a materialised copy in half of L1")

@@ -18,12 +18,13 @@ from llmc.backends.c.nest import Nest, element_key, kind_of
 from llmc.backends.c.plan import INLINE, QSOURCE, KernelPlan
 from llmc.backends.c.prefetch import PrefetchRenderer
 from llmc.backends.c.products import ProductRenderer
+from llmc.backends.c.row_pipeline import RowPipelineRenderer
 from llmc.dialects import tile
 from llmc.passes.coalesce import STREAM_ATTR
 from llmc.errors import UnsupportedOpError
 
 
-class KernelRenderer(ProductRenderer, PrefetchRenderer):
+class KernelRenderer(ProductRenderer, PrefetchRenderer, RowPipelineRenderer):
     def __init__(self, kernel: tile.KernelOp, plan: KernelPlan, function_name: str, arg_notes: list[str],
                  status_code: int = 1):
         self.kernel = kernel
@@ -170,7 +171,9 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         for pid, extent in zip(pids, grid):
             self.line(f"for (long {pid} = 0; {pid} < {extent}; {pid}++)")
         self.open("")
+        self.plan_row_by_row(block)
         self.render_block(block)
+        self.close_row_loop()
         self.close()
         if streams:
             self.line("LLMC_STREAM_FENCE(); /* streaming stores are weakly ordered: drain before the barrier */")
@@ -324,13 +327,17 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         rows = shape2(op.result)[0]
         self.line(f"/* {self.describe(op)} */")
         self.fresh(op.result)
-        self.open(f"for (long r = 0; r < {rows}; r++)")
+        self.open_rows(op, rows)
         self.reduce_init(op)
-        self.reduce_step(op, self.column_loop(op.extent.value.data))
+        self.next_row_init(op)
+        nest = self.column_loop(op.extent.value.data)
+        self.reduce_step(op, nest)
+        self.next_row_step(op)
         self.prefetch_next_rows(op)
         self.emit_deferred_prefetch(op)
         self.close()
         self.reduce_finish(op)
+        self.next_row_finish(op)
         self.close()
 
     def reduce_init(self, op: tile.ReduceOp) -> None:
@@ -365,14 +372,14 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         biggest = "vmax" if kind == "vf" else "vmax_l"
         self.line(f"{acc} = {acc} + {part};" if is_sum else f"{acc} = {biggest}({acc}, {part});")
 
-    def reduce_finish(self, op: tile.ReduceOp) -> None:
+    def reduce_finish(self, op: tile.ReduceOp, row: str = "r") -> None:
         v, kind = self.name(op.result), kind_of(op.operand)
         acc = f"acc{v[1:]}"
         if op.kind.data == "argmax":
-            self.line(f"((int64_t *){v}.p)[r * {v}.ld] = llmc_argmax_lanes({acc}, at{acc});")
+            self.line(f"((int64_t *){v}.p)[{row} * {v}.ld] = llmc_argmax_lanes({acc}, at{acc});")
             return
         total = {"vf": ("vhsum", "vhmax"), "vl": ("vhsum_l", "vhmax_l")}[kind][op.kind.data != "sum"]
-        target = f"{v}.p[r * {v}.ld]" if kind == "vf" else f"((int64_t *){v}.p)[r * {v}.ld]"
+        target = f"{v}.p[{row} * {v}.ld]" if kind == "vf" else f"((int64_t *){v}.p)[{row} * {v}.ld]"
         self.line(f"{target} = {total}({acc});")
 
     def op_scan(self, op: tile.ScanOp) -> None:
@@ -400,7 +407,7 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         self.line(f"/* {self.describe(op)} (materialised: {'row statistic' if cols == 1 else 'several consumers'}) */")
         self.fresh(value)
         if cols == 1:
-            self.open(f"for (long r = 0; r < {rows}; r++)")
+            self.open_rows(op, rows)
             self.line("const long c = 0; (void)c;")
             self.line(f"{v}.p[r * {v}.ld] = ({Nest(self).compute(op)})[0];")
             self.close()
@@ -410,19 +417,22 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
             self.line(f"/* {self.describe(reduce)}: computed in the same pass */")
             self.fresh(reduce.result)
             self.done.add(reduce)
-        self.open(f"for (long r = 0; r < {rows}; r++)")
+        self.open_rows(op, rows)
         for reduce in reductions:
             self.reduce_init(reduce)
+        self.next_row_init(op)
         nest = self.column_loop(self.row_width(cols))
         self.line(f"const vf x{v[1:]} = {nest.compute(op)};")
         nest.memo[value] = f"x{v[1:]}"
-        self.line(f"vstore({v}.p + r * {v}.ld + c, x{v[1:]});")
+        self.line(f"vstore({v}.p + {self.wide_row()} * {v}.ld + c, x{v[1:]});")
         for reduce in reductions:
             self.reduce_step(reduce, nest)
+        self.next_row_step(op)
         self.emit_deferred_prefetch(op)
         self.close()
         for reduce in reductions:
             self.reduce_finish(reduce)
+        self.next_row_finish(op)
         self.close()
 
     def op_store(self, op: tile.StoreOp) -> None:
@@ -430,9 +440,9 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         buf, base, row, col = (self.name(x) for x in (op.buffer, op.base, op.row, op.col))
         (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
         self.line(f"/* {self.describe(op)}: epilogue fused, computed in registers */")
-        self.open(f"for (long r = 0; r < {rows}; r++)")
+        self.open_rows(op, rows)
         self.line(f"const long row = {row} + r;")
-        self.line(f"if (row < 0 || row >= {height}) continue;")
+        self.open(f"if (row >= 0 && row < {height})")
         # the columns past the view's edge are never written: the loop stops at the edge (a row kernel's tile
         # is a power of two wider than its rows, a pointwise grid's last column tile may hang over)
         value = self.column_loop(f"({cols} < {width} - {col} ? {cols} : {width} - {col})").vector(op.value)
@@ -445,6 +455,7 @@ class KernelRenderer(ProductRenderer, PrefetchRenderer):
         else:
             self.line(f"llmc_store_vec{ACCESS[key]}({where});")
         self.emit_deferred_prefetch(op)
+        self.close()
         self.close()
         self.close()
 

@@ -39,8 +39,11 @@ def element_key(element) -> str:
 
 
 class Nest:
-    def __init__(self, renderer: KernelRenderer, above: tuple[int, int] | None = None):
+    def __init__(self, renderer: KernelRenderer, above: tuple[int, int] | None = None, row: str = "r",
+                 tag: str = ""):
         self.renderer = renderer
+        self.row = row  # the tile row this nest computes: r, or the next row's (r + 1) in a pipelined pass
+        self.tag = tag  # told apart from another nest's statements in the same loop
         self.memo: dict[SSAValue, str] = {}
         # where values of one column go when this nest is a column loop: (line index, depth) above it
         self.above = list(above) if above is not None else None
@@ -54,7 +57,7 @@ class Nest:
             expr, comment = self.read(value), "read"
         else:
             expr, comment = self.compute(value.owner), self.renderer.describe(value.owner)
-        var = f"x{self.renderer.name(value)[1:]}"
+        var = f"x{self.renderer.name(value)[1:]}{self.tag}"
         statement = f"const {kind_of(value)} {var} = {expr}; /* {comment} */"
         if self.above is not None and shape2(value)[1] == 1:  # the same for every c: once per row, above the loop
             at, depth = self.above
@@ -68,7 +71,9 @@ class Nest:
     def read(self, value: SSAValue) -> str:
         rows, cols = shape2(value)
         name, info = self.renderer.name(value), self.renderer.plan.values[value]
-        r = "r" if rows > 1 else "0"
+        r = self.row if rows > 1 else "0"
+        if rows > 1 and cols > 1 and info.kind != OPERAND:  # a row-wide value: rows-outer, in its slot's first row
+            r = self.renderer.wide_row()
         if kind_of(value) == "vl":
             element = f"((const int64_t *){name}.p)[{r} * {name}.ld + c]"
             return f"vsplat_l(((const int64_t *){name}.p)[{r} * {name}.ld])" if cols == 1 else \
@@ -152,7 +157,7 @@ class Nest:
         rows, cols = shape2(op.result)
         name = self.renderer.name
         (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
-        row = f"{name(op.row)} + r" if rows > 1 else name(op.row)
+        row = f"{name(op.row)} + {self.row}" if rows > 1 else name(op.row)
         where = f"{name(op.buffer)} + {name(op.base)}, {row}"
         key = element_key(op.buffer.type.element_type)
         if key not in ("f32", *HALF):
@@ -192,7 +197,7 @@ class Nest:
         offset = self.renderer.name(op.offset)
         if op.axis.value.data == 1:
             return f"{ramp}({offset} + c)" if cols > 1 else f"{splat}({cast}{offset})"
-        return f"{splat}({cast}({offset} + r))" if rows > 1 else f"{splat}({cast}{offset})"
+        return f"{splat}({cast}({offset} + {self.row}))" if rows > 1 else f"{splat}({cast}{offset})"
 
 
 # ops with a form of their own (the rest go through the per-kind tables)
