@@ -10,7 +10,8 @@ kernel as its `tiles` and `stages`, with `llmc.autotune` saying what was measure
 decision, so a dump taken after this pass replays it without measuring.
 
 Results are cached on disk per host (CPU model and flags), kernel signature (the kernel's IR with
-names canonicalised) and llmc version, so a second compile measures nothing. Tuning stops when its
+names canonicalised) and llmc version (its release and a digest of its code), so a second compile measures
+nothing. Tuning stops when its
 time budget is spent; the kernels left take the model's decision. Kernels reading quantized weights run
 on random codes, scales and zero points in their formats' ranges.
 """
@@ -105,12 +106,33 @@ def undecided(kop: kernel.KernelOp, name: str) -> None:
 
 @functools.cache
 def llmc_version() -> str:
+    """llmc's release and a digest of its code: what makes and times the kernels decides what a measurement is
+    worth, so one taken with other code (another release, a working tree edited since) is measured again rather
+    than reused. (Row kernels came to be rendered one row at a time at the same release number, and entries
+    measured on the old form kept choosing its row counts.)"""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("llmc")
+        release = version("llmc")
     except PackageNotFoundError:
-        return "dev"
+        release = "dev"
+    return f"{release}+{code_digest()}"
+
+
+def code_digest() -> str:
+    """A digest of llmc's Python modules and C headers, by path within each package and content."""
+    import llmc
+    import llmc.backends
+    import llmc.dialects
+    import llmc.passes
+
+    digest = hashlib.sha256()
+    for package in (llmc, llmc.dialects, llmc.passes, llmc.backends):
+        for root in map(Path, package.__path__):
+            for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".h") and p.is_file()):
+                digest.update(f"{package.__name__}/{path.relative_to(root).as_posix()}\n".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def read_cache(folder, key: str) -> list[Measured] | None:

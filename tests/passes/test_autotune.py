@@ -87,6 +87,32 @@ def test_another_host_does_not_reuse_the_measurements(tmp_path, monkeypatch):
     assert len(list((tmp_path / "autotune").glob("*.json"))) == 4
 
 
+def test_other_llmc_code_does_not_reuse_the_measurements(tmp_path, monkeypatch):
+    """A measurement is worth what the code that made and timed the kernel was: edited code measures again."""
+    run_passes(parse_ir(MLP), tuned(tmp_path))
+    monkeypatch.setattr(autotune, "code_digest", lambda: "edited")
+    autotune.llmc_version.cache_clear()
+    try:
+        run_passes(parse_ir(MLP), tuned(tmp_path))
+    finally:
+        autotune.llmc_version.cache_clear()
+    assert len(list((tmp_path / "autotune").glob("*.json"))) == 4
+
+
+def test_the_code_digest_follows_the_modules_contents(tmp_path, monkeypatch):
+    import llmc.dialects
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "module.py").write_text("x = 1\n")
+    monkeypatch.setattr(llmc.dialects, "__path__", [*llmc.dialects.__path__, str(extra)])
+    before = autotune.code_digest()
+    (extra / "notes.txt").write_text("not code")
+    assert autotune.code_digest() == before
+    (extra / "module.py").write_text("x = 2\n")
+    assert autotune.code_digest() != before
+
+
 def test_no_budget_means_the_model_decides(tmp_path):
     module = run_passes(parse_ir(MLP), tuned(tmp_path, budget=-1) + ",tile")
     assert all(TUNED_ATTR not in k.attributes and k.tiles for k in kernels(module))
