@@ -11,9 +11,8 @@ decision, so a dump taken after this pass replays it without measuring.
 
 Results are cached on disk per host (CPU model and flags), kernel signature (the kernel's IR with
 names canonicalised) and llmc version (its release and a digest of its code), so a second compile measures
-nothing. Tuning stops when its
-time budget is spent; the kernels left take the model's decision. Kernels reading quantized weights run
-on random codes, scales and zero points in their formats' ranges.
+nothing. Tuning stops when its time budget is spent; the kernels left take the model's decision. Kernels
+reading quantized weights run on random codes, scales and zero points in their formats' ranges.
 """
 
 from __future__ import annotations

@@ -44,12 +44,13 @@ class RowPipelineRenderer:
         self.rows_outer, self.first_pass, self.pipelined, self.rows_open = None, None, {}, False
         if self.kernel.kind.data != "row" or any(isinstance(op, ROW_BY_ROW_EXCLUDES) for op in block.walk()):
             return
-        passes = [op for op in block.ops if self.is_row_pass(op)]
+        fused = {reduce for reduces in self.plan.fused_reductions.values() for reduce in reduces}
+        passes = [op for op in block.ops if self.is_row_pass(op, fused)]
         rows = {self.pass_rows(op) for op in passes}
         if len(rows) != 1 or rows == {1}:
             return
         self.rows_outer = rows.pop()
-        first = next((op for op in passes if isinstance(op, tile.ReduceOp) and op not in self.fused()), None)
+        first = next((op for op in passes if isinstance(op, tile.ReduceOp)), None)
         if first is None or not self.reads_memory_only(first.operand):
             return
         later = passes[passes.index(first) + 1:]
@@ -58,13 +59,11 @@ class RowPipelineRenderer:
             self.first_pass = first
             self.pipelined[carrier] = first
 
-    def fused(self) -> set[Operation]:
-        return {reduce for reduces in self.plan.fused_reductions.values() for reduce in reduces}
-
-    def is_row_pass(self, op: Operation) -> bool:
-        """An op that loops over the program's rows: a reduction of its own, a materialised value, a store."""
+    def is_row_pass(self, op: Operation, fused: set[Operation]) -> bool:
+        """An op that loops over the program's rows: a reduction of its own (not `fused` into its producer's
+        pass), a materialised value, a store."""
         if isinstance(op, tile.ReduceOp):
-            return op not in self.fused()
+            return op not in fused
         if isinstance(op, tile.StoreOp):
             return True
         info = self.plan.values.get(op.results[0]) if op.results else None
