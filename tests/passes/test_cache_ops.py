@@ -44,6 +44,18 @@ def test_a_cache_write_back_is_a_scatter_kernel_into_the_argument():
     assert func.body.block.last_op.operands[1] is func.body.block.args[0]
 
 
+def test_the_roofline_counts_the_rows_a_scatter_writes_not_the_cache():
+    from llmc.cost_model import kernel_cost
+    from llmc.dialects import kernel
+
+    fused = run_passes(parse_ir(WRITE.replace("RESULT", "1")), "fuse")
+    costs = {k.kernel_name.data: kernel_cost(k) for k in fused.walk() if isinstance(k, kernel.KernelOp)}
+    row_bytes = 1 * 2 * 1 * 8 * 4  # the new rows, read once and written once; the position is one int64
+    assert costs["k0_scatter"].bytes == 2 * row_bytes + 8
+    # the kernel that reads the written cache whole still counts all of it
+    assert costs["k1_mul"].bytes == 2 * 1 * 2 * 16 * 8 * 4
+
+
 def test_a_cache_nobody_writes_back_is_copied_before_the_scatter():
     # result 0 (not the scatter's) is the one written back: the scatter may not clobber argument 0
     check_pass(WRITE.replace("RESULT", "0"), "", "fuse", """
