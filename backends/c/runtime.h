@@ -592,6 +592,63 @@ static inline void llmc_ukernel_packed(long K, const float *a, const float *b0, 
     }
 }
 
+/* The first R rows of a packed block (the block that holds a matrix's last rows: 128 rows in blocks of 6
+ * end with 2), the zeros past them not computed. Their 2R accumulator chains alone would wait on the FMA
+ * latency (4 cycles, 2 FMAs a cycle: 8 chains keep the units busy), so S sets of them take alternate k and
+ * are summed at the end: a 2-row block costs a third of a whole one instead of two thirds. */
+static inline __attribute__((always_inline)) void llmc_ukernel_packed_part(const int R, const int S, long K,
+                                                                           const float *a, const float *b0,
+                                                                           const float *b1, long ldb, float *c,
+                                                                           long ldc, int accumulate) {
+    vf acc0[4][LLMC_MR], acc1[4][LLMC_MR];
+    _Pragma("GCC unroll 4") for (int s = 0; s < S; s++)
+        _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {
+            acc0[s][i] = accumulate && s == 0 ? vload(c + i * ldc) : vsplat(0.0f);
+            acc1[s][i] = accumulate && s == 0 ? vload(c + i * ldc + LLMC_W) : vsplat(0.0f);
+        }
+    long k = 0;
+    for (; k + S <= K; k += S)
+        _Pragma("GCC unroll 4") for (int s = 0; s < S; s++) {
+            vf bv0 = vload(b0 + (k + s) * ldb), bv1 = vload(b1 + (k + s) * ldb);
+            _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {
+                vf av = vsplat(a[(k + s) * LLMC_MR + i]);
+                acc0[s][i] += av * bv0;
+                acc1[s][i] += av * bv1;
+            }
+        }
+    for (; k < K; k++) {
+        vf bv0 = vload(b0 + k * ldb), bv1 = vload(b1 + k * ldb);
+        _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {
+            vf av = vsplat(a[k * LLMC_MR + i]);
+            acc0[0][i] += av * bv0;
+            acc1[0][i] += av * bv1;
+        }
+    }
+    _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) {
+        _Pragma("GCC unroll 4") for (int s = 1; s < S; s++) {
+            acc0[0][i] += acc0[s][i];
+            acc1[0][i] += acc1[s][i];
+        }
+        vstore(c + i * ldc, acc0[0][i]);
+        vstore(c + i * ldc + LLMC_W, acc1[0][i]);
+    }
+}
+
+/* llmc_ukernel_packed on the first `rows` (< LLMC_MR) rows of a block. */
+static void llmc_ukernel_packed_rows(int rows, long K, const float *a, const float *b0, const float *b1, long ldb,
+                                     float *c, long ldc, int accumulate) {
+    switch (rows) {
+    case 1: llmc_ukernel_packed_part(1, 4, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+    case 2: llmc_ukernel_packed_part(2, 2, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+    case 3: llmc_ukernel_packed_part(3, 2, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+    case 4: llmc_ukernel_packed_part(4, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+    case 5: llmc_ukernel_packed_part(5, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+    case 6: llmc_ukernel_packed_part(6, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+    case 7: llmc_ukernel_packed_part(7, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+    default: break;
+    }
+}
+
 /* LLMC_MR rows, row_stride apart, of K columns k-major, as llmc_ukernel_packed reads them. */
 static inline void llmc_pack_row_block(float *dst, const float *rows, long row_stride, long K) {
     for (long k = 0; k < K; k++)
@@ -691,9 +748,11 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
                      int accumulate) {
     long start = 0;
     int prepacked = a.ld == 0;
-    /* a tile of packed rows past the matrix's last (zeros) computes only the blocks that hold data: the
-     * rows past them are never stored (with 6-row blocks, 128 rows in tiles of 48 would compute 144) */
-    if (prepacked && a.rows > 0 && a.rows < M) M = (a.rows + LLMC_MR - 1) / LLMC_MR * LLMC_MR;
+    /* a tile of packed rows past the matrix's last (zeros) computes only the rows that hold data: the
+     * rows past them are never stored (with 6-row blocks, 128 rows in tiles of 48 would compute 144, and in
+     * whole blocks 132) */
+    long held = prepacked && a.rows > 0 && a.rows < M ? a.rows : M;
+    if (prepacked) M = (held + LLMC_MR - 1) / LLMC_MR * LLMC_MR;
     if (!prepacked && M == 1)
         for (; start + LLMC_GEMV_VECTORS * LLMC_W <= N; start += LLMC_GEMV_VECTORS * LLMC_W)
             llmc_gemv_wide(K, a.p, b, panel, start, c.p + start, accumulate);
@@ -714,7 +773,10 @@ static void llmc_dot(long M, long N, long K, llmc_tile a, llmc_tile b, long pane
         long m = 0;
         for (; m + LLMC_MR <= M; m += LLMC_MR) {
             float *cm = c.p + m * c.ld + n;
-            if (packed)
+            if (packed && m + LLMC_MR > held)
+                llmc_ukernel_packed_rows((int)(held - m), K, packed + (m / LLMC_MR) * block_step, b0, b1, b.ld, cm,
+                                         c.ld, accumulate);
+            else if (packed)
                 llmc_ukernel_packed(K, packed + (m / LLMC_MR) * block_step, b0, b1, b.ld, cm, c.ld, accumulate);
             else
                 LLMC_UKERNEL_MR(K, a.p + m * a.ld, a.ld, b0, b1, b.ld, cm, c.ld, accumulate);

@@ -181,6 +181,24 @@ def test_a_linear_packs_its_input_once_per_launch(batch, rows, k, row_blocks, ti
     assert_close(outputs(compiled(*inputs)), eager(linear, inputs), tol=1e-4)
 
 
+@pytest.mark.parametrize("tail", range(1, 8))
+def test_the_block_that_holds_the_last_rows_computes_only_them(tail):
+    """A packed lhs whose rows end inside a block of the micro-kernel's rows (128 in blocks of 6 end with 2)
+    computes that block's rows with fewer accumulators, in sets that take alternate k (K 70 in tiles of 32: a
+    tile of 6 k ends the sets' loop with a remainder); the result is eager's and the interpreter's."""
+    block = micro_rows(host_cpu_target().lanes)
+    if tail >= block:
+        pytest.skip(f"blocks of {block} rows end with at most {block - 1}")
+    linear = torch.nn.Linear(70, 48).eval()
+    inputs = (torch.randn(1, 4 * block + tail, 70),)
+    passes = (f"fuse,tile{{target=cpu matmul={2 * block},32,32}},lower-tile,coalesce{{target=cpu}},"
+              f"swizzle{{target=cpu}},pipeline{{stages=2}},plan-memory")
+    compiled = compile_c(linear, inputs, passes=passes)
+    assert "llmc_pack_lhs(shared" in compiled.program.source.text
+    assert_close(outputs(compiled(*inputs)), run_ir(compiled.module, inputs, compiled.imported.weights), tol=1e-4)
+    assert_close(outputs(compiled(*inputs)), eager(linear, inputs), tol=1e-4)
+
+
 @pytest.mark.parametrize("rows", [1, 4, 40])
 def test_product_programs_go_to_whichever_thread_is_free(rows):
     """A matmul kernel's programs go to whichever thread is free (a slower core does not hold the other at the
