@@ -53,6 +53,7 @@ class CompiledModel:
     seconds: dict[str, float] = field(default_factory=dict)  # export / passes / build wall time
     fallback: Callable[[], Callable] | None = None  # builds what runs instead when the backend fails
     model: torch.nn.Module | None = None  # the model whose mutated buffers the graph reads and writes
+    _buffer_owners: dict = field(default_factory=dict, repr=False)  # buffer name: (its module, attribute)
 
     def _fall_back(self, error: LlmcError):
         if self.fallback is None:
@@ -80,10 +81,10 @@ class CompiledModel:
         write mutated buffers and inputs back; returns the model's own outputs."""
         bound_buffers: dict[str, torch.Tensor] = {}
         outputs = self.run_graph([self._bound(source, flat, bound_buffers) for source in self.imported.arguments])
-        with torch.no_grad():
-            for index, target in self.imported.writebacks:
-                bound = self._bound(target, flat, bound_buffers)
-                if outputs[index].data_ptr() != bound.data_ptr():  # else written in place (a KV cache)
+        for index, target in self.imported.writebacks:
+            bound = self._bound(target, flat, bound_buffers)
+            if outputs[index].data_ptr() != bound.data_ptr():  # else written in place (a KV cache)
+                with torch.no_grad():
                     bound.copy_(outputs[index])
         return [outputs[i] for i in self.imported.user_outputs]
 
@@ -127,8 +128,19 @@ class CompiledModel:
         if source.kind == "input":
             return flat[source.index]
         if source.name not in buffers:  # looked up once per call (a KV cache is read and written back)
-            buffers[source.name] = self.model.get_buffer(source.name)
+            buffers[source.name] = self._buffer(source.name)
         return buffers[source.name]
+
+    def _buffer(self, name: str) -> torch.Tensor:
+        """The model's buffer `name` as it is now (the caller may have replaced it: a cache reset). Its module
+        is found once; `get_buffer`'s walk from the root cost a decode step a few microseconds a buffer."""
+        owner, attribute = self._buffer_owners.get(name, (None, ""))
+        if owner is None:
+            path, _, attribute = name.rpartition(".")
+            owner = self.model.get_submodule(path) if path else self.model
+            self._buffer_owners[name] = (owner, attribute)
+        tensor = owner._buffers.get(attribute)
+        return tensor if tensor is not None else self.model.get_buffer(name)  # get_buffer says what is wrong
 
     def run_graph(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run the compiled graph on its own inputs; returns every function result."""

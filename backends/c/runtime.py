@@ -34,6 +34,14 @@ class CLibrary:
         self.source = source
         self.input_dtypes = [torch_dtype(element) for element in source.input_elements]
         self.output_dtypes = [torch_dtype(element) for element in source.output_elements]
+        # what each call checks its inputs against, and the pointer arrays it fills (under the lock): a decode
+        # step's kernels take about a millisecond, and each call's Python is paid on every token
+        self.expected_inputs = [(torch.Size(shape), dtype) for shape, dtype in zip(source.input_shapes, self.input_dtypes)]
+        self.in_place_inputs = frozenset(source.output_aliases.values())
+        self.fresh_outputs = [(i, shape, dtype) for i, (shape, dtype)
+                              in enumerate(zip(source.output_shapes, self.output_dtypes)) if i not in source.output_aliases]
+        self.in_ptrs = (ctypes.c_void_p * max(1, len(source.input_shapes)))()
+        self.out_ptrs = (ctypes.c_void_p * max(1, len(source.output_shapes)))()
         self.lock = threading.Lock()
         self.arrays = [slot.materialise(weights) for slot in source.weights]
         pointers = (ctypes.c_void_p * max(1, len(self.arrays)))(*[a.ctypes.data for a in self.arrays])
@@ -67,31 +75,33 @@ class CLibrary:
         return {name: statistics.median(s[name] for s in samples) for name in samples[0]}
 
     def run(self, inputs, seconds=None, outputs=None) -> tuple[torch.Tensor, ...]:
-        if len(inputs) != len(self.source.input_shapes):
-            raise LlmcError(f"the compiled graph takes {len(self.source.input_shapes)} inputs, got {len(inputs)}")
-        arguments = []
-        for index, (tensor, shape, dtype) in enumerate(zip(inputs, self.source.input_shapes, self.input_dtypes)):
-            if tuple(tensor.shape) != shape:
-                raise LlmcError(f"input {index} has shape {tuple(tensor.shape)}; the graph was compiled for {shape}")
-            if tensor.dtype != dtype or tensor.device.type != "cpu":
-                raise LlmcError(
-                    f"input {index} is a {tensor.dtype} tensor on {tensor.device}; the graph was compiled for "
-                    f"{dtype} CPU tensors"
-                )
-            if index in self.source.output_aliases.values() and not tensor.is_contiguous():
-                raise LlmcError(f"input {index} is updated in place (a cache) and must be contiguous")
-            arguments.append(tensor.detach().contiguous())
+        if len(inputs) != len(self.expected_inputs):
+            raise LlmcError(f"the compiled graph takes {len(self.expected_inputs)} inputs, got {len(inputs)}")
+        arguments = list(inputs)
+        for index, (tensor, (shape, dtype)) in enumerate(zip(inputs, self.expected_inputs)):
+            if tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu:
+                self.refuse(index, tensor)
+            if not tensor.is_contiguous():
+                if index in self.in_place_inputs:
+                    raise LlmcError(f"input {index} is updated in place (a cache) and must be contiguous")
+                arguments[index] = tensor.contiguous()
         aliases = self.source.output_aliases  # outputs written in place into an input (a cache): its storage
         if outputs is None:
-            outputs = [arguments[aliases[i]] if i in aliases else torch.empty(shape, dtype=dtype)
-                       for i, (shape, dtype) in enumerate(zip(self.source.output_shapes, self.output_dtypes))]
-        outputs = list(outputs)
+            outputs = [None] * len(self.source.output_shapes)
+            for index, shape, dtype in self.fresh_outputs:
+                outputs[index] = torch.empty(shape, dtype=dtype)
+        else:
+            outputs = list(outputs)
         for output, argument in aliases.items():
             outputs[output] = arguments[argument]
-        in_ptrs = (ctypes.c_void_p * max(1, len(arguments)))(*[t.data_ptr() for t in arguments])
-        out_ptrs = (ctypes.c_void_p * max(1, len(outputs)))(*[t.data_ptr() for t in outputs])
-        # ctypes drops the GIL during the call; one context's arena must not serve two calls at once
+        # ctypes drops the GIL during the call; one context's arena (and the pointer arrays) must not serve two
+        # calls at once
         with self.lock:
+            in_ptrs, out_ptrs = self.in_ptrs, self.out_ptrs
+            for index, tensor in enumerate(arguments):
+                in_ptrs[index] = tensor.data_ptr()
+            for index, tensor in enumerate(outputs):
+                out_ptrs[index] = tensor.data_ptr()
             status = (
                 self.lib.llmc_forward(self.context, in_ptrs, out_ptrs)
                 if seconds is None
@@ -105,6 +115,13 @@ class CLibrary:
                             "cache write past its capacity, got an index outside its table, as eager would refuse "
                             "it; nothing was written out of bounds)")
         return tuple(outputs)
+
+    def refuse(self, index: int, tensor: torch.Tensor):
+        shape, dtype = self.expected_inputs[index]
+        if tensor.shape != shape:
+            raise LlmcError(f"input {index} has shape {tuple(tensor.shape)}; the graph was compiled for {tuple(shape)}")
+        raise LlmcError(f"input {index} is a {tensor.dtype} tensor on {tensor.device}; the graph was compiled for "
+                        f"{dtype} CPU tensors")
 
     def __del__(self):
         context, lib = getattr(self, "context", None), getattr(self, "lib", None)

@@ -278,6 +278,34 @@ def test_inputs_of_another_dtype_or_shape_are_refused():
         compiled(inputs[0][:, :3])
 
 
+def test_a_cache_the_caller_replaces_is_the_one_the_next_step_reads_and_writes():
+    """The KV caches are the model's buffers, looked up at every call: a cache replaced by assignment (a reset
+    between two prompts) is read and written in place by the next step, as eager does; a non-contiguous input
+    that is not a cache is copied, not refused."""
+    import copy
+
+    model, (x, pos) = small_example("gpt2_decode")
+    reference = copy.deepcopy(model)
+    compiled = compile_c(model, (x, pos))
+    compiled(x, pos)
+    with torch.no_grad():
+        reference(x, pos)
+    for m in (model, reference):
+        m.k_cache = torch.randn(m.k_cache.shape, generator=torch.Generator().manual_seed(1))
+        m.v_cache = torch.zeros_like(m.v_cache)
+    replaced = model.k_cache
+    with torch.no_grad():
+        got, expected = compiled(x, pos), reference(x, pos)
+    assert_close([got.numpy()], [expected.numpy()], tol=1e-4)
+    assert model.k_cache is replaced  # written in place
+    assert_close([model.k_cache.numpy(), model.v_cache.numpy()], [reference.k_cache.numpy(), reference.v_cache.numpy()],
+                 tol=1e-5)
+    strided = torch.randn(1, 1, 2 * x.shape[-1])[..., ::2]
+    assert not strided.is_contiguous()
+    with torch.no_grad():
+        assert_close([compiled(strided, pos).numpy()], [reference(strided, pos).numpy()], tol=1e-4)
+
+
 def test_calls_from_several_threads_do_not_share_the_arena():
     from concurrent.futures import ThreadPoolExecutor
 
