@@ -75,24 +75,14 @@ class CLibrary:
         return {name: statistics.median(s[name] for s in samples) for name in samples[0]}
 
     def run(self, inputs, seconds=None, outputs=None) -> tuple[torch.Tensor, ...]:
-        if len(inputs) != len(self.expected_inputs):
-            raise LlmcError(f"the compiled graph takes {len(self.expected_inputs)} inputs, got {len(inputs)}")
-        arguments = list(inputs)
-        for index, (tensor, (shape, dtype)) in enumerate(zip(inputs, self.expected_inputs)):
-            if tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu:
-                self.refuse(index, tensor)
-            if not tensor.is_contiguous():
-                if index in self.in_place_inputs:
-                    raise LlmcError(f"input {index} is updated in place (a cache) and must be contiguous")
-                arguments[index] = tensor.contiguous()
-        aliases = self.source.output_aliases  # outputs written in place into an input (a cache): its storage
+        arguments = self.arguments(inputs)
         if outputs is None:
             outputs = [None] * len(self.source.output_shapes)
             for index, shape, dtype in self.fresh_outputs:
                 outputs[index] = torch.empty(shape, dtype=dtype)
         else:
             outputs = list(outputs)
-        for output, argument in aliases.items():
+        for output, argument in self.source.output_aliases.items():  # written in place into an input (a cache)
             outputs[output] = arguments[argument]
         # ctypes drops the GIL during the call; one context's arena (and the pointer arrays) must not serve two
         # calls at once
@@ -107,14 +97,31 @@ class CLibrary:
                 if seconds is None
                 else self.lib.llmc_forward_profiled(self.context, in_ptrs, out_ptrs, seconds)
             )
+        if status:
+            self.fail(status)
+        return tuple(outputs)
+
+    def arguments(self, inputs) -> list[torch.Tensor]:
+        """The inputs, checked against what the graph was compiled for; a non-contiguous one copied."""
+        if len(inputs) != len(self.expected_inputs):
+            raise LlmcError(f"the compiled graph takes {len(self.expected_inputs)} inputs, got {len(inputs)}")
+        arguments = list(inputs)
+        for index, (tensor, (shape, dtype)) in enumerate(zip(inputs, self.expected_inputs)):
+            if tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu:
+                self.refuse(index, tensor)
+            if not tensor.is_contiguous():
+                if index in self.in_place_inputs:
+                    raise LlmcError(f"input {index} is updated in place (a cache) and must be contiguous")
+                arguments[index] = tensor.contiguous()
+        return arguments
+
+    def fail(self, status: int):
         if status == -1:
             raise LlmcError("the compiled graph's context is not initialised")
-        if status:
-            kernel = self.source.status_kernels.get(status, "?")
-            raise LlmcError(f"an index is out of range in kernel @{kernel} (a gather or embedding lookup, or a "
-                            "cache write past its capacity, got an index outside its table, as eager would refuse "
-                            "it; nothing was written out of bounds)")
-        return tuple(outputs)
+        kernel = self.source.status_kernels.get(status, "?")
+        raise LlmcError(f"an index is out of range in kernel @{kernel} (a gather or embedding lookup, or a "
+                        "cache write past its capacity, got an index outside its table, as eager would refuse "
+                        "it; nothing was written out of bounds)")
 
     def refuse(self, index: int, tensor: torch.Tensor):
         shape, dtype = self.expected_inputs[index]
