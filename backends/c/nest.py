@@ -40,9 +40,10 @@ def element_key(element) -> str:
 
 class Nest:
     def __init__(self, renderer: KernelRenderer, above: tuple[int, int] | None = None, row: str = "r",
-                 tag: str = ""):
+                 tag: str = "", ahead: bool = False):
         self.renderer = renderer
         self.row = row  # the tile row this nest computes: r, or the next row's (r + 1) in a pipelined pass
+        self.ahead = ahead  # a step computed ahead, whose result past the view is dropped: its loads stay inside
         self.tag = tag  # told apart from another nest's statements in the same loop
         self.memo: dict[SSAValue, str] = {}
         # where values of one column go when this nest is a column loop: (line index, depth) above it
@@ -158,6 +159,8 @@ class Nest:
         name = self.renderer.name
         (height, width), (s0, s1) = op.shape.get_values(), op.strides.get_values()
         row = f"{name(op.row)} + {self.row}" if rows > 1 else name(op.row)
+        if self.ahead and rows > 1:
+            row = f"llmc_row_within({row}, {height})"
         where = f"{name(op.buffer)} + {name(op.base)}, {row}"
         key = element_key(op.buffer.type.element_type)
         if key not in ("f32", *HALF):

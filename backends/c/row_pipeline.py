@@ -132,7 +132,7 @@ class RowPipelineRenderer:
         """Inside the carrier's column loop: the next row's first-pass step, its loads at row r + 1."""
         first = self.pipelined.get(carrier)
         if first is not None:
-            self.reduce_step(first, Nest(self, row="(r + 1)", tag="n"))
+            self.reduce_step(first, Nest(self, row="(r + 1)", tag="n", ahead=True))
 
     def next_row_finish(self, carrier: Operation) -> None:
         first = self.pipelined.get(carrier)

@@ -344,6 +344,12 @@ LLMC_TYPED_ACCESS(l, int64_t, vl, LLMC_SAME, LLMC_SAME)
 LLMC_TYPED_ACCESS(i32, int32_t, vl, LLMC_SAME, LLMC_SAME)
 LLMC_TYPED_ACCESS(b, uint8_t, vi, LLMC_BOOL_IN, LLMC_BOOL_OUT)
 
+/* The row a pipelined pass reads ahead (the next row of a row kernel), kept inside the view: past its last row
+ * the step reads the last row again instead of padding, and its result is dropped. A row known to be inside
+ * lets llmc_load_vec's row test fold away, which the vector loop otherwise makes for every vector (a softmax's
+ * exp pass: 0.94-0.96x its time on Zen 3, in rotation). */
+static inline long llmc_row_within(long r, long height) { return r < height ? (r < 0 ? 0 : r) : height - 1; }
+
 /* tile.gather's row: a negative index counts from the end; one out of range sets the forward's
  * status to this kernel's code (reported by the caller) and reads row 0 instead. */
 /* A scatter's target row, or -1 (nothing is written) when the index is out of range. */
