@@ -344,7 +344,7 @@ LLMC_TYPED_ACCESS(l, int64_t, vl, LLMC_SAME, LLMC_SAME)
 LLMC_TYPED_ACCESS(i32, int32_t, vl, LLMC_SAME, LLMC_SAME)
 LLMC_TYPED_ACCESS(b, uint8_t, vi, LLMC_BOOL_IN, LLMC_BOOL_OUT)
 
-/* The row a pipelined pass reads ahead (the next row of a row kernel), kept inside the view: past its last row
+/* The row a pipelined pass reads ahead (a softmax's or a norm's next row), kept inside the view: past its last row
  * the step reads the last row again instead of padding, and its result is dropped. A row known to be inside
  * lets llmc_load_vec's row test fold away, which the vector loop otherwise makes for every vector (a softmax's
  * exp pass: 0.94-0.96x its time on Zen 3, in rotation). */
