@@ -1,9 +1,10 @@
 """Roofline cost model and tile-size decisions: pure functions over kernel ops.
 
 `kernel_cost` counts FLOPs and the bytes a kernel must move (its operands and
-results once each; of a destination written in place, the rows written); `decide_tiles` picks tile sizes and pipeline depth for a
-kernel on a target. Both return plain values the `tile` pass writes into the
-IR and `llmc compile` prints.
+results once each; of a destination written in place, the rows written);
+`decide_tiles` picks tile sizes and pipeline depth for a kernel on a target.
+Both return plain values the `tile` pass writes into the IR and `llmc compile`
+prints.
 """
 
 from __future__ import annotations
@@ -65,11 +66,14 @@ def kernel_cost(kop: kernel.KernelOp) -> Cost:
     block = kop.body.block
     flops = sum(op_flops(op) for op in block.ops)
     # a scatter writes its source's rows into its destination's buffer in place (`fuse`) and reads none of
-    # it: a decode step's KV-cache write moves one row per head, not the cache its attention reads whole
+    # it (unless another op of the kernel does): a decode step's KV-cache write moves one row per head, not the
+    # cache its attention reads whole
     written = {}
     for op in block.ops:
         if isinstance(op, graph.ScatterOp):
-            written[op.dest], written[op.result] = 0, _bytes(op.source)
+            written[op.result] = _bytes(op.source)
+            if all(use.operation is op for use in op.dest.uses):
+                written[op.dest] = 0
     moved = sum(written.get(arg, _bytes(v)) for arg, v in zip(block.args, kop.inputs))
     moved += sum(written.get(y, _bytes(v)) for y, v in zip(block.last_op.operands, kop.outputs))
     return Cost(flops, moved)
