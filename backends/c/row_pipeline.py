@@ -35,13 +35,13 @@ ROW_BY_ROW_EXCLUDES = (scf.ForOp, tile.ScatterOp, tile.ScanOp, tile.DotOp, tile.
 class RowPipelineRenderer:
     rows_outer: int | None  # the program's rows, when they are rendered one at a time
     first_pass: tile.ReduceOp | None  # its first pass, run alone for row 0 and pipelined for the others
-    pipelined: dict[Operation, tile.ReduceOp]  # the pass that computes the next row's first pass
+    carrier: Operation | None  # the pass that computes the next row's first pass
     rows_open: bool
 
     def plan_row_by_row(self, block: Block) -> None:
         """Decide whether this row kernel renders its rows one at a time, and which pass carries the next row's
         first pass."""
-        self.rows_outer, self.first_pass, self.pipelined, self.rows_open = None, None, {}, False
+        self.rows_outer, self.first_pass, self.carrier, self.rows_open = None, None, None, False
         if self.kernel.kind.data != "row" or any(isinstance(op, ROW_BY_ROW_EXCLUDES) for op in block.walk()):
             return
         fused = {reduce for reduces in self.plan.fused_reductions.values() for reduce in reduces}
@@ -56,8 +56,7 @@ class RowPipelineRenderer:
         later = passes[passes.index(first) + 1:]
         carrier = next((op for op in later if self.has_column_loop(op)), None)
         if carrier is not None and self.column_extent(carrier) == first.extent.value.data:
-            self.first_pass = first
-            self.pipelined[carrier] = first
+            self.first_pass, self.carrier = first, carrier
 
     def is_row_pass(self, op: Operation, fused: set[Operation]) -> bool:
         """An op that loops over the program's rows: a reduction of its own (not `fused` into its producer's
@@ -123,20 +122,17 @@ class RowPipelineRenderer:
         """The row of a materialised row-wide value's slot: rows-outer, every row reuses the first."""
         return "r" if self.rows_outer is None else "0"
 
-    def next_row_init(self, carrier: Operation) -> None:
-        first = self.pipelined.get(carrier)
-        if first is not None:
-            self.reduce_init(first)
+    def next_row_init(self, op: Operation) -> None:
+        if op is self.carrier:
+            self.reduce_init(self.first_pass)
 
-    def next_row_step(self, carrier: Operation) -> None:
+    def next_row_step(self, op: Operation) -> None:
         """Inside the carrier's column loop: the next row's first-pass step, its loads at row r + 1."""
-        first = self.pipelined.get(carrier)
-        if first is not None:
-            self.reduce_step(first, Nest(self, row="(r + 1)", tag="n", ahead=True))
+        if op is self.carrier:
+            self.reduce_step(self.first_pass, Nest(self, row="(r + 1)", tag="n", ahead=True))
 
-    def next_row_finish(self, carrier: Operation) -> None:
-        first = self.pipelined.get(carrier)
-        if first is not None:
+    def next_row_finish(self, op: Operation) -> None:
+        if op is self.carrier:
             self.open(f"if (r + 1 < {self.rows_outer})")
-            self.reduce_finish(first, row="(r + 1)")
+            self.reduce_finish(self.first_pass, row="(r + 1)")
             self.close()

@@ -32,14 +32,14 @@ class CLibrary:
         self.lib.llmc_forward_profiled.restype = ctypes.c_int
         self.lib.llmc_forward_profiled.argtypes = [*self.lib.llmc_forward.argtypes, ctypes.POINTER(ctypes.c_double)]
         self.source = source
-        self.input_dtypes = [torch_dtype(element) for element in source.input_elements]
-        self.output_dtypes = [torch_dtype(element) for element in source.output_elements]
         # what each call checks its inputs against, and the pointer arrays it fills (under the lock): a decode
         # step's kernels take about a millisecond, and each call's Python is paid on every token
-        self.expected_inputs = [(torch.Size(shape), dtype) for shape, dtype in zip(source.input_shapes, self.input_dtypes)]
+        self.expected_inputs = [(torch.Size(shape), torch_dtype(element))
+                                for shape, element in zip(source.input_shapes, source.input_elements)]
         self.in_place_inputs = frozenset(source.output_aliases.values())
-        self.fresh_outputs = [(i, shape, dtype) for i, (shape, dtype)
-                              in enumerate(zip(source.output_shapes, self.output_dtypes)) if i not in source.output_aliases]
+        self.fresh_outputs = [(i, shape, torch_dtype(element))
+                              for i, (shape, element) in enumerate(zip(source.output_shapes, source.output_elements))
+                              if i not in source.output_aliases]
         self.in_ptrs = (ctypes.c_void_p * max(1, len(source.input_shapes)))()
         self.out_ptrs = (ctypes.c_void_p * max(1, len(source.output_shapes)))()
         self.lock = threading.Lock()
