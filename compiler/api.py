@@ -66,6 +66,8 @@ class CompiledModel:
     def __call__(self, *args, **kwargs):
         if self.backend == "fallback":
             return self.program(*args, **kwargs)
+        if not kwargs and len(args) == self._positional_tensors and self._direct is not None:
+            return self._direct(args)
         try:
             user = self.run_flat(self.flat_inputs(args, kwargs))
         except LlmcError as error:
@@ -87,6 +89,40 @@ class CompiledModel:
                 with torch.no_grad():
                     bound.copy_(outputs[index])
         return [outputs[i] for i in self.imported.user_outputs]
+
+    @functools.cached_property
+    def _direct(self) -> Callable[[tuple], object] | None:
+        """A decode step's call as little Python as it can be: a step that streams the model's weights leaves
+        the interpreter's own state out of cache, and the general path below (flattening, binding, write-backs,
+        unflattening) then cost a GPT-2 decode step about 90 us of its 0.8 ms. It serves a C library called
+        with positional tensors whose every written-back buffer is written in place (a KV cache); else None."""
+        if self.backend != "c" or self.program is None:
+            return None
+        library, arguments = self.program.library, self.imported.arguments
+        aliases = library.source.output_aliases
+        if any(arguments[aliases[index]] != target if index in aliases else True
+               for index, target in self.imported.writebacks):
+            return None  # a buffer copied back after the call
+        spec, user = self.imported.out_spec, self.imported.user_outputs
+        if len(user) != 1 or (spec is not None and not spec.is_leaf()):
+            return None
+        if self.model is None and any(source.kind == "buffer" for source in arguments):
+            return None
+        sources = []
+        for source in arguments:
+            if source.kind == "input":
+                sources.append((source.index, None, ""))
+                continue
+            self._buffer(source.name)  # finds its module (and says what is wrong if it has none)
+            owner, attribute = self._buffer_owners[source.name]
+            sources.append((-1, owner._buffers, attribute))
+        result, run = user[0], library.run
+
+        def call(args: tuple):
+            # the buffer as the module holds it now (a cache the caller replaced is the one read and written)
+            return run([args[index] if buffers is None else buffers.get(name) for index, buffers, name in sources])[result]
+
+        return call
 
     def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The tensors the compiled graph takes for these model inputs (state buffers included)."""

@@ -37,9 +37,9 @@ class CLibrary:
         self.expected_inputs = [(torch.Size(shape), torch_dtype(element))
                                 for shape, element in zip(source.input_shapes, source.input_elements)]
         self.in_place_inputs = frozenset(source.output_aliases.values())
-        self.fresh_outputs = [(i, shape, torch_dtype(element))
-                              for i, (shape, element) in enumerate(zip(source.output_shapes, source.output_elements))
-                              if i not in source.output_aliases]
+        # per output: the input it is written into in place, else the shape and dtype of a fresh tensor
+        self.output_plan = [(source.output_aliases.get(i), shape, torch_dtype(element))
+                            for i, (shape, element) in enumerate(zip(source.output_shapes, source.output_elements))]
         self.in_ptrs = (ctypes.c_void_p * max(1, len(source.input_shapes)))()
         self.out_ptrs = (ctypes.c_void_p * max(1, len(source.output_shapes)))()
         self.lock = threading.Lock()
@@ -76,22 +76,19 @@ class CLibrary:
 
     def run(self, inputs, seconds=None, outputs=None) -> tuple[torch.Tensor, ...]:
         arguments = self.arguments(inputs)
-        if outputs is None:
-            outputs = [None] * len(self.source.output_shapes)
-            for index, shape, dtype in self.fresh_outputs:
-                outputs[index] = torch.empty(shape, dtype=dtype)
+        if outputs is None:  # a cache written in place is its input's tensor
+            outputs = [arguments[alias] if alias is not None else torch.empty(shape, dtype=dtype)
+                       for alias, shape, dtype in self.output_plan]
         else:
             outputs = list(outputs)
-        for output, argument in self.source.output_aliases.items():  # written in place into an input (a cache)
-            outputs[output] = arguments[argument]
+            for output, argument in self.source.output_aliases.items():
+                outputs[output] = arguments[argument]
         # ctypes drops the GIL during the call; one context's arena (and the pointer arrays) must not serve two
         # calls at once
         with self.lock:
             in_ptrs, out_ptrs = self.in_ptrs, self.out_ptrs
-            for index, tensor in enumerate(arguments):
-                in_ptrs[index] = tensor.data_ptr()
-            for index, tensor in enumerate(outputs):
-                out_ptrs[index] = tensor.data_ptr()
+            in_ptrs[: len(arguments)] = [tensor.data_ptr() for tensor in arguments]
+            out_ptrs[: len(outputs)] = [tensor.data_ptr() for tensor in outputs]
             status = (
                 self.lib.llmc_forward(self.context, in_ptrs, out_ptrs)
                 if seconds is None
@@ -105,8 +102,17 @@ class CLibrary:
         """The inputs, checked against what the graph was compiled for; a non-contiguous one copied."""
         if len(inputs) != len(self.expected_inputs):
             raise LlmcError(f"the compiled graph takes {len(self.expected_inputs)} inputs, got {len(inputs)}")
+        for tensor, (shape, dtype) in zip(inputs, self.expected_inputs):
+            if (not isinstance(tensor, torch.Tensor) or tensor.shape != shape or tensor.dtype != dtype
+                    or not tensor.is_cpu or not tensor.is_contiguous()):
+                break
+        else:
+            return inputs
         arguments = list(inputs)
-        for index, (tensor, (shape, dtype)) in enumerate(zip(inputs, self.expected_inputs)):
+        for index, tensor in enumerate(inputs):
+            if not isinstance(tensor, torch.Tensor):
+                raise LlmcError(f"input {index} is {type(tensor).__name__}; the graph takes tensors")
+            shape, dtype = self.expected_inputs[index]
             if tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu:
                 self.refuse(index, tensor)
             if not tensor.is_contiguous():

@@ -306,6 +306,48 @@ def test_a_cache_the_caller_replaces_is_the_one_the_next_step_reads_and_writes()
         assert_close([compiled(strided, pos).numpy()], [reference(strided, pos).numpy()], tol=1e-4)
 
 
+def test_a_decode_step_takes_the_direct_call_and_it_does_what_the_general_one_does():
+    """A step called with positional tensors, whose caches are written in place, runs through the short call
+    path; it returns and writes what the general path (flatten, bind, write back) does, and refuses what that
+    refuses with an llmc error."""
+    import copy
+
+    model, (x, pos) = small_example("gpt2_decode")
+    twin = copy.deepcopy(model)
+    compiled, general = compile_c(model, (x, pos)), compile_c(twin, (x, pos))
+    assert compiled._direct is not None
+    for step in range(3):
+        x, pos = torch.randn_like(x), pos + 1
+        got, expected = compiled(x, pos), general.run_flat([x, pos])[0]
+        assert torch.equal(got, expected)
+        assert torch.equal(model.k_cache, twin.k_cache) and torch.equal(model.v_cache, twin.v_cache)
+    with pytest.raises(llmc.LlmcError, match="input 2 has shape"):
+        compiled(x[..., :-1], pos)
+    with pytest.raises(llmc.LlmcError, match="is int; the graph takes tensors"):
+        compiled(x, 3)
+    del model.k_cache
+    with pytest.raises(llmc.LlmcError, match="input 0 is NoneType"):
+        compiled(x, pos)
+
+
+def test_a_buffer_copied_back_after_the_call_keeps_the_general_path():
+    class Counter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("total", torch.zeros(4))
+
+        def forward(self, x):
+            self.total.add_(x)
+            return x * 2
+
+    model, x = Counter(), torch.ones(4)
+    compiled = compile_c(model, (x,))
+    assert compiled._direct is None
+    compiled(x)
+    compiled(x)
+    assert torch.equal(model.total, torch.full((4,), 2.0))
+
+
 def test_calls_from_several_threads_do_not_share_the_arena():
     from concurrent.futures import ThreadPoolExecutor
 
