@@ -92,37 +92,47 @@ class CompiledModel:
 
     @functools.cached_property
     def _direct(self) -> Callable[[tuple], object] | None:
-        """A decode step's call as little Python as it can be: a step that streams the model's weights leaves
-        the interpreter's own state out of cache, and the general path below (flattening, binding, write-backs,
-        unflattening) then cost a GPT-2 decode step about 90 us of its 0.8 ms. It serves a C library called
-        with positional tensors whose every written-back buffer is written in place (a KV cache); else None."""
+        """`run_flat` and the output tree for a C library called with positional tensors, in as little Python as
+        it can be: a decode step's kernels stream the model's weights and leave the interpreter's own state out
+        of cache, and the general path (flattening, binding, write-backs, unflattening) cost GPT-2's decode step
+        45-60 us more than this one. None for other backends."""
         if self.backend != "c" or self.program is None:
             return None
-        library, arguments = self.program.library, self.imported.arguments
+        imported, library = self.imported, self.program.library
+        targets = [target for _, target in imported.writebacks]
+        if self.model is None and any(source.kind == "buffer" for source in (*imported.arguments, *targets)):
+            return None
         aliases = library.source.output_aliases
-        if any(arguments[aliases[index]] != target if index in aliases else True
-               for index, target in self.imported.writebacks):
-            return None  # a buffer copied back after the call
-        spec, user = self.imported.out_spec, self.imported.user_outputs
-        if len(user) != 1 or (spec is not None and not spec.is_leaf()):
-            return None
-        if self.model is None and any(source.kind == "buffer" for source in arguments):
-            return None
-        sources = []
-        for source in arguments:
-            if source.kind == "input":
-                sources.append((source.index, None, ""))
-                continue
-            self._buffer(source.name)  # finds its module (and says what is wrong if it has none)
-            owner, attribute = self._buffer_owners[source.name]
-            sources.append((-1, owner._buffers, attribute))
-        result, run = user[0], library.run
+        sources = [self._direct_source(source) for source in imported.arguments]
+        copies = [(index, *self._direct_source(target)) for index, target in imported.writebacks
+                  if index not in aliases or imported.arguments[aliases[index]] != target]
+        spec, user, run = imported.out_spec, imported.user_outputs, library.run
+        single = user[0] if len(user) == 1 and (spec is None or spec.is_leaf()) else None
 
         def call(args: tuple):
-            # the buffer as the module holds it now (a cache the caller replaced is the one read and written)
-            return run([args[index] if buffers is None else buffers.get(name) for index, buffers, name in sources])[result]
+            # a buffer as its module holds it now: a cache the caller replaced is the one read and written
+            outputs = run([args[at] if buffers is None else buffers.get(name) for at, buffers, name in sources])
+            for index, at, buffers, name in copies:  # state the graph does not write in place (a counter)
+                target = args[at] if buffers is None else buffers.get(name)
+                if outputs[index].data_ptr() != target.data_ptr():
+                    with torch.no_grad():
+                        target.copy_(outputs[index])
+            if single is not None:
+                return outputs[single]
+            values = [outputs[i] for i in user]
+            if spec is not None:
+                return tree_unflatten(values, spec)
+            return values[0] if len(values) == 1 else tuple(values)
 
         return call
+
+    def _direct_source(self, source: Source) -> tuple[int, dict | None, str]:
+        """(flat input index, None, "") for an input; (-1, the owning module's buffer dict, attribute) for a buffer."""
+        if source.kind == "input":
+            return source.index, None, ""
+        self._buffer(source.name)  # finds its module (and says what is wrong if it has none)
+        owner, attribute = self._buffer_owners[source.name]
+        return -1, owner._buffers, attribute
 
     def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The tensors the compiled graph takes for these model inputs (state buffers included)."""

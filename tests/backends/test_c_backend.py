@@ -330,7 +330,7 @@ def test_a_decode_step_takes_the_direct_call_and_it_does_what_the_general_one_do
         compiled(x, pos)
 
 
-def test_a_buffer_copied_back_after_the_call_keeps_the_general_path():
+def test_a_buffer_copied_back_after_the_call_is_copied_by_the_direct_path_too():
     class Counter(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -342,9 +342,10 @@ def test_a_buffer_copied_back_after_the_call_keeps_the_general_path():
 
     model, x = Counter(), torch.ones(4)
     compiled = compile_c(model, (x,))
-    assert compiled._direct is None
+    assert compiled._direct is not None and compiled.program.library.source.output_aliases == {}
     compiled(x)
-    compiled(x)
+    model.total = torch.ones(4)  # replaced: the one read and written next
+    assert torch.equal(compiled(x), x * 2)
     assert torch.equal(model.total, torch.full((4,), 2.0))
 
 
