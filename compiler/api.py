@@ -67,7 +67,11 @@ class CompiledModel:
         if self.backend == "fallback":
             return self.program(*args, **kwargs)
         if not kwargs and len(args) == self._positional_tensors and self._direct is not None:
-            return self._direct(args)
+            for arg in args:  # (not isinstance: torch.Tensor's metaclass answers that in Python)
+                if type(arg) is not torch.Tensor:
+                    break  # a subclass, or not a tensor: the general path checks it against the input tree
+            else:
+                return self._direct(args)
         try:
             user = self.run_flat(self.flat_inputs(args, kwargs))
         except LlmcError as error:

@@ -649,8 +649,10 @@ static void llmc_ukernel_packed_rows(int rows, long K, const float *a, const flo
     case 3: llmc_ukernel_packed_part(3, 2, K, a, b0, b1, ldb, c, ldc, accumulate); break;
     case 4: llmc_ukernel_packed_part(4, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
     case 5: llmc_ukernel_packed_part(5, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+#if LLMC_MR > 6 /* (with 6-row blocks these would index past the accumulators, and GCC says so) */
     case 6: llmc_ukernel_packed_part(6, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
     case 7: llmc_ukernel_packed_part(7, 1, K, a, b0, b1, ldb, c, ldc, accumulate); break;
+#endif
     default: break;
     }
 }
