@@ -12,7 +12,8 @@ decision, so a dump taken after this pass replays it without measuring.
 Results are cached on disk per host (CPU model and flags), kernel signature (the kernel's IR with
 names canonicalised) and llmc version (its release and a digest of its code), so a second compile measures
 nothing. Tuning stops when its time budget is spent; the kernels left take the model's decision. Kernels
-reading quantized weights run on random codes, scales and zero points in their formats' ranges.
+reading quantized weights run on random codes, scales and zero points in their formats' ranges; integer
+inputs are zeros (indices in range), except an attention's run-time key bound (`key_bounds`).
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
     rng = np.random.default_rng(0)
     block = Block()
     mapping, weights, inputs = {}, {}, []
-    for value in kop.inputs:
+    bounds = key_bounds(kop)
+    for index, value in enumerate(kop.inputs):
         owner = value.owner
         if isinstance(owner, graph.WeightOp | graph.ConstantOp):
             clone = owner.clone()
@@ -234,7 +236,8 @@ def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
                 weights[name] = quantized if quantized is not None else _random(value.type, rng)
         else:
             mapping[value] = block.insert_arg(value.type, len(block.args))
-            inputs.append(_random(value.type, rng))
+            random = _random(value.type, rng)
+            inputs.append(np.full_like(random, bounds[index]) if index in bounds else random)
     results = []
     for i, decision in enumerate(decisions):
         copy = kop.clone(value_mapper=dict(mapping))
@@ -248,6 +251,24 @@ def standalone(kop: kernel.KernelOp, decisions: list[TileDecision | None]):
     block.add_op(func.ReturnOp(*results))
     forward = func.FuncOp("forward", ([a.type for a in block.args], [r.type for r in results]), Region(block))
     return builtin.ModuleOp([forward]), weights, inputs
+
+
+def key_bounds(kop: kernel.KernelOp) -> dict[int, int]:
+    """Inputs of the kernel that bound an attention's keys at run time (its `positions`, through reshapes and
+    expands), with the last key's index. The tuner times such a kernel over all its keys, the most a call can
+    read: at the zeros integer inputs otherwise get, a decode step's attention read one tile of its cache (12 us
+    measured for a GPT-2 step's 80 us), and its stages were chosen on that."""
+    bounds = {}
+    args = kop.body.block.args
+    for op in kop.body.walk():
+        if not isinstance(op, graph.AttentionOp) or op.positions is None:
+            continue
+        value = op.positions
+        while isinstance(value.owner, graph.ReshapeOp | graph.ExpandOp):
+            value = value.owner.operands[0]
+        if value in args:
+            bounds[args.index(value)] = op.key.type.get_shape()[-2] - 1
+    return bounds
 
 
 def _random_quantized(name: str, typ, rng) -> np.ndarray | None:

@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MLP, assert_close, filecheck, random_args, run_ir, run_passes
+from conftest import MLP, assert_close, filecheck, random_args, run_ir, run_passes, small_example
 
 import llmc.passes.autotune as autotune
+from llmc.exporter import export_model
 from llmc.ir_text import parse_ir, print_ir
 from llmc.passes.tile import TUNED_ATTR
 
@@ -48,6 +49,23 @@ def test_a_kernel_of_quantized_weights_is_tuned_on_random_codes(tmp_path):
     assert len(quantized) == 2
     for kop in quantized:
         assert "MISMATCH" not in kop.attributes[TUNED_ATTR].data
+
+
+def test_an_attention_bounded_at_run_time_is_timed_over_all_its_keys():
+    """A decode step's attention reads keys up to a position it is given; the tuner gives it the cache's last
+    one (its integer inputs are otherwise zeros: one tile of the cache). Its other integer inputs stay zeros."""
+    model, inputs = small_example("gpt2_decode")
+    capacity = model.k_cache.shape[2]
+    module = run_passes(export_model(model, inputs).module, "fuse")
+    (attention,) = [k for k in kernels(module) if k.kind.data == "attention"]
+    bounds = autotune.key_bounds(attention)
+    assert list(bounds.values()) == [capacity - 1]
+    (position,) = bounds
+    assert attention.inputs[position].type.element_type.width.data == 64  # the step's int64 position
+    _, _, values = autotune.standalone(attention, [None])
+    assert (values[position] == capacity - 1).all()
+    others = [k for k in kernels(module) if k.kind.data != "attention"]
+    assert others and not any(autotune.key_bounds(k) for k in others)
 
 
 def test_an_explicit_tile_option_still_wins_over_a_measured_decision(tmp_path):
