@@ -53,7 +53,6 @@ class CompiledModel:
     seconds: dict[str, float] = field(default_factory=dict)  # export / passes / build wall time
     fallback: Callable[[], Callable] | None = None  # builds what runs instead when the backend fails
     model: torch.nn.Module | None = None  # the model whose mutated buffers the graph reads and writes
-    _buffer_owners: dict = field(default_factory=dict, repr=False)  # buffer name: (its module, attribute)
 
     def _fall_back(self, error: LlmcError):
         if self.fallback is None:
@@ -66,82 +65,73 @@ class CompiledModel:
     def __call__(self, *args, **kwargs):
         if self.backend == "fallback":
             return self.program(*args, **kwargs)
-        if not kwargs and len(args) == self._positional_tensors and self._direct is not None:
-            for arg in args:  # (not isinstance: torch.Tensor's metaclass answers that in Python)
-                if type(arg) is not torch.Tensor:
-                    break  # a subclass, or not a tensor: the general path checks it against the input tree
-            else:
-                return self._direct(args)
         try:
             user = self.run_flat(self.flat_inputs(args, kwargs))
         except LlmcError as error:
             if self.backend != "triton":
                 raise
             return self._fall_back(error)(*args, **kwargs)
+        if self._one_tensor:
+            return user[0]
         if self.imported.out_spec is not None:
             return tree_unflatten(user, self.imported.out_spec)
-        return user[0] if len(user) == 1 else tuple(user)
+        return tuple(user)
 
-    def run_flat(self, flat: list) -> list[torch.Tensor]:
+    def run_flat(self, flat: Sequence) -> list[torch.Tensor]:
         """Run on the flattened model inputs: bind the graph's arguments (state buffers included), run,
-        write mutated buffers and inputs back; returns the model's own outputs."""
-        bound_buffers: dict[str, torch.Tensor] = {}
-        outputs = self.run_graph([self._bound(source, flat, bound_buffers) for source in self.imported.arguments])
-        for index, target in self.imported.writebacks:
-            bound = self._bound(target, flat, bound_buffers)
-            if outputs[index].data_ptr() != bound.data_ptr():  # else written in place (a KV cache)
+        write mutated buffers and inputs back; returns the model's own outputs.
+
+        A decode step's kernels stream the model's weights and leave the interpreter's own state out of cache, so
+        every Python operation here misses: binding each argument through a lookup per call, and comparing every
+        write-back, cost GPT-2's decode step 45-60 us more than the prepared `_binding` below."""
+        sources, copies = self._binding
+        # a buffer as its module holds it now: a cache the caller replaced is the one read and written
+        outputs = self.run_graph([flat[at] if buffers is None else buffers.get(name) for at, buffers, name in sources])
+        for index, at, buffers, name in copies:
+            target = flat[at] if buffers is None else buffers.get(name)
+            if outputs[index].data_ptr() != target.data_ptr():
                 with torch.no_grad():
-                    bound.copy_(outputs[index])
+                    target.copy_(outputs[index])
         return [outputs[i] for i in self.imported.user_outputs]
 
     @functools.cached_property
-    def _direct(self) -> Callable[[tuple], object] | None:
-        """`run_flat` and the output tree for a C library called with positional tensors, in as little Python as
-        it can be: a decode step's kernels stream the model's weights and leave the interpreter's own state out
-        of cache, and the general path (flattening, binding, write-backs, unflattening) cost GPT-2's decode step
-        45-60 us more than this one. None for other backends."""
-        if self.backend != "c" or self.program is None:
-            return None
-        imported, library = self.imported, self.program.library
-        targets = [target for _, target in imported.writebacks]
-        if self.model is None and any(source.kind == "buffer" for source in (*imported.arguments, *targets)):
-            return None
-        aliases = library.source.output_aliases
-        sources = [self._direct_source(source) for source in imported.arguments]
-        copies = [(index, *self._direct_source(target)) for index, target in imported.writebacks
+    def _binding(self) -> tuple[list, list]:
+        """Where each graph argument comes from (`_slot`), and the write-backs to make after a call: (result index,
+        *its target's slot) for each one the graph does not write in place (a C library writes a KV cache into
+        the caller's buffer; a Hugging Face cache's length counter is copied)."""
+        imported = self.imported
+        library = self.program.library if self.backend == "c" and self.program is not None else None
+        aliases = library.source.output_aliases if library is not None else {}
+        sources = [self._slot(source) for source in imported.arguments]
+        copies = [(index, *self._slot(target)) for index, target in imported.writebacks
                   if index not in aliases or imported.arguments[aliases[index]] != target]
-        spec, user, run = imported.out_spec, imported.user_outputs, library.run
-        single = user[0] if len(user) == 1 and (spec is None or spec.is_leaf()) else None
+        return sources, copies
 
-        def call(args: tuple):
-            # a buffer as its module holds it now: a cache the caller replaced is the one read and written
-            outputs = run([args[at] if buffers is None else buffers.get(name) for at, buffers, name in sources])
-            for index, at, buffers, name in copies:  # state the graph does not write in place (a counter)
-                target = args[at] if buffers is None else buffers.get(name)
-                if outputs[index].data_ptr() != target.data_ptr():
-                    with torch.no_grad():
-                        target.copy_(outputs[index])
-            if single is not None:
-                return outputs[single]
-            values = [outputs[i] for i in user]
-            if spec is not None:
-                return tree_unflatten(values, spec)
-            return values[0] if len(values) == 1 else tuple(values)
-
-        return call
-
-    def _direct_source(self, source: Source) -> tuple[int, dict | None, str]:
-        """(flat input index, None, "") for an input; (-1, the owning module's buffer dict, attribute) for a buffer."""
+    def _slot(self, source: Source) -> tuple[int, dict | None, str]:
+        """(flat input index, None, "") for an input; (-1, its module's buffer dict, attribute) for a model buffer,
+        read from that dict at each call. The module is found once: `get_buffer`'s walk from the root cost a
+        decode step a few microseconds a buffer."""
         if source.kind == "input":
             return source.index, None, ""
-        self._buffer(source.name)  # finds its module (and says what is wrong if it has none)
-        owner, attribute = self._buffer_owners[source.name]
+        if self.model is None:
+            raise LlmcError(f"the compiled graph reads the model's buffer '{source.name}', and was built without "
+                            "the model")
+        path, _, attribute = source.name.rpartition(".")
+        owner = self.model.get_submodule(path) if path else self.model
+        if attribute not in owner._buffers:
+            self.model.get_buffer(source.name)  # says what is wrong
         return -1, owner._buffers, attribute
+
+    @functools.cached_property
+    def _one_tensor(self) -> bool:
+        """Whether the model returns one tensor (no output tree to rebuild at each call)."""
+        spec = self.imported.out_spec
+        return len(self.imported.user_outputs) == 1 and (spec is None or spec.is_leaf())
 
     def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The tensors the compiled graph takes for these model inputs (state buffers included)."""
-        flat, buffers = self.flat_inputs(args, kwargs), {}
-        return [self._bound(source, flat, buffers) for source in self.imported.arguments]
+        flat = self.flat_inputs(args, kwargs)
+        return [flat[at] if buffers is None else buffers.get(name) for at, buffers, name in self._binding[0]]
 
     @functools.cached_property
     def _positional_tensors(self) -> int:
@@ -155,9 +145,13 @@ class CompiledModel:
             return -1
         return args.num_children if all(args.child(i).is_leaf() for i in range(args.num_children)) else -1
 
-    def flat_inputs(self, args: tuple, kwargs: dict) -> list:
-        if not kwargs and len(args) == self._positional_tensors and all(isinstance(a, torch.Tensor) for a in args):
-            return list(args)
+    def flat_inputs(self, args: tuple, kwargs: dict) -> Sequence:
+        if not kwargs and len(args) == self._positional_tensors:
+            for arg in args:  # (not isinstance: torch.Tensor's metaclass answers that in Python)
+                if type(arg) is not torch.Tensor:
+                    break  # a subclass, or not a tensor: checked against the input tree below
+            else:
+                return args
         spec = self.imported.in_spec
         if spec is None:
             if kwargs:
@@ -173,31 +167,12 @@ class CompiledModel:
             raise LlmcError(f"the model was compiled for inputs shaped like {spec}; got {given}")
         return flat
 
-    def _bound(self, source: Source, flat: list, buffers: dict) -> torch.Tensor:
-        """The tensor `source` names: a flat input, or a model buffer looked up once per call in `buffers`."""
-        if source.kind == "input":
-            return flat[source.index]
-        if source.name not in buffers:  # looked up once per call (a KV cache is read and written back)
-            buffers[source.name] = self._buffer(source.name)
-        return buffers[source.name]
-
-    def _buffer(self, name: str) -> torch.Tensor:
-        """The model's buffer `name` as it is now (the caller may have replaced it: a cache reset). Its module
-        is found once; `get_buffer`'s walk from the root cost a decode step a few microseconds a buffer."""
-        owner, attribute = self._buffer_owners.get(name, (None, ""))
-        if owner is None:
-            path, _, attribute = name.rpartition(".")
-            owner = self.model.get_submodule(path) if path else self.model
-            self._buffer_owners[name] = (owner, attribute)
-        tensor = owner._buffers.get(attribute)
-        return tensor if tensor is not None else self.model.get_buffer(name)  # get_buffer says what is wrong
-
-    def run_graph(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def run_graph(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         """Run the compiled graph on its own inputs; returns every function result."""
         if self.backend == "triton":
             return list(self.program(*inputs))
         if self.program is not None:
-            return list(self.program.library(*inputs))
+            return self.program.library.run(inputs)
         results = interpret(self.module, [to_numpy(x) for x in inputs], self.imported.weights)
         dtypes = [torch_dtype(t.element_type) for t in self.imported.output_types]
         return [torch.from_numpy(np.array(o, order="C")).to(d) for o, d in zip(results, dtypes)]

@@ -52,6 +52,18 @@ func.func @forward(%x: tensor<1x24x32xf32>) -> tensor<1x24x32xf32> {
 """
 
 
+class RunningSum(torch.nn.Module):
+    """State the graph updates but does not write in place: its sum is copied back after each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("acc", torch.zeros(4))
+
+    def forward(self, x):
+        self.acc.add_(x)
+        return self.acc * 2
+
+
 def small_example(name: str, **overrides):
     module = importlib.import_module(name)
     return module.build(**{**SMALL[name], **overrides})

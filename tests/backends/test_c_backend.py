@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import SMALL, assert_close, eager, run_ir, run_passes, small_example
+from conftest import SMALL, RunningSum, assert_close, eager, run_ir, run_passes, small_example
 
 import llmc
 from llmc.backends.c.build import BuildOptions
@@ -306,23 +306,32 @@ def test_a_cache_the_caller_replaces_is_the_one_the_next_step_reads_and_writes()
         assert_close([compiled(strided, pos).numpy()], [reference(strided, pos).numpy()], tol=1e-4)
 
 
-def test_a_decode_step_takes_the_direct_call_and_it_does_what_the_general_one_does():
-    """A step called with positional tensors, whose caches are written in place, runs through the short call
-    path; it returns and writes what the general path (flatten, bind, write back) does, and refuses what that
-    refuses with an llmc error."""
+def test_a_decode_step_called_with_positional_tensors_flattens_nothing_and_does_what_eager_does(monkeypatch):
+    """A step called with positional tensors binds its inputs and caches without the input tree (a decode step
+    pays every Python operation after its kernels); it returns and writes what eager does, and refuses what
+    it cannot run with an llmc error."""
     import copy
 
+    import llmc.api
+
     model, (x, pos) = small_example("gpt2_decode")
-    twin = copy.deepcopy(model)
-    compiled, general = compile_c(model, (x, pos)), compile_c(twin, (x, pos))
-    assert compiled._direct is not None
+    reference = copy.deepcopy(model)
+    compiled = compile_c(model, (x, pos))
+
+    def no_tree(*_):
+        raise AssertionError("a call with positional tensors flattened its inputs")
+
+    monkeypatch.setattr(llmc.api, "tree_flatten", no_tree)
     for step in range(3):
         x, pos = torch.randn_like(x), pos + 1
-        got, expected = compiled(x, pos), general.run_flat([x, pos])[0]
-        assert torch.equal(got, expected)
-        assert torch.equal(model.k_cache, twin.k_cache) and torch.equal(model.v_cache, twin.v_cache)
+        with torch.no_grad():
+            got, expected = compiled(x, pos), reference(x, pos)
+        assert_close([got.numpy()], [expected.numpy()], tol=1e-4)
+        assert_close([model.k_cache.numpy(), model.v_cache.numpy()],
+                     [reference.k_cache.numpy(), reference.v_cache.numpy()], tol=1e-5)
     with pytest.raises(llmc.LlmcError, match="input 2 has shape"):
         compiled(x[..., :-1], pos)
+    monkeypatch.undo()
     with pytest.raises(llmc.LlmcError, match="is int; the graph takes tensors"):
         compiled(x, 3)
     del model.k_cache
@@ -330,23 +339,14 @@ def test_a_decode_step_takes_the_direct_call_and_it_does_what_the_general_one_do
         compiled(x, pos)
 
 
-def test_a_buffer_copied_back_after_the_call_is_copied_by_the_direct_path_too():
-    class Counter(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("total", torch.zeros(4))
-
-        def forward(self, x):
-            self.total.add_(x)
-            return x * 2
-
-    model, x = Counter(), torch.ones(4)
+def test_a_buffer_the_graph_does_not_write_in_place_is_copied_back():
+    model, x = RunningSum(), torch.ones(4)
     compiled = compile_c(model, (x,))
-    assert compiled._direct is not None and compiled.program.library.source.output_aliases == {}
+    assert compiled.program.library.source.output_aliases == {}
     compiled(x)
-    model.total = torch.ones(4)  # replaced: the one read and written next
-    assert torch.equal(compiled(x), x * 2)
-    assert torch.equal(model.total, torch.full((4,), 2.0))
+    model.acc = torch.ones(4)  # replaced: the one read and written next
+    assert torch.equal(compiled(x), torch.full((4,), 4.0))
+    assert torch.equal(model.acc, torch.full((4,), 2.0))
 
 
 def test_calls_from_several_threads_do_not_share_the_arena():

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import RunningSum
 from hf_models import FAMILIES, hf_inputs, hf_model, first_output
 from torch.utils._pytree import tree_leaves
 
@@ -108,16 +109,6 @@ def test_parameters_are_frozen_and_a_changed_weight_recompiles(fresh_dynamo):
         torch.testing.assert_close(second, model(x))
     assert not torch.allclose(first, second)
     assert fresh_dynamo.compiles == 2
-
-
-class RunningSum(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("acc", torch.zeros(4))
-
-    def forward(self, x):
-        self.acc.add_(x)
-        return self.acc * 2
 
 
 @pytest.mark.parametrize("entry", ["llmc.compile", "torch.compile"])
