@@ -3,6 +3,8 @@ the runtime as a generated source does.
 
 `vexp` (behind softmax, attention, SiLU and GELU): within 1.5 ulp of exp in float64 wherever the result is a normal
 float, and exactly 0 at and below -88 and for -inf (masked scores), so a masked row never makes denormals.
+`vsigmoid`, `vtanh` and the two GELUs (the activations fused into linears): close to float64 over the whole float
+range, and no denormal result, where a denormal operand costs a microcode assist in the linear's epilogue.
 `llmc_pack_transposed` (attention's K^T): the transpose of the view with zeros past it, whole 8x8 blocks in
 registers on AVX2 and the rest column by column."""
 
@@ -25,6 +27,12 @@ HARNESS = """
 {runtime}
 void exp_all(const float *x, float *y, long n) {{
     for (long i = 0; i < n; i += LLMC_W) vstore(y + i, vexp(vload(x + i)));
+}}
+void activation_all(int which, const float *x, float *y, long n) {{
+    for (long i = 0; i < n; i += LLMC_W) {{
+        vf v = vload(x + i);
+        vstore(y + i, which == 0 ? vsigmoid(v) : which == 1 ? vtanh(v) : which == 2 ? vgelu_tanh(v) : vgelu_erf(v));
+    }}
 }}
 void pack_transposed(float *dst, long ld, const float *base, long r0, long c0, long rows, long cols, long height,
                      long width, long s1) {{
@@ -70,6 +78,50 @@ def test_vexp_is_within_an_ulp_and_a_half_and_flushes_masked_scores_to_zero(tmp_
     assert (y[x <= -88] == 0).all() and np.isfinite(y).all()
 
 
+def _gelu_erf(x):
+    from math import erfc, sqrt
+
+    return x * 0.5 * np.vectorize(erfc)(-x / sqrt(2.0))
+
+
+def _sigmoid(x):  # in float64 without cancelling or overflowing: e^-|x| is at most 1
+    return np.where(x < 0, np.exp(-np.abs(x)), 1.0) / (1.0 + np.exp(-np.abs(x)))
+
+
+ACTIVATIONS = {  # name: (index in activation_all, float64 reference, relative tolerance, absolute tolerance)
+    "sigmoid": (0, _sigmoid, 4e-7, 0.0),
+    "tanh": (1, np.tanh, 3e-7, 0.0),
+    "gelu_tanh": (2, lambda x: x * _sigmoid(2 * np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)), 2e-6, 1e-7),
+    "gelu_erf": (3, _gelu_erf, 4e-6, 5e-7),
+}
+
+
+@pytest.mark.parametrize("lanes", [1, 4, 8, 16])
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_are_close_to_float64_and_never_denormal(tmp_path, lanes, name):
+    """Inputs over the range a linear's pre-activations reach, and far past it. Every output is 0 or a normal float:
+    the sigmoid of -100 was 1 / (1 + e^88) = 4e-39, and a tanh GELU used it below x = -10 (its intermediate
+    terms are not observable here; the benchmark's epilogue timings are)."""
+    which, reference, rtol, atol = ACTIVATIONS[name]
+    rng = np.random.default_rng(which * 16 + lanes)
+    x = np.concatenate([rng.uniform(-20, 20, 1 << 17), rng.standard_normal(1 << 16) * 100, rng.uniform(-1, 1, 1 << 14),
+                        [0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625, 88.0, -88.0, 1e30, -1e30]]).astype(np.float32)
+    x = np.concatenate([x, np.zeros(-x.size % 16, np.float32)])
+    y = np.empty_like(x)
+    pointer = ctypes.POINTER(ctypes.c_float)
+    build(tmp_path, lanes).activation_all(ctypes.c_int(which), x.ctypes.data_as(pointer), y.ctypes.data_as(pointer),
+                                          ctypes.c_long(x.size))
+    assert np.isfinite(y).all()
+    tiny = np.finfo(np.float32).tiny
+    assert not ((y != 0) & (np.abs(y) < tiny)).any(), f"denormal at x = {x[(y != 0) & (np.abs(y) < tiny)][:4]}"
+    # relative accuracy down to where the exponentials' floor (e^-80 = 1.8e-35) starts; below it, within that floor
+    # of the input's scale (a GELU's x times the sigmoid's 1.8e-35)
+    exact = reference(x.astype(np.float64))
+    judged = np.abs(exact) >= 1e-30
+    np.testing.assert_allclose(y[judged], exact[judged], rtol=rtol, atol=atol)
+    assert (np.abs(y[~judged] - exact[~judged]) <= 2e-35 * np.maximum(1.0, np.abs(x[~judged]))).all()
+
+
 @pytest.mark.parametrize("lanes, flags", [(8, ["-mavx2", "-mfma"]), (16, ["-mavx512f"])])
 def test_the_runtime_builds_with_clang_for_the_vector_isas(tmp_path, lanes, flags):
     """The table lookup is the ISA's permute, not GCC's __builtin_shuffle, which clang lacks, and the 8x8
@@ -102,3 +154,4 @@ def test_a_transposed_pack_is_the_views_transpose_with_zeros_past_it(tmp_path, l
     inside = min(cols, width - c0)
     expected[:, :inside] = view[:rows, c0:c0 + inside]
     np.testing.assert_array_equal(dst.reshape(rows, ld), expected)
+
