@@ -85,6 +85,35 @@ def test_a_second_compile_measures_nothing(tmp_path, monkeypatch):
         assert a.tiles.get_values() == b.tiles.get_values() and b.attributes[TUNED_ATTR].data.find("; cached") > 0
 
 
+def test_layers_of_the_same_shape_are_measured_once(tmp_path, monkeypatch):
+    """Kernels that differ only in the weights they read (their body's arguments carry the weights' names) and in
+    their source lines share one measurement: every layer of a model was measured again. A kernel of another
+    shape is measured on its own."""
+    import torch
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(32, 32) for _ in range(3))
+            self.head = torch.nn.Linear(32, 48)
+
+        def forward(self, x):
+            x = torch.relu(self.layers[0](x))
+            x = torch.relu(self.layers[1](x))  # the same computation written on other lines
+            x = torch.relu(self.layers[2](x))
+            return self.head(x)
+
+    measured = []
+    tune = autotune.tune_kernel
+    monkeypatch.setattr(autotune, "tune_kernel", lambda kop, *rest: measured.append(kop) or tune(kop, *rest))
+    module = run_passes(export_model(Stack().eval(), (torch.randn(4, 32),)).module, tuned(tmp_path))
+    assert len(kernels(module)) == 4
+    assert [k.kernel_name.data for k in measured] == [kernels(module)[0].kernel_name.data, kernels(module)[3].kernel_name.data]
+    assert len(list((tmp_path / "autotune").glob("*.json"))) == 2
+    summaries = [k.attributes[TUNED_ATTR].data for k in kernels(module)]
+    assert ["; cached" in s for s in summaries] == [False, True, True, False]
+
+
 def test_a_corrupt_entry_is_measured_again(tmp_path):
     run_passes(parse_ir(MLP), tuned(tmp_path))
     entries = list((tmp_path / "autotune").glob("*.json"))
