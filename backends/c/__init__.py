@@ -36,10 +36,19 @@ class CProgram:
 
 
 def compile_c(module: ModuleOp, weights: Mapping[str, np.ndarray], target: Target, options: BuildOptions) -> CProgram:
+    source = render_c(module, target, options)
+    return load_c(source, build_library(source.text, options), weights, options)
+
+
+def render_c(module: ModuleOp, target: Target, options: BuildOptions) -> CSource:
+    """The C translation unit of a tiled module (what `build_library` compiles)."""
     if target.kind != "cpu":
         raise BuildError(f"the C backend builds for CPU targets; {target.name} is a {target.kind}")
-    source = render_module(module, lanes=target.lanes, bf16_dot=bf16_products_on_matrix_unit(options, target.lanes))
-    built = build_library(source.text, options)
+    return render_module(module, lanes=target.lanes, bf16_dot=bf16_products_on_matrix_unit(options, target.lanes))
+
+
+def load_c(source: CSource, built: BuildResult, weights: Mapping[str, np.ndarray], options: BuildOptions) -> CProgram:
+    """The built library loaded with its weights."""
     try:
         library = CLibrary(built.library, source, weights)
     except BuildError:
