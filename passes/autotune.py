@@ -24,7 +24,7 @@ import functools
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +71,9 @@ class AutotunePass(ModulePass):
 
         target = get_target(self.target)
         options = BuildOptions.from_environment()
-        folder = (Path(self.cache) if self.cache else options.cache_dir) / "autotune"
+        if self.cache:  # the candidates' libraries too: a compile into an empty cache measures and builds afresh
+            options = replace(options, cache_dir=Path(self.cache))
+        folder = options.cache_dir / "autotune"
         begin = time.perf_counter()
         kernels = [k for k in op.walk() if isinstance(k, kernel.KernelOp) and tunable(k)]
         by_key: dict[str, list[kernel.KernelOp]] = {}

@@ -114,6 +114,16 @@ def test_layers_of_the_same_shape_are_measured_once(tmp_path, monkeypatch):
     assert ["; cached" in s for s in summaries] == [False, True, True, False]
 
 
+def test_a_compile_into_an_empty_cache_builds_its_candidates_there(tmp_path, monkeypatch):
+    """The candidates' libraries go to the tuner's cache folder with its measurements: they had gone to the
+    environment's build cache, so a benchmark's "cold" compile into an empty folder reused them."""
+    elsewhere = tmp_path / "environment"
+    monkeypatch.setenv("LLMC_CACHE_DIR", str(elsewhere))
+    run_passes(parse_ir(MLP), tuned(tmp_path / "cold"))
+    assert list((tmp_path / "cold").glob("*/*/kernels.so"))
+    assert not list(elsewhere.glob("*/*/kernels.so"))
+
+
 def test_a_corrupt_entry_is_measured_again(tmp_path):
     run_passes(parse_ir(MLP), tuned(tmp_path))
     entries = list((tmp_path / "autotune").glob("*.json"))
