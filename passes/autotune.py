@@ -227,10 +227,6 @@ class Candidates:
     source: CSource
 
 
-def tune_kernel(kop: kernel.KernelOp, target, options, count: int, repeats: int) -> list[Measured]:
-    return tune_kernels([kop], target, options, count, repeats)[0]
-
-
 def tune_kernels(kops: list[kernel.KernelOp], target, options, count: int, repeats: int) -> list[list[Measured]]:
     """Each kernel's candidates built as copies in one library, checked against the interpreter and timed;
     [model's decision, others...] per kernel. The libraries are compiled in parallel (the C compiler is most of
