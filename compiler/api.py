@@ -84,15 +84,30 @@ class CompiledModel:
         A decode step's kernels stream the model's weights and leave the interpreter's own state out of cache, so
         every Python operation here misses: binding each argument through a lookup per call, and comparing every
         write-back, cost GPT-2's decode step 45-60 us more than the prepared `_binding` below."""
-        sources, copies = self._binding
-        # a buffer as its module holds it now: a cache the caller replaced is the one read and written
-        outputs = self.run_graph([flat[at] if buffers is None else buffers.get(name) for at, buffers, name in sources])
-        for index, at, buffers, name in copies:
+        arguments = self._graph_arguments(flat)
+        try:
+            outputs = self.run_graph(arguments)
+        except LlmcError as error:
+            raise self._explained(error, arguments) from None
+        for index, at, buffers, name in self._binding[1]:
             target = flat[at] if buffers is None else buffers.get(name)
             if outputs[index].data_ptr() != target.data_ptr():
                 with torch.no_grad():
                     target.copy_(outputs[index])
         return [outputs[i] for i in self.imported.user_outputs]
+
+    def _graph_arguments(self, flat: Sequence) -> list:
+        """The compiled graph's arguments for these flat inputs: each input, or a model buffer as its module holds
+        it now (a cache the caller replaced is the one read and written)."""
+        return [flat[at] if buffers is None else buffers.get(name) for at, buffers, name in self._binding[0]]
+
+    def _explained(self, error: LlmcError, arguments: list) -> LlmcError:
+        """A refused call's error, naming the model buffer that is gone where that is why."""
+        gone = [source.name for source, value in zip(self.imported.arguments, arguments)
+                if source.kind == "buffer" and value is None]
+        if not gone:
+            return error
+        return LlmcError(f"{error}: the model no longer has its buffer '{gone[0]}', which the compiled graph reads")
 
     @functools.cached_property
     def _binding(self) -> tuple[list, list]:
@@ -117,9 +132,12 @@ class CompiledModel:
             raise LlmcError(f"the compiled graph reads the model's buffer '{source.name}', and was built without "
                             "the model")
         path, _, attribute = source.name.rpartition(".")
-        owner = self.model.get_submodule(path) if path else self.model
-        if attribute not in owner._buffers:
-            self.model.get_buffer(source.name)  # says what is wrong
+        try:
+            owner = self.model.get_submodule(path) if path else self.model
+        except AttributeError:
+            owner = None
+        if owner is None or attribute not in owner._buffers:
+            raise LlmcError(f"the model no longer has its buffer '{source.name}', which the compiled graph reads")
         return -1, owner._buffers, attribute
 
     @functools.cached_property
@@ -130,8 +148,7 @@ class CompiledModel:
 
     def graph_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The tensors the compiled graph takes for these model inputs (state buffers included)."""
-        flat = self.flat_inputs(args, kwargs)
-        return [flat[at] if buffers is None else buffers.get(name) for at, buffers, name in self._binding[0]]
+        return self._graph_arguments(self.flat_inputs(args, kwargs))
 
     @functools.cached_property
     def _positional_tensors(self) -> int:

@@ -335,8 +335,13 @@ def test_a_decode_step_called_with_positional_tensors_flattens_nothing_and_does_
     with pytest.raises(llmc.LlmcError, match="is int; the graph takes tensors"):
         compiled(x, 3)
     del model.k_cache
-    with pytest.raises(llmc.LlmcError, match="input 0 is NoneType"):
+    with pytest.raises(llmc.LlmcError, match="input 0 is NoneType.*no longer has its buffer 'k_cache'"):
         compiled(x, pos)
+    fresh, (x, pos) = small_example("gpt2_decode")
+    unbound = compile_c(fresh, (x, pos))
+    del fresh.v_cache  # before the first call, which finds each buffer's module
+    with pytest.raises(llmc.LlmcError, match="no longer has its buffer 'v_cache'"):
+        unbound(x, pos)
 
 
 def test_a_buffer_the_graph_does_not_write_in_place_is_copied_back():
