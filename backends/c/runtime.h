@@ -308,7 +308,8 @@ static inline vf vtanh(vf x) {
     p = p * z + 1.33314422036e-1f;
     p = p * z - 3.33332819422e-1f;
     vf small = p * z * x + x;
-    vf e = vexp(vmax(-2.0f * a, vsplat(LLMC_ACTIVATION_EXP_FLOOR))); /* 1 - 2 / (e^2|x| + 1) divided by e^88 */
+    /* at most 1, where 1 - 2 / (e^2|x| + 1) divided by up to e^88 into a denormal */
+    vf e = vexp(vmax(-2.0f * a, vsplat(LLMC_ACTIVATION_EXP_FLOOR)));
     vf big = (1.0f - e) / (1.0f + e);
     big = vsel(x < 0.0f, -big, big);
     return vsel(a < 0.625f, small, big);
